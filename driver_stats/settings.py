@@ -1,0 +1,162 @@
+"""Settings: the ``DRIVER_STATS_*`` environment variables, validated once at start.
+
+Every setting is one field of :class:`Settings`; its environment variable is
+``DRIVER_STATS_`` + the field name in upper case. A wrong value stops the
+program before it connects to anything, with one line that names the
+variable and what it accepts (:class:`SettingsError`).
+
+>>> s = Settings.from_env({"DRIVER_STATS_WINDOW_SECONDS": "10"})
+>>> s.window_seconds, s.allowed_lateness_seconds
+(10, 30)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Literal, Mapping
+from urllib.parse import urlsplit
+
+import msgspec
+
+PREFIX = "DRIVER_STATS_"
+
+Seconds = Annotated[int, msgspec.Meta(ge=0)]
+PositiveSeconds = Annotated[int, msgspec.Meta(gt=0)]
+Topic = Annotated[str, msgspec.Meta(min_length=1, pattern=r"^[^#+\x00]+$")]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+WireFormat = Literal["protobuf", "json"]
+
+# What each setting accepts, said in the error line when a value is wrong.
+ACCEPTS: dict[str, str] = {
+    "mqtt_url": "mqtt://HOST[:PORT] or mqtts://HOST[:PORT]",
+    "mqtt_ca_file": "a readable PEM file of CA certificates",
+    "mqtt_cert_file": "a readable PEM client certificate (with DRIVER_STATS_MQTT_KEY_FILE)",
+    "mqtt_key_file": "a readable PEM private key (with DRIVER_STATS_MQTT_CERT_FILE)",
+    "window_seconds": "a whole number of seconds > 0",
+    "allowed_lateness_seconds": "a whole number of seconds >= 0",
+    "max_future_seconds": "a whole number of seconds >= 0",
+    "client_id": "1 to 40 characters from A-Z a-z 0-9 _ -",
+    "partitions_per_topic": "a whole number from 1 to 64",
+    "max_message_bytes": "a whole number of bytes from 64 to 268435455",
+    "max_pending_messages": "a whole number from 100 to 10000000",
+    "output_format": "protobuf or json",
+    "metrics_port": "a TCP port 1-65535, or 0 to turn metrics off",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+}
+
+
+class SettingsError(ValueError):
+    """A setting has a value the program cannot run with.
+
+    ``str(err)`` is the one line to show the operator.
+    """
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """All settings of the flow and its tools, with the contract's defaults."""
+
+    # Broker connection.
+    mqtt_url: str = "mqtt://localhost:1883"
+    mqtt_username: str | None = None
+    mqtt_password: str | None = msgspec.field(default=None)
+    mqtt_ca_file: str | None = None
+    mqtt_cert_file: str | None = None
+    mqtt_key_file: str | None = None
+    # Intervals and lateness.
+    window_seconds: PositiveSeconds = 600
+    allowed_lateness_seconds: Seconds = 30
+    # An event this far ahead of wall-clock time is rejected as "future",
+    # so a phone with a wrong clock cannot close a driver's intervals early.
+    max_future_seconds: Seconds = 300
+    # Identity: MQTT client ids and the shared-subscription group.
+    client_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,40}$")] = "driver-stats"
+    # Topics.
+    topic_driver_rated: Topic = "input/driver_rated"
+    topic_driver_tipped: Topic = "input/driver_tipped"
+    topic_journey_finished: Topic = "input/journey_finished"
+    topic_driver_stats: Topic = "output/driver_stats"
+    rejected_prefix: Topic = "rejected/"
+    # Scaling and limits.
+    partitions_per_topic: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    max_message_bytes: Annotated[int, msgspec.Meta(ge=64, le=268435455)] = 65536
+    max_pending_messages: Annotated[int, msgspec.Meta(ge=100, le=10_000_000)] = 50_000
+    output_format: WireFormat = "protobuf"
+    # Operability.
+    metrics_port: Port = 0
+    log_level: LogLevel = "INFO"
+
+    def __repr__(self) -> str:
+        # The password must never reach logs or tracebacks.
+        fields = ", ".join(
+            f"{name}={'***' if name == 'mqtt_password' and value else value!r}"
+            for name, value in ((n, getattr(self, n)) for n in self.__struct_fields__)
+        )
+        return f"Settings({fields})"
+
+    __str__ = __repr__
+
+    @property
+    def input_topics(self) -> tuple[str, str, str]:
+        return (self.topic_driver_rated, self.topic_driver_tipped, self.topic_journey_finished)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate the settings; raise :class:`SettingsError` on a bad value."""
+        environ = os.environ if environ is None else environ
+        raw = {
+            name: environ[PREFIX + name.upper()]
+            for name in cls.__struct_fields__
+            if environ.get(PREFIX + name.upper(), "") != ""
+        }
+        for name, value in raw.items():
+            try:
+                msgspec.convert({name: value}, cls, strict=False)
+            except msgspec.ValidationError:
+                raise SettingsError(_bad_value(name, value)) from None
+        settings = msgspec.convert(raw, cls, strict=False)
+        settings._check_files_and_url()
+        return settings
+
+    def _check_files_and_url(self) -> None:
+        url = urlsplit(self.mqtt_url)
+        try:
+            url.port  # noqa: B018 - raises on a bad port
+            ok = url.scheme in ("mqtt", "mqtts") and bool(url.hostname)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise SettingsError(_bad_value("mqtt_url", self.mqtt_url))
+        for name in ("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file"):
+            path = getattr(self, name)
+            if path is not None and not os.access(path, os.R_OK):
+                raise SettingsError(_bad_value(name, path))
+        if (self.mqtt_cert_file is None) != (self.mqtt_key_file is None):
+            missing = "mqtt_key_file" if self.mqtt_key_file is None else "mqtt_cert_file"
+            raise SettingsError(_bad_value(missing, "(unset)"))
+
+    @property
+    def mqtt_host(self) -> str:
+        return urlsplit(self.mqtt_url).hostname or "localhost"
+
+    @property
+    def mqtt_port(self) -> int:
+        url = urlsplit(self.mqtt_url)
+        return url.port or (8883 if url.scheme == "mqtts" else 1883)
+
+    @property
+    def mqtt_tls(self) -> bool:
+        return urlsplit(self.mqtt_url).scheme == "mqtts"
+
+
+def _bad_value(name: str, value: str) -> str:
+    shown = "***" if name == "mqtt_password" else repr(value)
+    return f"{PREFIX}{name.upper()}={shown} is invalid: expected {ACCEPTS.get(name, 'a valid value')}"
+
+
+def load_or_exit(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings for a program's start: a bad value exits with its one-line message."""
+    try:
+        return Settings.from_env(environ)
+    except SettingsError as err:
+        raise SystemExit(f"driver-stats: {err}") from None
