@@ -104,6 +104,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read and validate the settings; raise :class:`SettingsError` on a bad value."""
         environ = os.environ if environ is None else environ
+        known = {PREFIX + name.upper() for name in cls.__struct_fields__}
+        for variable in sorted(environ):
+            if variable.startswith(PREFIX) and variable not in known:
+                raise SettingsError(
+                    f"{variable} is not a setting: the DRIVER_STATS_ variables are "
+                    + ", ".join(sorted(known))
+                )
         raw = {
             name: environ[PREFIX + name.upper()]
             for name in cls.__struct_fields__

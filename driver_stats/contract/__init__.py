@@ -1,0 +1,37 @@
+"""The external contract in one place: message structs, protobuf code, codecs.
+
+``events.proto``/``stats.proto`` under ``proto/`` are written from the field
+tables of ``../shared/CONTRACT.md``; ``events_pb2.py``/``stats_pb2.py`` are
+generated from them (``tests/test_contract.py`` fails when they drift) and
+committed, so installing the project needs no protoc.
+"""
+
+from .codec import DecodeError, EventDecoder, decode_stats, encode_event, encode_stats, float32, to_json
+from .events import (
+    EVENT_TYPES,
+    DriverRated,
+    DriverStats,
+    DriverTipped,
+    Event,
+    FinishReason,
+    JourneyFinished,
+    Rejection,
+)
+
+__all__ = [
+    "EVENT_TYPES",
+    "DecodeError",
+    "DriverRated",
+    "DriverStats",
+    "DriverTipped",
+    "Event",
+    "EventDecoder",
+    "FinishReason",
+    "JourneyFinished",
+    "Rejection",
+    "decode_stats",
+    "encode_event",
+    "encode_stats",
+    "float32",
+    "to_json",
+]

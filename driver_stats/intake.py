@@ -1,0 +1,73 @@
+"""First step of the flow: a message's bytes become a valid event or a rejection.
+
+Nothing here raises into the dataflow: every input message leaves as exactly
+one :class:`Accepted` or one :class:`~driver_stats.contract.Rejection`
+carrying the source topic, the original bytes and the reason.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import msgspec
+
+from .contract import EVENT_TYPES, DecodeError, Event, EventDecoder, Rejection
+from .settings import Settings
+from .validation import problem
+
+
+class Accepted(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A valid event on its way to its driver's intervals.
+
+    The source topic and original bytes ride along so that an event found
+    late further on can still be republished unchanged.
+    """
+
+    event: Event
+    event_time: float  # Unix seconds
+    source_topic: str
+    payload: bytes
+
+    @property
+    def driver_id(self) -> str:
+        return self.event.driver_id
+
+
+class Intake:
+    """Decodes and validates messages of the three input topics.
+
+    >>> from driver_stats.contract import DriverRated, encode_event
+    >>> from datetime import datetime, timezone
+    >>> intake = Intake(Settings())
+    >>> rated = DriverRated(driver_id="d1", journey_id="j1", rating=9,
+    ...                     rated_at=datetime(2024, 1, 1, tzinfo=timezone.utc))
+    >>> intake("input/driver_rated", encode_event(rated)).reason
+    'invalid: rating'
+    """
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time):
+        self._decoders = {
+            topic: EventDecoder(event_type)
+            for topic, event_type in zip(settings.input_topics, EVENT_TYPES)
+        }
+        self._max_bytes = settings.max_message_bytes
+        self._max_future = settings.max_future_seconds
+        self._clock = clock
+
+    def __call__(self, topic: str, payload: bytes) -> Accepted | Rejection:
+        decoder = self._decoders.get(topic)
+        if decoder is None:
+            return Rejection(topic, payload, "unknown topic", f"{topic!r} is not an input topic")
+        if len(payload) > self._max_bytes:
+            return Rejection(
+                topic, payload, "too large", f"{len(payload)} bytes, at most {self._max_bytes}"
+            )
+        try:
+            event = decoder.decode(payload)
+        except DecodeError as err:
+            return Rejection(topic, payload, err.reason, str(err))
+        found = problem(event, now=self._clock(), max_future_seconds=self._max_future)
+        if found:
+            return Rejection(topic, payload, *found)
+        return Accepted(event, event.event_time.timestamp(), topic, payload)

@@ -1,0 +1,232 @@
+"""One driver's open intervals: event-time clock, dedupe, lateness guard, totals.
+
+This is the domain core, plain Python, called per driver by the dataflow's
+window step (:mod:`flows.steps`) and directly by tests.
+
+Semantics (``../shared/CONTRACT.md``):
+
+* Intervals are tumbling, ``[a, b)`` with ``a`` a multiple of the window
+  length since the Unix epoch; an event counts in the interval holding its
+  event time.
+* The driver's clock (its *watermark*) is the largest event time seen minus
+  the allowed lateness, and it keeps advancing with wall-clock time while no
+  newer event comes (as Bytewax's ``EventClock``), so a driver who goes quiet
+  still gets its records. An interval closes, and its record is emitted, once
+  the watermark reaches ``b``: the stream's event time has passed
+  ``b + allowed lateness``.
+* The watermark never goes back, and an event whose interval is closed is
+  ``late``. Because the clock is kept after the last interval closes (unlike
+  Bytewax's windowing, which forgets an idle key and would let a late event
+  open a fresh window), a closed interval is never reopened and never gets a
+  second record.
+* An event is identified by (message type, journey_id); a repeat is counted
+  once. Dedupe entries live in the interval they were counted in and are
+  dropped when it closes: a key is kept exactly as long as its interval can
+  still accept events, so memory follows the open intervals, not history.
+  (A repeat arriving after its interval closed is rejected as ``late``.)
+* Wall-clock time spent while the flow is down does not advance the clock
+  (:meth:`DriverWindows.resume` restarts it), so events published during an
+  outage are counted when the broker redelivers them.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Iterable
+
+from .contract import DriverRated, DriverStats, DriverTipped, Event, FinishReason, JourneyFinished, float32
+
+UINT32_MAX = 2**32 - 1
+DUPLICATE = "duplicate"  # add() result for a repeat: not counted, not rejected
+LATE = "late"
+
+# Dedupe keys hold a small number per message type instead of the class.
+_KIND = {DriverRated: 0, DriverTipped: 1, JourneyFinished: 2}
+
+
+class IntervalTotals:
+    """Running totals of one driver in one interval, and the events counted."""
+
+    __slots__ = (
+        "drop_offs",
+        "driver_cancels",
+        "distance",
+        "price",
+        "tips",
+        "rating_sum",
+        "rating_count",
+        "seen",
+    )
+
+    def __init__(self) -> None:
+        self.drop_offs = 0
+        self.driver_cancels = 0
+        self.distance = 0
+        self.price = 0
+        self.tips = 0
+        self.rating_sum = 0
+        self.rating_count = 0
+        self.seen: set[tuple[int, str]] = set()
+
+    def add(self, event: Event) -> str | None:
+        """Count ``event``; return a rejection reason if a total would overflow."""
+        if isinstance(event, JourneyFinished):
+            # Distance and price sum over every journey that ended here, as
+            # the contract says; producers fill them only for DROP_OFF.
+            distance = self.distance + event.distance
+            price = self.price + event.price
+            if distance > UINT32_MAX:
+                return "overflow: total_distance"
+            if price > UINT32_MAX:
+                return "overflow: total_price"
+            self.distance = distance
+            self.price = price
+            reason = event.finish_reason
+            if reason is FinishReason.DROP_OFF:
+                self.drop_offs += 1
+            elif reason is FinishReason.DRIVER_CANCEL:
+                self.driver_cancels += 1
+            # RIDER_CANCEL and ADMIN_CANCEL count in no total, but their
+            # driver still gets a record for the interval.
+        elif isinstance(event, DriverTipped):
+            tips = self.tips + event.amount
+            if tips > UINT32_MAX:
+                return "overflow: total_tips"
+            self.tips = tips
+        else:
+            self.rating_sum += event.rating
+            self.rating_count += 1
+        return None
+
+    def to_stats(self, driver_id: str, start: int, end: int) -> DriverStats:
+        return DriverStats(
+            driver_id=driver_id,
+            interval_start=datetime.fromtimestamp(start, timezone.utc),
+            interval_end=datetime.fromtimestamp(end, timezone.utc),
+            total_drop_offs=self.drop_offs,
+            total_driver_cancels=self.driver_cancels,
+            total_distance=self.distance,
+            total_price=self.price,
+            total_tips=self.tips,
+            avg_rating=float32(self.rating_sum / self.rating_count) if self.rating_count else 0.0,
+        )
+
+    def __getstate__(self):
+        # A copy: the snapshot may be serialized after this interval changed.
+        return tuple(getattr(self, name) for name in self.__slots__[:-1]) + (frozenset(self.seen),)
+
+    def __setstate__(self, state) -> None:
+        for name, value in zip(self.__slots__, state):
+            setattr(self, name, value)
+        self.seen = set(self.seen)
+
+
+class DriverWindows:
+    """The open intervals and the event-time clock of one driver.
+
+    Times are Unix seconds (floats); ``now`` is wall-clock time, passed in so
+    tests control it.
+
+    >>> from datetime import datetime, timezone
+    >>> at = datetime(2024, 1, 1, 12, 0, 5, tzinfo=timezone.utc)
+    >>> w = DriverWindows(window_seconds=10, lateness_seconds=0)
+    >>> w.add(DriverTipped(driver_id="d1", journey_id="j1", tipped_at=at, amount=7),
+    ...       at.timestamp(), now=0.0) is None
+    True
+    >>> [s.total_tips for s in w.close_due(now=10.0)]
+    [7]
+    """
+
+    __slots__ = ("driver_id", "window", "lateness", "open", "watermark_base", "wall_at_base")
+
+    def __init__(self, window_seconds: int, lateness_seconds: float, driver_id: str = ""):
+        self.driver_id = driver_id
+        self.window = window_seconds
+        self.lateness = lateness_seconds
+        self.open: dict[int, IntervalTotals] = {}  # interval start (s) -> totals
+        # watermark(now) = watermark_base + (now - wall_at_base)
+        self.watermark_base = -math.inf
+        self.wall_at_base = 0.0
+
+    def watermark(self, now: float) -> float:
+        return self.watermark_base + max(0.0, now - self.wall_at_base)
+
+    def add(self, event: Event, event_time: float, now: float) -> str | None:
+        """Count ``event`` whose event time is ``event_time``.
+
+        Returns ``None`` when counted, :data:`DUPLICATE` for a repeat, or the
+        rejection reason (:data:`LATE`, ``overflow: ...``).
+        """
+        start = int(event_time // self.window) * self.window
+        watermark = self.watermark(now)
+        if start + self.window <= watermark:
+            return LATE
+        key = (_KIND[type(event)], event.journey_id)
+        for totals in self.open.values():
+            if key in totals.seen:
+                return DUPLICATE
+        totals = self.open.get(start)
+        if totals is None:
+            totals = self.open[start] = IntervalTotals()
+        refused = totals.add(event)
+        if refused:
+            return refused
+        totals.seen.add(key)
+        if not self.driver_id:
+            self.driver_id = event.driver_id
+        base = event_time - self.lateness
+        if base > watermark:
+            self.watermark_base = base
+            self.wall_at_base = now
+        return None
+
+    def close_due(self, now: float) -> list[DriverStats]:
+        """Close and return, oldest first, every interval the watermark passed."""
+        watermark = self.watermark(now)
+        window = self.window
+        due = sorted(start for start in self.open if start + window <= watermark)
+        return [self.open.pop(start).to_stats(self.driver_id, start, start + window) for start in due]
+
+    def close_all(self) -> list[DriverStats]:
+        """Close every interval (end of a finite input: nothing more can come)."""
+        return self.close_due(math.inf)
+
+    def next_close(self) -> float | None:
+        """Wall-clock time at which the oldest open interval closes, if any."""
+        if not self.open:
+            return None
+        end = min(self.open) + self.window
+        return self.wall_at_base + (end - self.watermark_base)
+
+    def snapshot(self, now: float) -> tuple:
+        """Plain-data copy of the state for a recovery snapshot."""
+        return (
+            self.driver_id,
+            self.watermark(now),
+            [(start, totals.__getstate__()) for start, totals in self.open.items()],
+        )
+
+    @classmethod
+    def resume(
+        cls, state: tuple, window_seconds: int, lateness_seconds: float, now: float
+    ) -> DriverWindows:
+        """Rebuild from :meth:`snapshot`; the clock restarts at ``now``.
+
+        Downtime must not age the driver's intervals: the events published
+        meanwhile are still to come from the broker.
+        """
+        driver_id, watermark, intervals = state
+        windows = cls(window_seconds, lateness_seconds, driver_id)
+        windows.watermark_base = watermark
+        windows.wall_at_base = now
+        for start, totals_state in intervals:
+            totals = IntervalTotals.__new__(IntervalTotals)
+            totals.__setstate__(totals_state)
+            windows.open[start] = totals
+        return windows
+
+
+def close_order(stats: Iterable[DriverStats]) -> list[DriverStats]:
+    """Records sorted by interval then driver: a stable order for files and tests."""
+    return sorted(stats, key=lambda s: (s.interval_start, s.driver_id))

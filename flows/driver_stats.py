@@ -1,0 +1,182 @@
+"""The driver-stats dataflow: three event topics in, per-driver interval stats out.
+
+Run it live (settings from ``DRIVER_STATS_*``, see the README)::
+
+    python -m bytewax.run flows.driver_stats                    # 1 worker
+    python -m bytewax.run flows.driver_stats -w 2 -r recovery -s 5 -b 0
+
+The pipeline, top to bottom (:func:`build_flow`):
+
+1. ``decode_and_validate`` — bytes become a valid event or a rejection
+   (:mod:`driver_stats.intake`);
+2. ``key_by_driver`` — every event of a driver goes to one worker;
+3. ``dedupe_and_window`` — per driver: drop repeats of (message type,
+   journey_id), reject events whose interval already closed, add the rest to
+   their event-time tumbling interval and emit each interval's record once
+   the driver's clock passes its end (:mod:`driver_stats.windows`). Dedupe
+   lives in the same per-driver state as the intervals because a dedupe key
+   must live exactly as long as its interval can accept events; fusing them
+   also spares one exchange between workers per event;
+4. ``encode_stats`` / ``encode_rejected`` — contract bytes for
+   ``output/driver_stats`` and ``rejected/<source topic>`` (with the
+   ``reason`` user property), both published by one sink.
+
+Tests build this very flow with :func:`build_flow` over Bytewax's
+``TestingSource``/``TestingSink``; ``driver-stats replay`` builds it over
+history files.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import datetime, timezone
+from typing import Callable, Iterable, Optional
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import Sink
+
+from connectors.mqtt import MQTTMessage
+from driver_stats.contract import DriverStats, Rejection, encode_stats, to_json
+from driver_stats.intake import Accepted, Intake
+from driver_stats.settings import Settings, load_or_exit
+from driver_stats.windows import DUPLICATE, DriverWindows
+
+
+class DriverWindowsLogic(StatefulBatchLogic):
+    """Bytewax adapter around one driver's :class:`DriverWindows`."""
+
+    def __init__(
+        self,
+        windows: DriverWindows,
+        clock: Callable[[], float],
+    ):
+        self.windows = windows
+        self.clock = clock
+
+    @classmethod
+    def builder(cls, settings: Settings, lateness: float, clock: Callable[[], float]):
+        window = settings.window_seconds
+
+        def build(resume_state: Optional[tuple]) -> DriverWindowsLogic:
+            if resume_state is None:
+                return cls(DriverWindows(window, lateness), clock)
+            return cls(DriverWindows.resume(resume_state, window, lateness, clock()), clock)
+
+        return build
+
+    def on_batch(self, values: list[Accepted]) -> tuple[Iterable[DriverStats | Rejection], bool]:
+        now = self.clock()
+        add = self.windows.add
+        out: list[DriverStats | Rejection] = []
+        for accepted in values:
+            verdict = add(accepted.event, accepted.event_time, now)
+            if verdict is None or verdict is DUPLICATE:
+                continue
+            out.append(
+                Rejection(accepted.source_topic, accepted.payload, verdict, self._detail(verdict, accepted))
+            )
+        out.extend(self.windows.close_due(now))
+        return out, self.RETAIN
+
+    def _detail(self, reason: str, accepted: Accepted) -> str:
+        if reason == "late":
+            window = self.windows.window
+            start = int(accepted.event_time // window) * window
+            return f"interval starting {_iso(start)} already closed (window {window}s, allowed lateness {self.windows.lateness}s)"
+        return f"interval total would exceed 2^32-1 ({reason})"
+
+    def on_notify(self) -> tuple[Iterable[DriverStats], bool]:
+        return self.windows.close_due(self.clock()), self.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[DriverStats], bool]:
+        # A finite input (tests, replay) is complete: close every interval.
+        # The clock is kept, so the guard against late events stays.
+        return self.windows.close_all(), self.RETAIN
+
+    def notify_at(self) -> Optional[datetime]:
+        at = self.windows.next_close()
+        return None if at is None else datetime.fromtimestamp(at, timezone.utc)
+
+    def snapshot(self) -> tuple:
+        return self.windows.snapshot(self.clock())
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def build_flow(
+    settings: Settings,
+    source: Source,
+    sink: Sink,
+    *,
+    clock: Callable[[], float] = time.time,
+    complete_input: bool = False,
+) -> Dataflow:
+    """The dataflow over any ``source`` of messages with ``.topic`` and ``.payload``.
+
+    ``sink`` receives :class:`~connectors.mqtt.MQTTMessage` items: stats on
+    ``settings.topic_driver_stats``, rejections on ``rejected/<source topic>``.
+    ``complete_input=True`` (history replay) waits for the end of the input
+    to close intervals, so no event is late however the input is ordered.
+    """
+    intake = Intake(settings, clock)
+    lateness = math.inf if complete_input else settings.allowed_lateness_seconds
+    stats_topic = settings.topic_driver_stats
+    encode = to_json if settings.output_format == "json" else encode_stats
+    rejected_prefix = settings.rejected_prefix
+
+    def stats_message(stats: DriverStats) -> MQTTMessage:
+        return MQTTMessage(stats_topic, encode(stats))
+
+    def rejected_message(rejection: Rejection) -> MQTTMessage:
+        return MQTTMessage(
+            rejected_prefix + rejection.source_topic,
+            rejection.payload,
+            (("reason", rejection.reason), ("detail", rejection.detail)),
+        )
+
+    flow = Dataflow("driver_stats")
+    messages = op.input("messages", flow, source)
+    decoded = op.map("decode_and_validate", messages, lambda m: intake(m.topic, m.payload))
+    valid = op.branch("split_valid", decoded, lambda item: isinstance(item, Accepted))
+    by_driver = op.key_on("key_by_driver", valid.trues, lambda accepted: accepted.event.driver_id)
+    windowed = op.stateful_batch(
+        "dedupe_and_window", by_driver, DriverWindowsLogic.builder(settings, lateness, clock)
+    )
+    closed = op.branch(
+        "split_stats", op.key_rm("unkey", windowed), lambda item: isinstance(item, DriverStats)
+    )
+    stats_out = op.map("encode_stats", closed.trues, stats_message)
+    rejected = op.merge("all_rejected", valid.falses, closed.falses)
+    rejected_out = op.map("encode_rejected", rejected, rejected_message)
+    op.output("publish", op.merge("all_out", stats_out, rejected_out), sink)
+    return flow
+
+
+def build_live_flow(settings: Settings) -> Dataflow:
+    """The production flow: MQTT in, MQTT out, configured by ``settings``."""
+    from connectors import mqtt
+
+    connection = mqtt.MQTTConnection.from_settings(settings)
+    source = mqtt.MQTTSource(
+        connection,
+        topics=list(settings.input_topics),
+        partitions_per_topic=settings.partitions_per_topic,
+        client_id=settings.client_id,
+        max_pending=settings.max_pending_messages,
+    )
+    sink = mqtt.MQTTSink(connection, client_id=settings.client_id)
+    return build_flow(settings, source, sink)
+
+
+def __getattr__(name: str) -> Dataflow:
+    # `python -m bytewax.run flows.driver_stats` looks up `flow`; build it on
+    # that first look-up so importing build_flow needs no settings or broker.
+    if name == "flow":
+        return build_live_flow(load_or_exit())
+    raise AttributeError(name)

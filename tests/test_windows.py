@@ -1,0 +1,106 @@
+"""One driver's intervals, clock, dedupe and lateness guard, without Bytewax."""
+
+import pickle
+
+from driver_stats.contract import FinishReason
+from driver_stats.windows import DUPLICATE, LATE, DriverWindows
+from tests.factories import T0, at, finished, rated, tipped
+
+BASE = T0.timestamp()
+
+
+def add(windows, event, now=BASE):
+    return windows.add(event, event.event_time.timestamp(), now)
+
+
+def test_interval_is_left_closed_and_aligned_to_the_epoch():
+    w = DriverWindows(window_seconds=10, lateness_seconds=0)
+    assert add(w, tipped("d1", "j1", 9.999, 1)) is None
+    assert add(w, tipped("d1", "j2", 10, 2)) is None
+    first, second = w.close_all()
+    assert (first.interval_start, first.interval_end, first.total_tips) == (at(0), at(10), 1)
+    assert (second.interval_start, second.interval_end, second.total_tips) == (at(10), at(20), 2)
+
+
+def test_repeat_of_type_and_journey_counts_once_but_other_types_of_the_journey_count():
+    w = DriverWindows(10, 0)
+    assert add(w, rated("d1", "j1", 1, 4)) is None
+    assert add(w, rated("d1", "j1", 1, 4)) is DUPLICATE
+    assert add(w, rated("d1", "j1", 2, 1)) is DUPLICATE  # same identity, other content
+    assert add(w, tipped("d1", "j1", 1, 5)) is None
+    [stats] = w.close_all()
+    assert (stats.avg_rating, stats.total_tips) == (4.0, 5)
+
+
+def test_an_interval_closes_when_the_event_time_passes_its_end_plus_lateness():
+    w = DriverWindows(10, lateness_seconds=5)
+    add(w, tipped("d1", "j1", 3, 1))
+    add(w, tipped("d1", "j2", 14.9, 1))
+    assert w.close_due(BASE) == []  # watermark 9.9 < 10
+    add(w, tipped("d1", "j3", 15, 1))
+    assert [s.interval_start for s in w.close_due(BASE)] == [at(0)]
+
+
+def test_a_late_event_never_reopens_a_closed_interval_even_when_nothing_is_open():
+    w = DriverWindows(10, lateness_seconds=0)
+    add(w, tipped("d1", "j1", 3, 1))
+    assert len(w.close_due(BASE + 3600)) == 1  # wall clock closed it, nothing open now
+    assert w.open == {}
+    assert add(w, tipped("d1", "j2", 4, 1), now=BASE + 3600) == LATE
+    assert w.close_all() == []
+
+
+def test_within_lateness_out_of_order_events_count():
+    w = DriverWindows(10, lateness_seconds=30)
+    add(w, tipped("d1", "j1", 35, 1))
+    assert add(w, tipped("d1", "j2", 2, 2)) is None  # watermark 5 < 10: [0,10) still open
+    assert add(w, tipped("d1", "j3", 41, 1)) is None
+    assert add(w, tipped("d1", "j4", 1, 2)) == LATE  # watermark 11 >= 10
+    assert [(s.interval_start, s.total_tips) for s in w.close_all()] == [(at(0), 2), (at(30), 1), (at(40), 1)]
+
+
+def test_wall_clock_closes_the_intervals_of_a_quiet_driver():
+    w = DriverWindows(10, lateness_seconds=30)
+    add(w, tipped("d1", "j1", 5, 1), now=1000.0)
+    assert w.next_close() == 1000.0 + (10 - (5 - 30))
+    assert w.close_due(1034.9) == []
+    assert len(w.close_due(1035.0)) == 1
+
+
+def test_totals_sum_every_finished_journey_and_count_reasons():
+    w = DriverWindows(600, 0)
+    add(w, finished("d1", "j1", 1, FinishReason.DROP_OFF, distance=100, price=900))
+    add(w, finished("d1", "j2", 2, FinishReason.DRIVER_CANCEL, distance=1, price=10))
+    add(w, finished("d1", "j3", 3, FinishReason.RIDER_CANCEL))
+    add(w, finished("d1", "j4", 4, FinishReason.ADMIN_CANCEL))
+    [s] = w.close_all()
+    assert (s.total_drop_offs, s.total_driver_cancels, s.total_distance, s.total_price) == (1, 1, 101, 910)
+    assert s.avg_rating == 0.0
+
+
+def test_a_total_that_would_overflow_uint32_rejects_the_event():
+    w = DriverWindows(600, 0)
+    assert add(w, tipped("d1", "j1", 1, 2**32 - 1)) is None
+    assert add(w, tipped("d1", "j2", 2, 1)) == "overflow: total_tips"
+    [s] = w.close_all()
+    assert s.total_tips == 2**32 - 1
+
+
+def test_dedupe_state_is_dropped_with_its_interval():
+    w = DriverWindows(10, 0)
+    for i in range(100):
+        add(w, tipped("d1", f"j{i}", 1, 1))
+    w.close_due(BASE + 3600)
+    assert w.open == {} and len(pickle.dumps(w.snapshot(BASE))) < 200
+
+
+def test_snapshot_resumes_totals_dedupe_and_clock_without_ageing_by_downtime():
+    w = DriverWindows(10, lateness_seconds=30)
+    add(w, tipped("d1", "j1", 5, 3), now=1000.0)
+    state = pickle.loads(pickle.dumps(w.snapshot(now=1001.0)))
+    resumed = DriverWindows.resume(state, 10, 30, now=5000.0)  # down for over an hour
+    assert resumed.close_due(5000.0) == []  # downtime did not close [0, 10)
+    assert add(resumed, tipped("d1", "j1", 5, 3), now=5000.0) is DUPLICATE
+    assert add(resumed, tipped("d1", "j2", 6, 4), now=5000.0) is None
+    [s] = resumed.close_all()
+    assert (s.driver_id, s.total_tips) == ("d1", 7)
