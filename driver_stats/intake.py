@@ -8,10 +8,12 @@ carrying the source topic, the original bytes and the reason.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Callable
 
 import msgspec
 
+from . import metrics
 from .contract import EVENT_TYPES, DecodeError, Event, EventDecoder, Rejection
 from .settings import Settings
 from .validation import problem
@@ -71,3 +73,13 @@ class Intake:
         if found:
             return Rejection(topic, payload, *found)
         return Accepted(event, event.event_time.timestamp(), topic, payload)
+
+    def batch(self, messages: list) -> list[Accepted | Rejection]:
+        """:meth:`__call__` over a batch of messages with ``.topic`` and ``.payload``."""
+        results = [self(message.topic, message.payload) for message in messages]
+        received = Counter(message.topic for message in messages)
+        metrics.count_by(metrics.MESSAGES_RECEIVED, received)
+        metrics.count_by(
+            metrics.REJECTED, Counter(r.reason for r in results if type(r) is Rejection)
+        )
+        return results

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Optional
 
@@ -40,6 +41,7 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from connectors.mqtt import MQTTMessage
+from driver_stats import metrics
 from driver_stats.contract import DriverStats, Rejection, encode_stats, to_json
 from driver_stats.intake import Accepted, Intake
 from driver_stats.settings import Settings, load_or_exit
@@ -72,15 +74,29 @@ class DriverWindowsLogic(StatefulBatchLogic):
         now = self.clock()
         add = self.windows.add
         out: list[DriverStats | Rejection] = []
+        duplicates = 0
         for accepted in values:
             verdict = add(accepted.event, accepted.event_time, now)
-            if verdict is None or verdict is DUPLICATE:
+            if verdict is None:
+                continue
+            if verdict is DUPLICATE:
+                duplicates += 1
                 continue
             out.append(
                 Rejection(accepted.source_topic, accepted.payload, verdict, self._detail(verdict, accepted))
             )
-        out.extend(self.windows.close_due(now))
-        return out, self.RETAIN
+        metrics.EVENTS_ACCEPTED.inc(len(values) - duplicates - len(out))
+        if duplicates:
+            metrics.DUPLICATES.inc(duplicates)
+        if out:
+            metrics.count_by(metrics.REJECTED, Counter(r.reason for r in out))
+        return out + self._close(self.windows.close_due(now)), self.RETAIN
+
+    @staticmethod
+    def _close(records: list[DriverStats]) -> list[DriverStats]:
+        if records:
+            metrics.RECORDS_EMITTED.inc(len(records))
+        return records
 
     def _detail(self, reason: str, accepted: Accepted) -> str:
         if reason == "late":
@@ -90,12 +106,12 @@ class DriverWindowsLogic(StatefulBatchLogic):
         return f"interval total would exceed 2^32-1 ({reason})"
 
     def on_notify(self) -> tuple[Iterable[DriverStats], bool]:
-        return self.windows.close_due(self.clock()), self.RETAIN
+        return self._close(self.windows.close_due(self.clock())), self.RETAIN
 
     def on_eof(self) -> tuple[Iterable[DriverStats], bool]:
         # A finite input (tests, replay) is complete: close every interval.
         # The clock is kept, so the guard against late events stays.
-        return self.windows.close_all(), self.RETAIN
+        return self._close(self.windows.close_all()), self.RETAIN
 
     def notify_at(self) -> Optional[datetime]:
         at = self.windows.next_close()
@@ -142,7 +158,7 @@ def build_flow(
 
     flow = Dataflow("driver_stats")
     messages = op.input("messages", flow, source)
-    decoded = op.map("decode_and_validate", messages, lambda m: intake(m.topic, m.payload))
+    decoded = op.flat_map_batch("decode_and_validate", messages, intake.batch)
     valid = op.branch("split_valid", decoded, lambda item: isinstance(item, Accepted))
     by_driver = op.key_on("key_by_driver", valid.trues, lambda accepted: accepted.event.driver_id)
     windowed = op.stateful_batch(

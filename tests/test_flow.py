@@ -179,3 +179,23 @@ def test_json_output_format():
     [record] = out
     assert record.payload.startswith(b'{"driverId":"d1","intervalStart":"2024-01-01T12:00:00Z"')
     assert decode_stats(record.payload).total_tips == 3
+
+
+def test_metrics_count_received_accepted_duplicates_and_rejections_by_reason():
+    from prometheus_client import REGISTRY
+
+    def sample(name, **labels):
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    names = [("driver_stats_messages_received_total", {"topic": TIPPED}),
+             ("driver_stats_events_accepted_total", {}),
+             ("driver_stats_duplicates_total", {}),
+             ("driver_stats_rejected_total", {"reason": "late"}),
+             ("driver_stats_rejected_total", {"reason": "invalid: journey_id"}),
+             ("driver_stats_records_emitted_total", {})]
+    before = [sample(n, **l) for n, l in names]
+    events = [tipped("d1", "j1", 3, 1), tipped("d1", "j1", 3, 1), tipped("d1", "j2", 30, 1),
+              tipped("d1", "late", 4, 1), tipped("d1", "", 5, 1)]
+    run(events, lateness=5, batch_size=1)
+    after = [sample(n, **l) for n, l in names]
+    assert [a - b for a, b in zip(after, before)] == [5, 2, 1, 1, 1, 2]
