@@ -41,7 +41,7 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from connectors.mqtt import MQTTMessage
-from driver_stats import metrics
+from driver_stats import logs, metrics
 from driver_stats.contract import DriverStats, Rejection, encode_stats, to_json
 from driver_stats.intake import Accepted, Intake
 from driver_stats.settings import Settings, load_or_exit
@@ -177,6 +177,9 @@ def build_flow(
 def build_live_flow(settings: Settings) -> Dataflow:
     """The production flow: MQTT in, MQTT out, configured by ``settings``."""
     from connectors import mqtt
+
+    logs.configure(settings.log_level)
+    metrics.serve(settings.metrics_port)
 
     connection = mqtt.MQTTConnection.from_settings(settings)
     source = mqtt.MQTTSource(
