@@ -29,6 +29,7 @@ history files.
 from __future__ import annotations
 
 import math
+import signal
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -40,6 +41,7 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
+from connectors import mqtt
 from connectors.mqtt import MQTTMessage
 from driver_stats import logs, metrics
 from driver_stats.contract import DriverStats, Rejection, encode_stats, to_json
@@ -135,7 +137,7 @@ def build_flow(
 ) -> Dataflow:
     """The dataflow over any ``source`` of messages with ``.topic`` and ``.payload``.
 
-    ``sink`` receives :class:`~connectors.mqtt.MQTTMessage` items: stats on
+    ``sink`` receives ``(topic, MQTTMessage)`` items: stats on
     ``settings.topic_driver_stats``, rejections on ``rejected/<source topic>``.
     ``complete_input=True`` (history replay) waits for the end of the input
     to close intervals, so no event is late however the input is ordered.
@@ -150,11 +152,8 @@ def build_flow(
         return MQTTMessage(stats_topic, encode(stats))
 
     def rejected_message(rejection: Rejection) -> MQTTMessage:
-        return MQTTMessage(
-            rejected_prefix + rejection.source_topic,
-            rejection.payload,
-            (("reason", rejection.reason), ("detail", rejection.detail)),
-        )
+        original = MQTTMessage(rejection.source_topic, rejection.payload)
+        return original.rejected(rejection.reason, rejection.detail, rejected_prefix)
 
     flow = Dataflow("driver_stats")
     messages = op.input("messages", flow, source)
@@ -170,26 +169,66 @@ def build_flow(
     stats_out = op.map("encode_stats", closed.trues, stats_message)
     rejected = op.merge("all_rejected", valid.falses, closed.falses)
     rejected_out = op.map("encode_rejected", rejected, rejected_message)
-    op.output("publish", op.merge("all_out", stats_out, rejected_out), sink)
+    outgoing = op.merge("all_out", stats_out, rejected_out)
+    # Keyed by topic: the sink's partitions keep each topic's order.
+    op.output("publish", op.key_on("key_by_topic", outgoing, lambda m: m.topic), sink)
     return flow
 
 
+def _connection(settings: Settings) -> mqtt.MQTTConnection:
+    return mqtt.MQTTConnection(
+        host=settings.mqtt_host,
+        port=settings.mqtt_port,
+        tls=settings.mqtt_tls,
+        ca_file=settings.mqtt_ca_file,
+        cert_file=settings.mqtt_cert_file,
+        key_file=settings.mqtt_key_file,
+        username=settings.mqtt_username,
+        password=settings.mqtt_password,
+    )
+
+
+def _count_reconnects(event: str, client_id: str, _detail: str) -> None:
+    if event == "reconnected":
+        metrics.RECONNECTS.labels(client_id).inc()
+
+
+def _count_published(messages: list[mqtt.MQTTMessage], seconds: float) -> None:
+    metrics.PUBLISH_LATENCY.observe(seconds)
+    kinds = Counter("stats" if not m.user_properties else "rejected" for m in messages)
+    metrics.count_by(metrics.RECORDS_PUBLISHED, kinds)
+
+
 def build_live_flow(settings: Settings) -> Dataflow:
-    """The production flow: MQTT in, MQTT out, configured by ``settings``."""
-    from connectors import mqtt
+    """The production flow: MQTT in, MQTT out, configured by ``settings``.
 
+    Checks the broker first, so a wrong URL or credential stops the program
+    with one line instead of a traceback from inside a worker.
+    """
     logs.configure(settings.log_level)
+    connection = _connection(settings)
+    try:
+        mqtt.check_connection(connection, settings.client_id)
+    except mqtt.MQTTConnectError as err:
+        raise SystemExit(f"driver-stats: {err} (DRIVER_STATS_MQTT_URL={settings.mqtt_url})") from None
     metrics.serve(settings.metrics_port)
-
-    connection = mqtt.MQTTConnection.from_settings(settings)
+    # Kubernetes stops pods with SIGTERM: take Bytewax's Ctrl-C path, which
+    # stops the workers between batches (every write already acknowledged).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     source = mqtt.MQTTSource(
         connection,
-        topics=list(settings.input_topics),
-        partitions_per_topic=settings.partitions_per_topic,
+        settings.input_topics,
         client_id=settings.client_id,
+        partitions_per_topic=settings.partitions_per_topic,
         max_pending=settings.max_pending_messages,
+        on_event=_count_reconnects,
     )
-    sink = mqtt.MQTTSink(connection, client_id=settings.client_id)
+    sink = mqtt.MQTTSink(
+        connection,
+        client_id=settings.client_id,
+        on_event=_count_reconnects,
+        on_written=_count_published,
+    )
     return build_flow(settings, source, sink)
 
 

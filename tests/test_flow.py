@@ -34,6 +34,8 @@ def run(events_or_messages, *, window=10, lateness=0, clock=None, batch_size=100
         clock=clock or (lambda: T0.timestamp()),
     )
     run_main(flow)
+    assert all(key == m.topic for key, m in out)
+    out = [m for _, m in out]
     stats = [decode_stats(m.payload) for m in out if m.topic == STATS]
     by_key = {(s.driver_id, s.interval_start): s for s in stats}
     assert len(by_key) == len(stats), "two records for one driver and interval"
@@ -176,7 +178,7 @@ def test_json_output_format():
                       TestingSource([MQTTMessage(*wire(tipped("d1", "j1", 1, 3)))]), TestingSink(out),
                       clock=lambda: T0.timestamp())
     run_main(flow)
-    [record] = out
+    [(_, record)] = out
     assert record.payload.startswith(b'{"driverId":"d1","intervalStart":"2024-01-01T12:00:00Z"')
     assert decode_stats(record.payload).total_tips == 3
 
