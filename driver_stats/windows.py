@@ -184,18 +184,23 @@ class DriverWindows:
     def close_due(self, now: float) -> list[DriverStats]:
         """Close and return, oldest first, every interval the watermark passed."""
         watermark = self.watermark(now)
-        window = self.window
-        due = sorted(start for start in self.open if start + window <= watermark)
-        return [self.open.pop(start).to_stats(self.driver_id, start, start + window) for start in due]
+        return self._close(start for start in self.open if start + self.window <= watermark)
 
     def close_all(self) -> list[DriverStats]:
         """Close every interval (end of a finite input: nothing more can come)."""
-        return self.close_due(math.inf)
+        return self._close(list(self.open))
+
+    def _close(self, starts) -> list[DriverStats]:
+        window = self.window
+        return [
+            self.open.pop(start).to_stats(self.driver_id, start, start + window)
+            for start in sorted(starts)
+        ]
 
     def next_close(self) -> float | None:
         """Wall-clock time at which the oldest open interval closes, if any."""
-        if not self.open:
-            return None
+        if not self.open or self.watermark_base == -math.inf:
+            return None  # no clock yet, or unbounded lateness: only the end of input closes
         end = min(self.open) + self.window
         return self.wall_at_base + (end - self.watermark_base)
 

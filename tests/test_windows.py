@@ -104,3 +104,11 @@ def test_snapshot_resumes_totals_dedupe_and_clock_without_ageing_by_downtime():
     assert add(resumed, tipped("d1", "j2", 6, 4), now=5000.0) is None
     [s] = resumed.close_all()
     assert (s.driver_id, s.total_tips) == ("d1", 7)
+
+
+def test_with_unbounded_lateness_nothing_is_late_and_close_all_emits_everything():
+    w = DriverWindows(10, lateness_seconds=float("inf"))
+    add(w, tipped("d1", "j1", 500, 1), now=BASE)
+    assert add(w, tipped("d1", "j2", 3, 2), now=BASE + 10**6) is None
+    assert w.close_due(BASE + 10**6) == [] and w.next_close() is None
+    assert [(s.interval_start, s.total_tips) for s in w.close_all()] == [(at(0), 2), (at(500), 1)]
