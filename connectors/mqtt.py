@@ -28,35 +28,40 @@ mqtt.output("out", op.merge("all", out, rejected), connection=conn,
 ## Input
 
 {py:obj}`MQTTSource` (or the {py:obj}`input` operator, which also splits
-oversized messages into an `errs` stream) has ``partitions_per_topic``
-partitions per topic, keys ``"<topic>#<i>"``. Every worker lists them all
-and Bytewax assigns each to one worker. A partition is one paho client with
-a stable client id (:py:meth:`MQTTSource.client_id_for`, e.g.
-``driver-stats-in-input_driver_rated-0``), a persistent session (MQTT 3.1.1
-``clean_session=False``; with ``protocol="5"``: clean start off and a
-session expiry interval) and one QoS 1 subscription:
+oversized messages into an `errs` stream) has ``partitions`` partitions,
+keys ``"in-<i>"``; each subscribes to every topic, so every topic has
+``partitions`` partitions. Every worker lists them all and Bytewax assigns
+each to one worker. A partition is one paho client with a stable client id
+(:py:meth:`MQTTSource.client_id_for`, e.g. ``driver-stats-in-0``), a
+persistent session (MQTT 3.1.1 ``clean_session=False``; with
+``protocol="5"``: clean start off and a session expiry interval) and QoS 1
+subscriptions to all the topics. One session for all topics matters: the
+broker queues a disconnected client's messages in one queue in publish
+order, so after an outage or a restart the backlog comes back interleaved
+across topics as it was published, not one topic's whole backlog before
+the next (which would make the later topics' events look late).
 
-* ``partitions_per_topic=1`` (default): a plain subscription to the topic.
-  Messages of a topic arrive in order; everything published while the flow
-  is down is queued in its session, across broker restarts too.
-* ``partitions_per_topic>1``: the shared subscription
-  ``$share/<client_id>/<topic>``. Mosquitto hands each message to one
-  member, round-robin, and queues the share of an offline member in its
-  session: adding partitions (and workers) spreads the load, and a flow that
-  was down gets what was published meanwhile. The trade-offs, measured with
-  mosquitto 2.0.11: (1) no order within a topic; (2) a **restarted broker
-  does not restore shared subscriptions** from its persistence file (it
-  still reports the session present): messages already queued survive, but
+* ``partitions=1`` (default): plain subscriptions. Messages arrive in
+  publish order; everything published while the flow is down is queued in
+  its session, across broker restarts too.
+* ``partitions>1``: shared subscriptions ``$share/<client_id>/<topic>``.
+  Mosquitto hands each message to one member, round-robin, and queues the
+  share of an offline member in its session: adding partitions (and
+  workers) spreads the load, and a flow that was down gets what was
+  published meanwhile. The trade-offs, measured with mosquitto 2.0.11:
+  (1) no order across partitions; (2) a **restarted broker does not
+  restore shared subscriptions** from its persistence file (it still
+  reports the session present): messages already queued survive, but
   messages published after the broker restart and before the member
-  reconnects are LOST (nobody is subscribed). The partition subscribes again
-  on every connection to keep that window short, but a broker restart while
-  the flow is down loses everything published until the flow is back;
-  (3) when ``partitions_per_topic`` is lowered, the sessions of the removed
+  reconnects are LOST (nobody is subscribed). The partition subscribes
+  again on every connection to keep that window short, but a broker
+  restart while the flow is down loses everything published until the flow
+  is back; (3) when ``partitions`` is lowered, the sessions of the removed
   partitions stay members of the group and keep receiving their share until
   the broker expires them (``persistent_client_expiration`` for 3.1.1, the
-  session expiry interval for 5): remove them, or run once more with the old
-  value until drained. Switching between 1 and more replaces partition 0's
-  subscription (plain <-> shared).
+  session expiry interval for 5): remove them, or run once more with the
+  old value until drained. Switching between 1 and more replaces partition
+  0's subscriptions (plain <-> shared).
 
 MQTT 3.1.1 is the default for input: through a 1-worker flow, QoS 1,
 100-byte payloads, this connector receives about 43k msg/s with 3.1.1 and
@@ -482,7 +487,7 @@ _Entry = Tuple[int, int, int]  # (mid, qos, session generation)
 
 
 class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError], None]):
-    def __init__(self, source: MQTTSource, topic: str, index: int) -> None:
+    def __init__(self, source: MQTTSource, index: int) -> None:
         self._batch_size = source.batch_size
         self._max_pending = source.max_pending
         self._max_bytes = source.max_message_bytes
@@ -498,13 +503,13 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         self._held: set[Tuple[int, int]] = set()
         self._closing = False
         self._block_s = min(1.0, max(0.05, source.connection.keepalive / 4))
-        client_id = source.client_id_for(topic, index)
+        client_id = source.client_id_for(index)
         self.stats = source.stats.setdefault(client_id, MQTTLinkStats())
         self._link = _Link(
             source.connection,
             client_id,
             protocol=source.protocol,
-            label=f"mqtt input {topic}#{index}",
+            label=f"mqtt input #{index}",
             persistent=True,
             resume_first=True,
             session_expiry=source.session_expiry,
@@ -512,24 +517,29 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
             stats=self.stats,
             on_event=source.on_event,
         )
-        shared = f"$share/{source.client_id}/{topic}"
+        # One session for all topics: the broker queues a disconnected
+        # client's messages in one queue, in publish order across topics, so
+        # a backlog (after an outage or a restart) comes back interleaved as
+        # it was published instead of one topic after the other.
+        plain = [(topic, 1) for topic in source.topics]
+        shared = [(f"$share/{source.client_id}/{topic}", 1) for topic in source.topics]
         client = self._link.client
-        if source.partitions_per_topic == 1:
-            # A plain subscription: restored with the session by a
-            # restarted broker. Drop a shared one left by a run with more
-            # partitions (UNSUBSCRIBE of an unknown filter is harmless).
+        if source.partitions == 1:
+            # Plain subscriptions: restored with the session by a restarted
+            # broker. Drop shared ones left by a run with more partitions
+            # (UNSUBSCRIBE of an unknown filter is harmless).
             def after_connect(session_present: bool) -> None:
                 if not session_present:
-                    client.subscribe(topic, qos=1)
-                client.unsubscribe(shared)
+                    client.subscribe(plain)
+                client.unsubscribe([f for f, _ in shared])
         else:
             # Mosquitto 2.0 does not restore shared subscriptions from its
             # persistence file although it reports the session present:
             # subscribe again on every connection (no retained messages
             # are sent for shared subscriptions, so this is harmless).
             def after_connect(session_present: bool) -> None:
-                client.unsubscribe(topic)
-                client.subscribe(shared, qos=1)
+                client.unsubscribe([f for f, _ in plain])
+                client.subscribe(shared)
 
         self._link.after_connect = after_connect
         self._link.client.on_message = self._on_message
@@ -630,7 +640,7 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         topics: Iterable[str],
         *,
         client_id: str,
-        partitions_per_topic: int = 1,
+        partitions: int = 1,
         max_pending: int = 10_000,
         batch_size: int = 1000,
         max_message_bytes: Optional[int] = None,
@@ -641,7 +651,7 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         self.connection = connection
         self.topics = list(topics)
         self.client_id = client_id
-        self.partitions_per_topic = partitions_per_topic
+        self.partitions = partitions
         self.max_pending = max_pending
         self.batch_size = batch_size
         self.max_message_bytes = max_message_bytes
@@ -654,30 +664,25 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
             raise ValueError(f"client_id {client_id!r}: use 1 or more of A-Z a-z 0-9 _ -")
         if protocol not in _PROTOCOLS:
             raise ValueError(f"protocol {protocol!r}: use '3.1.1' or '5'")
-        if partitions_per_topic < 1 or max_pending < 1 or batch_size < 1:
-            raise ValueError("partitions_per_topic, max_pending and batch_size must be >= 1")
+        if partitions < 1 or max_pending < 1 or batch_size < 1:
+            raise ValueError("partitions, max_pending and batch_size must be >= 1")
         if not self.topics:
             raise ValueError("no topics")
-        ids: dict[str, str] = {}
         for topic in self.topics:
             if not topic or "#" in topic or "+" in topic or topic.startswith("$"):
                 raise ValueError(f"topic {topic!r}: give a plain topic name (no wildcards, not $...)")
-            other = ids.setdefault(self.client_id_for(topic, 0), topic)
-            if other != topic:
-                raise ValueError(f"topics {other!r} and {topic!r} give the same client id")
 
-    def client_id_for(self, topic: str, index: int) -> str:
-        """Stable client id of partition ``index`` of ``topic``."""
-        return f"{self.client_id}-in-{_SAFE_ID.sub('_', topic)}-{index}"
+    def client_id_for(self, index: int) -> str:
+        """Stable client id of partition ``index``."""
+        return f"{self.client_id}-in-{index}"
 
     def list_parts(self) -> List[str]:
-        return [f"{t}#{i}" for t in self.topics for i in range(self.partitions_per_topic)]
+        return [f"in-{i}" for i in range(self.partitions)]
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: None
     ) -> _MQTTSourcePartition:
-        topic, _, index = for_part.rpartition("#")
-        return _MQTTSourcePartition(self, topic, int(index))
+        return _MQTTSourcePartition(self, int(for_part.removeprefix("in-")))
 
 
 @operator
@@ -696,7 +701,7 @@ def input(  # noqa: A001
     connection: MQTTConnection,
     topics: List[str],
     client_id: str,
-    partitions_per_topic: int = 1,
+    partitions: int = 1,
     max_message_bytes: Optional[int] = None,
     max_pending: int = 10_000,
     batch_size: int = 1000,
@@ -711,7 +716,7 @@ def input(  # noqa: A001
         connection,
         topics,
         client_id=client_id,
-        partitions_per_topic=partitions_per_topic,
+        partitions=partitions,
         max_pending=max_pending,
         batch_size=batch_size,
         max_message_bytes=max_message_bytes,

@@ -23,7 +23,9 @@ Semantics (``../shared/CONTRACT.md``):
   once. Dedupe entries live in the interval they were counted in and are
   dropped when it closes: a key is kept exactly as long as its interval can
   still accept events, so memory follows the open intervals, not history.
-  (A repeat arriving after its interval closed is rejected as ``late``.)
+  A repeat whose interval is still held is a duplicate even if the clock
+  already passed the interval; one arriving after its interval was emitted
+  can no longer be recognised and is rejected as ``late``.
 * Wall-clock time spent while the flow is down does not advance the clock
   (:meth:`DriverWindows.resume` restarts it), so events published during an
   outage are counted when the broker redelivers them.
@@ -159,14 +161,18 @@ class DriverWindows:
         rejection reason (:data:`LATE`, ``overflow: ...``).
         """
         start = int(event_time // self.window) * self.window
+        key = (_KIND[type(event)], event.journey_id)
+        totals = self.open.get(start)
+        # A redelivery is a duplicate as long as its interval is still held,
+        # even when the clock already passed it (it closes at batch end).
+        if totals is not None and key in totals.seen:
+            return DUPLICATE
         watermark = self.watermark(now)
         if start + self.window <= watermark:
             return LATE
-        key = (_KIND[type(event)], event.journey_id)
-        for totals in self.open.values():
-            if key in totals.seen:
+        for other in self.open.values():  # same identity, other event time
+            if key in other.seen:
                 return DUPLICATE
-        totals = self.open.get(start)
         if totals is None:
             totals = self.open[start] = IntervalTotals()
         refused = totals.add(event)

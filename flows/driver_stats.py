@@ -28,8 +28,11 @@ history files.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import signal
+import sys
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -47,28 +50,26 @@ from driver_stats import logs, metrics
 from driver_stats.contract import DriverStats, Rejection, encode_stats, to_json
 from driver_stats.intake import Accepted, Intake
 from driver_stats.settings import Settings, load_or_exit
+from driver_stats.stream_clock import StreamClock
 from driver_stats.windows import DUPLICATE, DriverWindows
 
 
 class DriverWindowsLogic(StatefulBatchLogic):
     """Bytewax adapter around one driver's :class:`DriverWindows`."""
 
-    def __init__(
-        self,
-        windows: DriverWindows,
-        clock: Callable[[], float],
-    ):
+    def __init__(self, windows: DriverWindows, clock: StreamClock):
         self.windows = windows
-        self.clock = clock
+        self.stream_clock = clock
+        self.clock = clock.now
 
     @classmethod
-    def builder(cls, settings: Settings, lateness: float, clock: Callable[[], float]):
+    def builder(cls, settings: Settings, lateness: float, clock: StreamClock):
         window = settings.window_seconds
 
         def build(resume_state: Optional[tuple]) -> DriverWindowsLogic:
             if resume_state is None:
                 return cls(DriverWindows(window, lateness), clock)
-            return cls(DriverWindows.resume(resume_state, window, lateness, clock()), clock)
+            return cls(DriverWindows.resume(resume_state, window, lateness, clock.now()), clock)
 
         return build
 
@@ -117,7 +118,9 @@ class DriverWindowsLogic(StatefulBatchLogic):
 
     def notify_at(self) -> Optional[datetime]:
         at = self.windows.next_close()
-        return None if at is None else datetime.fromtimestamp(at, timezone.utc)
+        if at is None:
+            return None
+        return datetime.fromtimestamp(self.stream_clock.to_wall(at), timezone.utc)
 
     def snapshot(self) -> tuple:
         return self.windows.snapshot(self.clock())
@@ -133,6 +136,7 @@ def build_flow(
     sink: Sink,
     *,
     clock: Callable[[], float] = time.time,
+    stream_clock: StreamClock | None = None,
     complete_input: bool = False,
 ) -> Dataflow:
     """The dataflow over any ``source`` of messages with ``.topic`` and ``.payload``.
@@ -141,7 +145,10 @@ def build_flow(
     ``settings.topic_driver_stats``, rejections on ``rejected/<source topic>``.
     ``complete_input=True`` (history replay) waits for the end of the input
     to close intervals, so no event is late however the input is ordered.
+    ``clock`` is wall-clock time (for the ``future`` rule); ``stream_clock``
+    drives the drivers' clocks (default: ``clock``, never paused).
     """
+    stream_clock = stream_clock or StreamClock(clock)
     intake = Intake(settings, clock)
     lateness = math.inf if complete_input else settings.allowed_lateness_seconds
     stats_topic = settings.topic_driver_stats
@@ -161,7 +168,7 @@ def build_flow(
     valid = op.branch("split_valid", decoded, lambda item: isinstance(item, Accepted))
     by_driver = op.key_on("key_by_driver", valid.trues, lambda accepted: accepted.event.driver_id)
     windowed = op.stateful_batch(
-        "dedupe_and_window", by_driver, DriverWindowsLogic.builder(settings, lateness, clock)
+        "dedupe_and_window", by_driver, DriverWindowsLogic.builder(settings, lateness, stream_clock)
     )
     closed = op.branch(
         "split_stats", op.key_rm("unkey", windowed), lambda item: isinstance(item, DriverStats)
@@ -193,10 +200,51 @@ def _count_reconnects(event: str, client_id: str, _detail: str) -> None:
         metrics.RECONNECTS.labels(client_id).inc()
 
 
+def _input_events(stream_clock: StreamClock) -> Callable[[str, str, str], None]:
+    """Pause the stream clock while an input partition is disconnected."""
+
+    def on_event(event: str, client_id: str, detail: str) -> None:
+        _count_reconnects(event, client_id, detail)
+        if event == "disconnected":
+            stream_clock.input_down(client_id)
+        elif event in ("connected", "reconnected"):
+            stream_clock.input_up(client_id)
+
+    return on_event
+
+
 def _count_published(messages: list[mqtt.MQTTMessage], seconds: float) -> None:
     metrics.PUBLISH_LATENCY.observe(seconds)
     kinds = Counter("stats" if not m.user_properties else "rejected" for m in messages)
     metrics.count_by(metrics.RECORDS_PUBLISHED, kinds)
+
+
+def _stop_quietly_on_signals() -> None:
+    """SIGTERM (how Kubernetes stops pods) and Ctrl-C stop the flow cleanly.
+
+    Both take Bytewax's interrupt path: workers stop between steps, every
+    write already acknowledged by the broker, and input not yet covered by a
+    committed snapshot stays unacknowledged, so the broker redelivers it on
+    restart. Bytewax reports that path as an error; we log one line and
+    exit 0 instead of a traceback.
+    """
+    log = logging.getLogger("driver_stats")
+
+    def on_sigterm(signum, frame):
+        log.info("stopping on SIGTERM")
+        raise KeyboardInterrupt
+
+    def on_uncaught(kind, error, trace):
+        interrupted = issubclass(kind, KeyboardInterrupt) or isinstance(error.__cause__, KeyboardInterrupt)
+        if interrupted or "signal received" in str(error):
+            log.info("stopped")
+            logging.shutdown()
+            os._exit(0)
+        default_excepthook(kind, error, trace)
+
+    default_excepthook = sys.excepthook
+    signal.signal(signal.SIGTERM, on_sigterm)
+    sys.excepthook = on_uncaught
 
 
 def build_live_flow(settings: Settings) -> Dataflow:
@@ -212,16 +260,15 @@ def build_live_flow(settings: Settings) -> Dataflow:
     except mqtt.MQTTConnectError as err:
         raise SystemExit(f"driver-stats: {err} (DRIVER_STATS_MQTT_URL={settings.mqtt_url})") from None
     metrics.serve(settings.metrics_port)
-    # Kubernetes stops pods with SIGTERM: take Bytewax's Ctrl-C path, which
-    # stops the workers between batches (every write already acknowledged).
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    _stop_quietly_on_signals()
+    stream_clock = StreamClock()
     source = mqtt.MQTTSource(
         connection,
         settings.input_topics,
         client_id=settings.client_id,
-        partitions_per_topic=settings.partitions_per_topic,
+        partitions=settings.partitions_per_topic,
         max_pending=settings.max_pending_messages,
-        on_event=_count_reconnects,
+        on_event=_input_events(stream_clock),
     )
     sink = mqtt.MQTTSink(
         connection,
@@ -229,7 +276,7 @@ def build_live_flow(settings: Settings) -> Dataflow:
         on_event=_count_reconnects,
         on_written=_count_published,
     )
-    return build_flow(settings, source, sink)
+    return build_flow(settings, source, sink, stream_clock=stream_clock)
 
 
 def __getattr__(name: str) -> Dataflow:

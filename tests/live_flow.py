@@ -93,7 +93,7 @@ class LiveFlow:
                 self.procs.append(subprocess.Popen(
                     self._command(index, addresses), cwd=self.workdir, env=self.env,
                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-        wanted = before + 3 * self.partitions
+        wanted = before + self.partitions
         wait_for(lambda: self._input_connects() >= wanted or any(p.poll() is not None for p in self.procs),
                  timeout, "flow's input partitions connected")
         assert all(p.poll() is None for p in self.procs), self.logs()[-4000:]

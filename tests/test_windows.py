@@ -112,3 +112,13 @@ def test_with_unbounded_lateness_nothing_is_late_and_close_all_emits_everything(
     assert add(w, tipped("d1", "j2", 3, 2), now=BASE + 10**6) is None
     assert w.close_due(BASE + 10**6) == [] and w.next_close() is None
     assert [(s.interval_start, s.total_tips) for s in w.close_all()] == [(at(0), 2), (at(500), 1)]
+
+
+def test_a_repeat_is_a_duplicate_not_late_while_its_interval_is_held():
+    w = DriverWindows(10, lateness_seconds=0)
+    add(w, tipped("d1", "j1", 3, 1))
+    add(w, tipped("d1", "j2", 25, 1))  # the clock passes [0, 10); it closes at batch end
+    assert add(w, tipped("d1", "j1", 3, 1)) is DUPLICATE
+    assert add(w, tipped("d1", "j3", 3, 1)) == LATE
+    w.close_due(BASE)
+    assert add(w, tipped("d1", "j1", 3, 1)) == LATE  # emitted: no longer recognisable
