@@ -449,6 +449,9 @@ class _Link:
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         if not self.connected:
+            if not self._ever_connected and not self._connack.is_set():
+                self._refusal = f"connection closed before CONNACK ({reason})"
+                self._connack.set()
             return
         self.connected = False
         if self._closing:
@@ -738,10 +741,24 @@ class _MQTTSinkPartition(StatefulSinkPartition[MQTTMessage, None]):
         self._acked: dict[int, object] = {}
         client_id = f"{sink.client_id}-out-{index}"
         self.stats = sink.stats.setdefault(client_id, MQTTLinkStats())
-        self._link = _Link(
+        try:
+            self._link = self._connect(sink, client_id, index, "5")
+        except MQTTConnectError as err:
+            # A broker without MQTT 5 (e.g. the demo's embedded amqtt) drops
+            # the v5 CONNECT. Publish with 3.1.1 then: everything arrives, but
+            # user properties (the rejected messages' reason) cannot.
+            if "no CONNACK" not in str(err) and "closed" not in str(err) and "protocol" not in str(err):
+                raise
+            self._link = self._connect(sink, client_id, index, "3.1.1")
+            log.warning("%s: the broker does not speak MQTT 5; publishing with 3.1.1, "
+                        "so user properties (reason, detail) are dropped", self._link.label)
+        self._v5 = self._link.client.protocol == paho.MQTTv5
+
+    def _connect(self, sink: MQTTSink, client_id: str, index: int, protocol: Protocol) -> _Link:
+        link = _Link(
             sink.connection,
             client_id,
-            protocol="5",
+            protocol=protocol,
             label=f"mqtt output #{index}",
             persistent=False,
             resume_first=False,
@@ -750,11 +767,12 @@ class _MQTTSinkPartition(StatefulSinkPartition[MQTTMessage, None]):
             stats=self.stats,
             on_event=sink.on_event,
         )
-        client = self._link.client
+        client = link.client
         client.max_inflight_messages_set(sink.max_inflight)
         client.max_queued_messages_set(0)
         client.on_publish = self._on_publish
-        self._link.start()
+        link.start()
+        return link
 
     def _on_publish(self, client, userdata, mid, reason, properties) -> None:
         with self._cond:
@@ -774,7 +792,7 @@ class _MQTTSinkPartition(StatefulSinkPartition[MQTTMessage, None]):
         mids = {}
         for item in items:
             props = None
-            if item.user_properties:
+            if item.user_properties and self._v5:
                 props = Properties(PacketTypes.PUBLISH)
                 props.UserProperty = [tuple(kv) for kv in item.user_properties]
             info = client.publish(item.topic, item.payload, qos=1, properties=props)
