@@ -142,6 +142,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             missing = "mqtt_key_file" if self.mqtt_key_file is None else "mqtt_cert_file"
             raise SettingsError(_bad_value(missing, "(unset)"))
 
+    def mqtt_connection(self):
+        """The broker connection (``connectors.mqtt.MQTTConnection``) these settings describe."""
+        from connectors.mqtt import MQTTConnection
+
+        return MQTTConnection(
+            host=self.mqtt_host,
+            port=self.mqtt_port,
+            tls=self.mqtt_tls,
+            ca_file=self.mqtt_ca_file,
+            cert_file=self.mqtt_cert_file,
+            key_file=self.mqtt_key_file,
+            username=self.mqtt_username,
+            password=self.mqtt_password,
+        )
+
     @property
     def mqtt_host(self) -> str:
         return urlsplit(self.mqtt_url).hostname or "localhost"

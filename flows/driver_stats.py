@@ -182,19 +182,6 @@ def build_flow(
     return flow
 
 
-def _connection(settings: Settings) -> mqtt.MQTTConnection:
-    return mqtt.MQTTConnection(
-        host=settings.mqtt_host,
-        port=settings.mqtt_port,
-        tls=settings.mqtt_tls,
-        ca_file=settings.mqtt_ca_file,
-        cert_file=settings.mqtt_cert_file,
-        key_file=settings.mqtt_key_file,
-        username=settings.mqtt_username,
-        password=settings.mqtt_password,
-    )
-
-
 def _count_reconnects(event: str, client_id: str, _detail: str) -> None:
     if event == "reconnected":
         metrics.RECONNECTS.labels(client_id).inc()
@@ -254,7 +241,7 @@ def build_live_flow(settings: Settings) -> Dataflow:
     with one line instead of a traceback from inside a worker.
     """
     logs.configure(settings.log_level)
-    connection = _connection(settings)
+    connection = settings.mqtt_connection()
     try:
         mqtt.check_connection(connection, settings.client_id)
     except mqtt.MQTTConnectError as err:

@@ -18,7 +18,6 @@ import getpass
 import hashlib
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,21 +25,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from driver_stats.tools.demo import find_mosquitto, free_port  # noqa: F401 - shared with the tests
+
 NOT_FOUND = "mosquitto not found: install it with `apt-get install -y mosquitto`"
-
-
-def find_mosquitto() -> str | None:
-    """Path of the mosquitto binary, or None."""
-    found = shutil.which("mosquitto")
-    if found:
-        return found
-    return "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def password_line(username: str, password: str) -> str:

@@ -11,7 +11,6 @@ from driver_stats.contract import (
     DecodeError,
     DriverRated,
     DriverStats,
-    DriverTipped,
     EventDecoder,
     FinishReason,
     JourneyFinished,

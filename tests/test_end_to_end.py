@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from driver_stats.contract import encode_event
-from tests.factories import RATED, TIPPED, finished, rated, tipped, wire
+from tests.factories import RATED, rated, tipped, wire
 from tests.live_flow import LiveFlow, expected_stats, published_stats, wait_for_records
 from tests.mqtt_clients import Collector, Publisher, wait_for
 from tests.test_flow import seed_events, totals

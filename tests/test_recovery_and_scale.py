@@ -14,7 +14,7 @@ import pytest
 
 from tests.factories import tipped, rated, finished, wire
 from tests.live_flow import LiveFlow, expected_stats, published_stats, wait_for_records
-from tests.mqtt_clients import Collector, Publisher, wait_for
+from tests.mqtt_clients import Collector, Publisher
 from tests.paced import PacedTraffic, compare
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(180)]

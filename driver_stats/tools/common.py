@@ -69,15 +69,7 @@ def mqtt_client(settings: Settings, client_id: str, *, v5: bool = False) -> paho
         client = paho.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=paho.MQTTv311
         )
-    if settings.mqtt_tls:
-        client.tls_set(
-            ca_certs=settings.mqtt_ca_file,
-            certfile=settings.mqtt_cert_file,
-            keyfile=settings.mqtt_key_file,
-            cert_reqs=ssl.CERT_REQUIRED,
-        )
-    if settings.mqtt_username is not None or settings.mqtt_password is not None:
-        client.username_pw_set(settings.mqtt_username or "", settings.mqtt_password)
+    settings.mqtt_connection().apply(client)
     return client
 
 
