@@ -31,10 +31,6 @@ class Accepted(msgspec.Struct, frozen=True, array_like=True, gc=False):
     source_topic: str
     payload: bytes
 
-    @property
-    def driver_id(self) -> str:
-        return self.event.driver_id
-
 
 class Intake:
     """Decodes and validates messages of the three input topics.
@@ -57,7 +53,8 @@ class Intake:
         self._max_future = settings.max_future_seconds
         self._clock = clock
 
-    def __call__(self, topic: str, payload: bytes) -> Accepted | Rejection:
+    def __call__(self, topic: str, payload: bytes, now: float | None = None) -> Accepted | Rejection:
+        """One message; ``now`` (wall clock, for the ``future`` rule) defaults to the clock."""
         decoder = self._decoders.get(topic)
         if decoder is None:
             return Rejection(topic, payload, "unknown topic", f"{topic!r} is not an input topic")
@@ -69,14 +66,17 @@ class Intake:
             event = decoder.decode(payload)
         except DecodeError as err:
             return Rejection(topic, payload, err.reason, str(err))
-        found = problem(event, now=self._clock(), max_future_seconds=self._max_future)
+        if now is None:
+            now = self._clock()
+        found = problem(event, now=now, max_future_seconds=self._max_future)
         if found:
             return Rejection(topic, payload, *found)
         return Accepted(event, event.event_time.timestamp(), topic, payload)
 
     def batch(self, messages: list) -> list[Accepted | Rejection]:
         """:meth:`__call__` over a batch of messages with ``.topic`` and ``.payload``."""
-        results = [self(message.topic, message.payload) for message in messages]
+        now = self._clock()  # once per batch, not per message
+        results = [self(message.topic, message.payload, now) for message in messages]
         received = Counter(message.topic for message in messages)
         metrics.count_by(metrics.MESSAGES_RECEIVED, received)
         metrics.count_by(

@@ -59,8 +59,7 @@ class DriverWindowsLogic(StatefulBatchLogic):
 
     def __init__(self, windows: DriverWindows, clock: StreamClock):
         self.windows = windows
-        self.stream_clock = clock
-        self.clock = clock.now
+        self.clock = clock
 
     @classmethod
     def builder(cls, settings: Settings, lateness: float, clock: StreamClock):
@@ -74,7 +73,7 @@ class DriverWindowsLogic(StatefulBatchLogic):
         return build
 
     def on_batch(self, values: list[Accepted]) -> tuple[Iterable[DriverStats | Rejection], bool]:
-        now = self.clock()
+        now = self.clock.now()
         add = self.windows.add
         out: list[DriverStats | Rejection] = []
         duplicates = 0
@@ -109,7 +108,7 @@ class DriverWindowsLogic(StatefulBatchLogic):
         return f"interval total would exceed 2^32-1 ({reason})"
 
     def on_notify(self) -> tuple[Iterable[DriverStats], bool]:
-        return self._close(self.windows.close_due(self.clock())), self.RETAIN
+        return self._close(self.windows.close_due(self.clock.now())), self.RETAIN
 
     def on_eof(self) -> tuple[Iterable[DriverStats], bool]:
         # A finite input (tests, replay) is complete: close every interval.
@@ -120,10 +119,10 @@ class DriverWindowsLogic(StatefulBatchLogic):
         at = self.windows.next_close()
         if at is None:
             return None
-        return datetime.fromtimestamp(self.stream_clock.to_wall(at), timezone.utc)
+        return datetime.fromtimestamp(self.clock.to_wall(at), timezone.utc)
 
     def snapshot(self) -> tuple:
-        return self.windows.snapshot(self.clock())
+        return self.windows.snapshot(self.clock.now())
 
 
 def _iso(seconds: float) -> str:

@@ -156,7 +156,3 @@ def wait_for_records(collector, expected: dict, timeout: float = 60.0, topic: st
         missing = sorted(set(expected) - set(got))[:5]
         raise AssertionError(f"missing {len(set(expected) - set(got))} records, e.g. {missing}") from None
     time.sleep(0.5)  # let any extra (wrong) records show up too
-
-
-def sigterm(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)

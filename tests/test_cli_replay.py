@@ -184,6 +184,5 @@ def test_the_flow_over_file_partitions_and_the_collect_sink(tmp_path):
     write_history(tmp_path, seed_events())
     files = [(tmp_path / name, topic) for (name, _), topic in zip(HISTORY_FILES, Settings().input_topics)]
     out: list = []
-    run_main(build_flow(Settings(window_seconds=10, allowed_lateness_seconds=10**9), FileSource(files),
-                        CollectSink(out)))
+    run_main(build_flow(Settings(window_seconds=10), FileSource(files), CollectSink(out), complete_input=True))
     assert len(out) == 3 and {m.topic for m in out} == {"output/driver_stats"}
