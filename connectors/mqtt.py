@@ -741,18 +741,41 @@ class _MQTTSinkPartition(StatefulSinkPartition[MQTTMessage, None]):
         self._acked: dict[int, object] = {}
         client_id = f"{sink.client_id}-out-{index}"
         self.stats = sink.stats.setdefault(client_id, MQTTLinkStats())
-        try:
-            self._link = self._connect(sink, client_id, index, "5")
-        except MQTTConnectError as err:
-            # A broker without MQTT 5 (e.g. the demo's embedded amqtt) drops
-            # the v5 CONNECT. Publish with 3.1.1 then: everything arrives, but
-            # user properties (the rejected messages' reason) cannot.
-            if "no CONNACK" not in str(err) and "closed" not in str(err) and "protocol" not in str(err):
-                raise
-            self._link = self._connect(sink, client_id, index, "3.1.1")
-            log.warning("%s: the broker does not speak MQTT 5; publishing with 3.1.1, "
-                        "so user properties (reason, detail) are dropped", self._link.label)
+        self._link = self._open(sink, client_id, index)
         self._v5 = self._link.client.protocol == paho.MQTTv5
+
+    def _open(self, sink: MQTTSink, client_id: str, index: int) -> _Link:
+        """Connect with MQTT 5, waiting up to ``sink.timeout`` for a broker that is down.
+
+        Bytewax builds sink partitions at the first output, which may come
+        during a broker outage: wait for it as a write would. A broker without
+        MQTT 5 (e.g. the demo's embedded amqtt) drops or refuses the v5
+        CONNECT: publish with 3.1.1 then; everything arrives, but user
+        properties (the rejected messages' reason) cannot.
+        """
+        label = f"mqtt output #{index}"
+        deadline = time.monotonic() + sink.timeout
+        delay = 0.5
+        while True:
+            try:
+                return self._connect(sink, client_id, index, "5")
+            except MQTTConnectError as err:
+                reason = str(err)
+            if "CONNACK" in reason or "protocol" in reason.lower():
+                try:
+                    link = self._connect(sink, client_id, index, "3.1.1")
+                except MQTTConnectError as err:
+                    reason = str(err)
+                else:
+                    log.warning("%s: the broker does not speak MQTT 5; publishing with 3.1.1, "
+                                "so user properties (reason, detail) are dropped", label)
+                    return link
+            # Credentials or authorization: waiting cannot help.
+            if "refused the connection" in reason or time.monotonic() + delay > deadline:
+                raise MQTTConnectError(reason)
+            log.warning("%s: %s; retrying in %.1fs", label, reason, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     def _connect(self, sink: MQTTSink, client_id: str, index: int, protocol: Protocol) -> _Link:
         link = _Link(

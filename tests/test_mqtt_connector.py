@@ -375,3 +375,18 @@ def test_shared_subscription_survives_broker_restart_while_connected(mosquitto, 
         assert [m.payload for m in drain(part, 2)]  # this member's share arrives
     finally:
         part.close()
+
+
+def test_sink_built_during_a_broker_outage_waits_for_the_broker(mosquitto, clients):
+    # Bytewax builds sink partitions at the first output, which can fall in an outage.
+    out = clients(Collector, "out/#", client_id="sink-wait-collector")
+    conn = MQTTConnection(host="127.0.0.1", port=mosquitto.port)
+    mosquitto.stop()
+    threading.Timer(1.5, mosquitto.start).start()
+    part = MQTTSink(conn, client_id="late-sink", timeout=30).build_part("out", "0", None)
+    try:
+        part.write_batch([MQTTMessage("out/x", b"after", (("reason", "r"),))])
+        wait_for(lambda: out.payloads("out/x") == [b"after"], 15, "message after the outage")
+        assert [m.user_properties for m in out.messages] == [(("reason", "r"),)]  # still MQTT 5
+    finally:
+        part.close()
