@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
 DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16poc/output/stats.proto\x12\npoc.output\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x02\n\x0b\x44riverStats\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12\x32\n\x0einterval_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cinterval_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0ftotal_drop_offs\x18\x04 \x01(\r\x12\x1c\n\x14total_driver_cancels\x18\x05 \x01(\r\x12\x16\n\x0etotal_distance\x18\x06 \x01(\r\x12\x13\n\x0btotal_price\x18\x07 \x01(\r\x12\x12\n\ntotal_tips\x18\x08 \x01(\r\x12\x12\n\navg_rating\x18\t \x01(\x02\x62\x06proto3')
