@@ -98,7 +98,7 @@ def test_late_messages_are_late_and_the_rest_is_counted():
             continue
         accepted = intake(g.topic, g.payload)
         assert isinstance(accepted, Accepted), g
-        w = windows.setdefault(accepted.driver_id, DriverWindows(10, 2))
+        w = windows.setdefault(accepted.event.driver_id, DriverWindows(10, 2))
         verdict = w.add(accepted.event, accepted.event_time, now=g.at)
         w.close_due(g.at)
         verdicts[g.kind, verdict] += 1
