@@ -1,8 +1,12 @@
 """First step of the flow: a message's bytes become a valid event or a rejection.
 
-Nothing here raises into the dataflow: every input message leaves as exactly
-one :class:`Accepted` or one :class:`~driver_stats.contract.Rejection`
-carrying the source topic, the original bytes and the reason.
+Nothing here raises into the dataflow, whatever the bytes: every input
+message leaves as exactly one :class:`Accepted` or one
+:class:`~driver_stats.contract.Rejection` carrying the source topic, the
+original bytes and the reason. Limits are explicit: at most
+``max_message_bytes`` per payload (``too large``), JSON nested at most
+:data:`~driver_stats.contract.json_mapping.MAX_JSON_DEPTH` levels
+(``undecodable``), values within their protobuf types (``invalid: <field>``).
 """
 
 from __future__ import annotations
@@ -62,16 +66,18 @@ class Intake:
             return Rejection(
                 topic, payload, "too large", f"{len(payload)} bytes, at most {self._max_bytes}"
             )
-        try:
-            event = decoder.decode(payload)
-        except DecodeError as err:
-            return Rejection(topic, payload, err.reason, str(err))
         if now is None:
             now = self._clock()
-        found = problem(event, now=now, max_future_seconds=self._max_future)
-        if found:
-            return Rejection(topic, payload, *found)
-        return Accepted(event, event.event_time.timestamp(), topic, payload)
+        try:
+            event = decoder.decode(payload)
+            found = problem(event, now=now, max_future_seconds=self._max_future)
+            if found:
+                return Rejection(topic, payload, *found)
+            return Accepted(event, event.event_time.timestamp(), topic, payload)
+        except DecodeError as err:
+            return Rejection(topic, payload, err.reason, str(err))
+        except Exception as err:  # noqa: BLE001 - whatever the bytes, a rejection, never a crash
+            return Rejection(topic, payload, "undecodable", f"{type(err).__name__}: {str(err)[:200]}")
 
     def batch(self, messages: list) -> list[Accepted | Rejection]:
         """:meth:`__call__` over a batch of messages with ``.topic`` and ``.payload``."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from .contract import DriverRated, DriverTipped, Event, JourneyFinished
+from .contract.limits import UINT32_MAX
 
 # The event-time field of each event type, by its proto field name.
 EVENT_TIME_FIELD: dict[type, str] = {
@@ -50,7 +51,15 @@ def problem(event: Event, *, now: float, max_future_seconds: float) -> tuple[str
     if isinstance(event, DriverRated):
         if not 1 <= event.rating <= 5:
             return _invalid("rating", f"rating {event.rating} is not in 1..5")
-    elif isinstance(event, JourneyFinished):
+    # The codecs already refuse out-of-range numbers; checked again here so
+    # that no total can ever hold a value the output's uint32 fields cannot carry.
+    elif isinstance(event, DriverTipped):
+        if not 0 <= event.amount <= UINT32_MAX:
+            return _invalid("amount", f"amount {event.amount} is not a uint32")
+    else:
+        for field, value in (("distance", event.distance), ("price", event.price)):
+            if not 0 <= value <= UINT32_MAX:
+                return _invalid(field, f"{field} {value} is not a uint32")
         found = _time_problem("started_at", event.started_at)
         if found:
             return found

@@ -38,8 +38,7 @@ from datetime import datetime, timezone
 from typing import Iterable
 
 from .contract import DriverRated, DriverStats, DriverTipped, Event, FinishReason, JourneyFinished, float32
-
-UINT32_MAX = 2**32 - 1
+from .contract.limits import UINT32_MAX
 DUPLICATE = "duplicate"  # add() result for a repeat: not counted, not rejected
 LATE = "late"
 
@@ -72,7 +71,10 @@ class IntervalTotals:
         self.seen: set[tuple[int, str]] = set()
 
     def add(self, event: Event) -> str | None:
-        """Count ``event``; return a rejection reason if a total would overflow."""
+        """Count ``event``; return a rejection reason if a total would overflow.
+
+        All or nothing: a refused event changes no total.
+        """
         if isinstance(event, JourneyFinished):
             # Distance and price sum over every journey that ended here, as
             # the contract says; producers fill them only for DROP_OFF.
@@ -173,11 +175,14 @@ class DriverWindows:
         for other in self.open.values():  # same identity, other event time
             if key in other.seen:
                 return DUPLICATE
-        if totals is None:
-            totals = self.open[start] = IntervalTotals()
+        created = totals is None
+        if created:
+            totals = IntervalTotals()
         refused = totals.add(event)
         if refused:
-            return refused
+            return refused  # a refused event leaves nothing: no interval, no dedupe key
+        if created:
+            self.open[start] = totals
         totals.seen.add(key)
         if not self.driver_id:
             self.driver_id = event.driver_id

@@ -78,7 +78,11 @@ class DriverWindowsLogic(StatefulBatchLogic):
         out: list[DriverStats | Rejection] = []
         duplicates = 0
         for accepted in values:
-            verdict = add(accepted.event, accepted.event_time, now)
+            try:
+                verdict = add(accepted.event, accepted.event_time, now)
+            except Exception as err:  # noqa: BLE001 - see _internal_error
+                out.append(_internal_error(err, accepted))
+                continue
             if verdict is None:
                 continue
             if verdict is DUPLICATE:
@@ -125,6 +129,24 @@ class DriverWindowsLogic(StatefulBatchLogic):
         return self.windows.snapshot(self.clock.now())
 
 
+INTERNAL_ERROR = "internal error"  # rejection reason: an exception of ours met this event
+UNENCODABLE = "unencodable"  # a stats record the output format cannot carry
+_log = logging.getLogger("driver_stats.flow")
+
+
+def _internal_error(err: Exception, accepted: Accepted) -> Rejection:
+    """A bug of ours met by one event: reject that event, never crash the flow.
+
+    A crash would be a crash loop: the broker redelivers the unacknowledged
+    message and recovery restores the same state. The window logic checks
+    everything before it changes anything (a refused event leaves no trace),
+    so the driver's state stays as it was before this event.
+    """
+    _log.error("event rejected after an internal error (topic %s)", accepted.source_topic, exc_info=err)
+    detail = f"{type(err).__name__}: {str(err)[:200]}"
+    return Rejection(accepted.source_topic, accepted.payload, INTERNAL_ERROR, detail)
+
+
 def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
 
@@ -155,7 +177,15 @@ def build_flow(
     rejected_prefix = settings.rejected_prefix
 
     def stats_message(stats: DriverStats) -> MQTTMessage:
-        return MQTTMessage(stats_topic, encode(stats))
+        try:
+            return MQTTMessage(stats_topic, encode(stats))
+        except Exception as err:  # noqa: BLE001 - a record is never lost, nor a crash loop
+            # Validation keeps every total within uint32, so this is a bug of
+            # ours (or a snapshot written by one): the record goes, as JSON,
+            # to rejected/<stats topic> instead of stopping the flow.
+            _log.error("record could not be encoded: %s", stats, exc_info=err)
+            detail = f"{type(err).__name__}: {str(err)[:200]}"
+            return MQTTMessage(stats_topic, to_json(stats)).rejected(UNENCODABLE, detail, rejected_prefix)
 
     def rejected_message(rejection: Rejection) -> MQTTMessage:
         original = MQTTMessage(rejection.source_topic, rejection.payload)

@@ -1,16 +1,21 @@
 """The contract's protobuf code, structs and codecs."""
 
+import json
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from driver_stats.contract import (
     DecodeError,
     DriverRated,
     DriverStats,
+    DriverTipped,
     EventDecoder,
     FinishReason,
     JourneyFinished,
@@ -21,6 +26,8 @@ from driver_stats.contract import (
     to_json,
 )
 from driver_stats.contract import events_pb2, stats_pb2
+from driver_stats.intake import Intake
+from driver_stats.settings import Settings
 from tests.factories import T0, at, finished, rated, tipped
 
 CONTRACT_DIR = Path(__file__).parents[1] / "driver_stats" / "contract"
@@ -115,3 +122,113 @@ def test_decoding_bad_bytes_raises_with_a_reason(payload, reason):
     with pytest.raises(DecodeError) as err:
         EventDecoder(event_type).decode(payload)
     assert err.value.reason == reason
+
+
+# --- the JSON mapping enforces protobuf's ranges -----------------------------------
+
+NOW = 1e12  # beyond year 9999: no event is "future" in these tests
+
+
+def verdict(topic: str, payload: bytes) -> str:
+    """``accepted`` or the rejection reason the intake gives ``payload``."""
+    result = Intake(Settings())(topic, payload, now=NOW)
+    return getattr(result, "reason", "accepted")
+
+
+def tip_json(**fields) -> bytes:
+    values = {"driverId": "d1", "journeyId": "j1", "tippedAt": "2024-01-01T12:00:00Z", "amount": 5}
+    values.update(fields)
+    return json.dumps(values).encode()
+
+
+@pytest.mark.parametrize("fields, reason", [
+    ({"amount": -1}, "invalid: amount"),
+    ({"amount": 2**32}, "invalid: amount"),
+    ({"amount": 2**32 - 1}, "accepted"),
+    ({"amount": "5"}, "undecodable"),
+    ({"amount": 5.5}, "undecodable"),
+    ({"tippedAt": "0000-12-31T23:59:59Z"}, "invalid: tipped_at"),
+    ({"tippedAt": "10000-01-01T00:00:00Z"}, "invalid: tipped_at"),
+    ({"tippedAt": "9999-12-31T23:59:59.999999999Z"}, "accepted"),
+    ({"tippedAt": "9999-12-31T23:59:59-00:01"}, "invalid: tipped_at"),
+    ({"tippedAt": "0001-01-01T00:00:00+00:01"}, "invalid: tipped_at"),
+    ({"tippedAt": "2024-02-30T00:00:00Z"}, "undecodable"),
+    ({"tippedAt": "yesterday"}, "undecodable"),
+    ({"tippedAt": None}, "invalid: tipped_at"),
+])
+def test_json_values_outside_the_protobuf_types_are_invalid(fields, reason):
+    assert verdict("input/driver_tipped", tip_json(**fields)) == reason
+
+
+@pytest.mark.parametrize("reason_value, verdict_", [
+    ("DRIVER_CANCEL", "accepted"), (2, "accepted"), (0, "accepted"), (3, "accepted"),
+    (4, "invalid: finish_reason"), (-1, "invalid: finish_reason"), ("driver_cancel", "invalid: finish_reason"),
+    (True, "undecodable"),
+])
+def test_json_finish_reason_is_a_contract_name_or_number(reason_value, verdict_):
+    payload = json.dumps({"driverId": "d1", "journeyId": "j1", "startedAt": "2024-01-01T11:00:00Z",
+                          "endedAt": "2024-01-01T12:00:00Z", "finishReason": reason_value}).encode()
+    assert verdict("input/journey_finished", payload) == verdict_
+
+
+def test_a_negative_protobuf_enum_number_is_invalid_not_the_last_value():
+    payload = events_pb2.JourneyFinished(finish_reason=-1).SerializeToString()
+    with pytest.raises(DecodeError) as err:
+        EventDecoder(JourneyFinished).decode(payload)
+    assert err.value.reason == "invalid: finish_reason"
+
+
+@pytest.mark.parametrize("seconds, nanos, reason", [
+    (-62_135_596_801, 0, "invalid: tipped_at"),
+    (253_402_300_800, 0, "invalid: tipped_at"),
+    (2**62, 0, "invalid: tipped_at"),
+    (0, -1, "invalid: tipped_at"),
+    (0, 1_000_000_000, "invalid: tipped_at"),
+    (253_402_300_799, 999_999_999, "accepted"),
+])
+def test_protobuf_timestamps_outside_the_json_range_are_invalid(seconds, nanos, reason):
+    message = events_pb2.DriverTipped(driver_id="d1", journey_id="j1", amount=1)
+    message.tipped_at.seconds, message.tipped_at.nanos = seconds, nanos
+    assert verdict("input/driver_tipped", message.SerializeToString()) == reason
+
+
+@pytest.mark.parametrize("depth", [33, 1000, 100_000])
+def test_deeply_nested_json_is_undecodable_not_a_crash(depth):
+    payload = b'{"driverId":"d1","x":' + b"[" * depth + b"]" * depth + b"}"
+    result = Intake(Settings(max_message_bytes=10**6))("input/driver_tipped", payload, now=NOW)
+    assert (result.reason, result.detail) == ("undecodable", "bad JSON: nested deeper than 32 levels")
+
+
+def test_brackets_inside_strings_are_not_nesting():
+    assert verdict("input/driver_tipped", tip_json(journeyId="[" * 100 + "{" * 100)) == "accepted"
+
+
+def _rfc3339(value: datetime, nanos: int) -> str:
+    return f"{value.year:04d}-" + value.strftime("%m-%dT%H:%M:%S") + f".{nanos:09d}Z"
+
+
+UINT = st.integers(min_value=-(2**33), max_value=2**33)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    amount=UINT,
+    when=st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    nanos=st.integers(min_value=0, max_value=999_999_999),
+    driver=st.sampled_from(["", "d1"]),
+)
+def test_protobuf_and_json_of_the_same_event_get_the_same_verdict(amount, when, nanos, driver):
+    when = when.replace(microsecond=0, tzinfo=timezone.utc)
+    json_payload = tip_json(driverId=driver, amount=amount, tippedAt=_rfc3339(when, nanos))
+    json_verdict = verdict("input/driver_tipped", json_payload)
+    if not 0 <= amount < 2**32:  # protobuf cannot even carry it
+        assert json_verdict == "invalid: amount"
+        return
+    message = events_pb2.DriverTipped(driver_id=driver, journey_id="j1", amount=amount)
+    message.tipped_at.seconds = int(when.timestamp())
+    message.tipped_at.nanos = nanos
+    protobuf_payload = message.SerializeToString()
+    assert verdict("input/driver_tipped", protobuf_payload) == json_verdict
+    if json_verdict == "accepted":
+        decoder = EventDecoder(DriverTipped)
+        assert decoder.decode(json_payload) == decoder.decode(protobuf_payload)  # same instant, same interval

@@ -201,3 +201,73 @@ def test_metrics_count_received_accepted_duplicates_and_rejections_by_reason():
     run(events, lateness=5, batch_size=1)
     after = [sample(n, **l) for n, l in names]
     assert [a - b for a, b in zip(after, before)] == [5, 2, 1, 1, 1, 2]
+
+
+def test_a_first_event_that_would_overflow_leaves_no_interval_and_no_record():
+    messages = [MQTTMessage(TIPPED, b'{"driverId":"d1","journeyId":"j1","tippedAt":"2024-01-01T12:00:01Z",'
+                                    b'"amount":4294967296}'),
+                MQTTMessage(*wire(tipped("d2", "j1", 1, 4_000_000_000))),
+                MQTTMessage(*wire(tipped("d2", "j2", 2, 4_000_000_000)))]
+    stats, rejected = run(messages)
+    assert [dict(m.user_properties)["reason"] for m in rejected] == ["invalid: amount", "overflow: total_tips"]
+    assert set(stats) == {("d2", at(0))} and stats["d2", at(0)].total_tips == 4_000_000_000
+
+
+def test_an_exception_of_ours_rejects_that_event_and_the_flow_goes_on(monkeypatch):
+    from driver_stats import windows
+
+    real_add = windows.DriverWindows.add
+
+    def add_that_fails_on_one_journey(self, event, event_time, now):
+        if event.journey_id == "boom":
+            raise ZeroDivisionError("a bug")
+        return real_add(self, event, event_time, now)
+
+    monkeypatch.setattr(windows.DriverWindows, "add", add_that_fails_on_one_journey)
+    stats, rejected = run([tipped("d1", "j1", 1, 2), tipped("d1", "boom", 2, 5), tipped("d1", "j3", 3, 3)])
+    [error] = rejected
+    assert error.topic == "rejected/input/driver_tipped"
+    assert dict(error.user_properties) == {"reason": "internal error", "detail": "ZeroDivisionError: a bug"}
+    assert stats["d1", at(0)].total_tips == 5
+
+
+def test_a_restart_from_a_snapshot_holding_a_bad_total_comes_up_and_rejects_the_record(tmp_path, monkeypatch):
+    """A snapshot written by a buggy version (a negative total) must not crash-loop the flow."""
+    from datetime import timedelta
+
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+
+    from driver_stats import windows
+
+    real_add = windows.IntervalTotals.add
+
+    def buggy_add(self, event):
+        verdict = real_add(self, event)
+        if event.journey_id == "bad":
+            self.tips = -5  # what a bug could leave in state
+        return verdict
+
+    init_db_dir(tmp_path, 1)
+    items = [MQTTMessage(*wire(tipped("d1", "bad", 1, 2))), TestingSource.ABORT(),
+             MQTTMessage(*wire(tipped("d2", "j1", 1, 3)))]
+    source = TestingSource(items)
+    out: list = []
+
+    def run_once():
+        flow = build_flow(Settings(window_seconds=10, allowed_lateness_seconds=0), source, TestingSink(out),
+                          clock=lambda: T0.timestamp())
+        run_main(flow, epoch_interval=timedelta(0), recovery_config=RecoveryConfig(str(tmp_path)))
+
+    monkeypatch.setattr(windows.IntervalTotals, "add", buggy_add)
+    try:
+        run_once()
+    except Exception:  # noqa: BLE001 - TestingSource.ABORT stops the first run
+        pass
+    monkeypatch.setattr(windows.IntervalTotals, "add", real_add)
+    run_once()  # resumes from the snapshot that holds tips=-5
+    messages = [m for _, m in out]
+    [unencodable] = [m for m in messages if m.topic == f"rejected/{STATS}"]
+    assert dict(unencodable.user_properties)["reason"] == "unencodable"
+    assert b'"totalTips":-5' in unencodable.payload
+    [good] = [decode_stats(m.payload) for m in messages if m.topic == STATS]
+    assert (good.driver_id, good.total_tips) == ("d2", 3)

@@ -122,3 +122,16 @@ def test_a_repeat_is_a_duplicate_not_late_while_its_interval_is_held():
     assert add(w, tipped("d1", "j3", 3, 1)) == LATE
     w.close_due(BASE)
     assert add(w, tipped("d1", "j1", 3, 1)) == LATE  # emitted: no longer recognisable
+
+
+def test_a_refused_event_leaves_no_interval_no_dedupe_key_and_no_record():
+    w = DriverWindows(10, 0)
+    # A value no valid event carries (validation refuses it first): the
+    # window logic still refuses it without creating the interval.
+    assert add(w, tipped("d1", "j1", 1, 2**32)) == "overflow: total_tips"
+    assert w.open == {} and w.close_all() == []
+    assert add(w, tipped("d1", "j2", 1, 2**32 - 1)) is None
+    assert add(w, tipped("d1", "j3", 2, 1)) == "overflow: total_tips"
+    assert add(w, tipped("d1", "j3", 2, 0)) is None  # j3 was not remembered as seen
+    [stats] = w.close_all()
+    assert (stats.driver_id, stats.total_tips) == ("d1", 2**32 - 1)

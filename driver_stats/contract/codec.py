@@ -14,7 +14,7 @@ the same bytes, so a record republished after a recovery is byte-identical.
 from __future__ import annotations
 
 import struct
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Callable
 
 import msgspec
@@ -23,7 +23,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from . import events_pb2, stats_pb2
 from .events import (
-    FINISH_REASON_BY_NUMBER,
     NUMBER_BY_FINISH_REASON,
     DriverRated,
     DriverStats,
@@ -31,33 +30,17 @@ from .events import (
     Event,
     JourneyFinished,
 )
-
-UTC = timezone.utc
-
-
-class DecodeError(ValueError):
-    """The bytes are not a valid message of the expected type.
-
-    ``reason`` is the rejection reason (``undecodable``, or ``invalid: <field>``
-    for a value protobuf parses but the contract forbids); ``str()`` says why.
-    """
-
-    def __init__(self, detail: str, reason: str = "undecodable"):
-        super().__init__(detail)
-        self.reason = reason
+from .json_mapping import JsonEventDecoder
+from .limits import DecodeError, finish_reason, timestamp_parts, utc_datetime
 
 
 def _timestamp_to_datetime(ts: Timestamp, field: str = "timestamp") -> datetime:
-    # Microseconds are the finest datetime keeps; interval bounds are whole seconds.
-    try:
-        return datetime.fromtimestamp(ts.seconds, UTC).replace(microsecond=ts.nanos // 1000)
-    except (OverflowError, OSError, ValueError):
-        raise DecodeError(f"{field} out of range: {ts.seconds}s", f"invalid: {field}") from None
+    return utc_datetime(ts.seconds, ts.nanos, field)
 
 
 def _datetime_to_timestamp(value: datetime) -> Timestamp:
-    whole = int(value.replace(microsecond=0).timestamp())
-    return Timestamp(seconds=whole, nanos=value.microsecond * 1000)
+    seconds, nanos = timestamp_parts(value)
+    return Timestamp(seconds=seconds, nanos=nanos)
 
 
 def _optional_time(message, field: str) -> datetime | None:
@@ -85,13 +68,8 @@ def _tipped_from_pb(m: events_pb2.DriverTipped) -> DriverTipped:
 
 
 def _finished_from_pb(m: events_pb2.JourneyFinished) -> JourneyFinished:
-    try:
-        reason = FINISH_REASON_BY_NUMBER[m.finish_reason]
-    except IndexError:
-        # proto3 enums are open: an unknown number parses; the contract forbids it.
-        raise DecodeError(
-            f"finish_reason {m.finish_reason} is not a known value", "invalid: finish_reason"
-        ) from None
+    # proto3 enums are open: an unknown number parses; the contract forbids it.
+    reason = finish_reason(m.finish_reason)
     return JourneyFinished(
         journey_id=m.journey_id,
         driver_id=m.driver_id,
@@ -126,18 +104,16 @@ class EventDecoder:
     def __init__(self, event_type: type):
         self.event_type = event_type
         self._pb_type, self._from_pb = _FROM_PB[event_type]
-        self._json = msgspec.json.Decoder(event_type)
+        self._json = JsonEventDecoder(event_type)
 
     def decode(self, payload: bytes) -> Event:
+        """The event in ``payload``, or :class:`DecodeError`; nothing else escapes."""
         if payload[:1] == b"{":
-            try:
-                return self._json.decode(payload)
-            except msgspec.DecodeError as err:
-                raise DecodeError(f"bad JSON: {err}") from None
+            return self._json.decode(payload)
         message = self._pb_type()
         try:
             message.ParseFromString(payload)
-        except _ProtobufDecodeError as err:
+        except (_ProtobufDecodeError, RecursionError) as err:
             raise DecodeError(f"bad protobuf: {err}") from None
         return self._from_pb(message)
 
@@ -184,8 +160,8 @@ def decode_stats(payload: bytes) -> DriverStats:
         raise DecodeError(f"bad protobuf: {err}") from None
     return DriverStats(
         driver_id=message.driver_id,
-        interval_start=_timestamp_to_datetime(message.interval_start),
-        interval_end=_timestamp_to_datetime(message.interval_end),
+        interval_start=_timestamp_to_datetime(message.interval_start, "interval_start"),
+        interval_end=_timestamp_to_datetime(message.interval_end, "interval_end"),
         total_drop_offs=message.total_drop_offs,
         total_driver_cancels=message.total_driver_cancels,
         total_distance=message.total_distance,
