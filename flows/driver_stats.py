@@ -62,15 +62,22 @@ class DriverWindowsLogic(StatefulBatchLogic):
         self.clock = clock
 
     @classmethod
-    def builder(cls, settings: Settings, lateness: float, clock: StreamClock):
+    def builder(cls, settings: Settings, lateness: float, retention: float, clock: StreamClock):
         window = settings.window_seconds
 
         def build(resume_state: Optional[tuple]) -> DriverWindowsLogic:
             if resume_state is None:
-                return cls(DriverWindows(window, lateness), clock)
-            return cls(DriverWindows.resume(resume_state, window, lateness, clock.now()), clock)
+                return cls(DriverWindows(window, lateness, retention_seconds=retention), clock)
+            windows = DriverWindows.resume(resume_state, window, lateness, clock.now(), retention)
+            return cls(windows, clock)
 
         return build
+
+    def _keep_or_discard(self, now: float) -> bool:
+        # A driver with nothing open and every record behind the stream's
+        # floor is forgotten (a deletion in the recovery store): the floor
+        # alone now rejects any late event for it, as its state would have.
+        return self.DISCARD if self.windows.discardable(now) else self.RETAIN
 
     def on_batch(self, values: list[Accepted]) -> tuple[Iterable[DriverStats | Rejection], bool]:
         now = self.clock.now()
@@ -96,7 +103,7 @@ class DriverWindowsLogic(StatefulBatchLogic):
             metrics.DUPLICATES.inc(duplicates)
         if out:
             metrics.count_by(metrics.REJECTED, Counter(r.reason for r in out))
-        return out + self._close(self.windows.close_due(now)), self.RETAIN
+        return out + self._close(self.windows.close_due(now)), self._keep_or_discard(now)
 
     @staticmethod
     def _close(records: list[DriverStats]) -> list[DriverStats]:
@@ -112,7 +119,8 @@ class DriverWindowsLogic(StatefulBatchLogic):
         return f"interval total would exceed 2^32-1 ({reason})"
 
     def on_notify(self) -> tuple[Iterable[DriverStats], bool]:
-        return self._close(self.windows.close_due(self.clock.now())), self.RETAIN
+        now = self.clock.now()
+        return self._close(self.windows.close_due(now)), self._keep_or_discard(now)
 
     def on_eof(self) -> tuple[Iterable[DriverStats], bool]:
         # A finite input (tests, replay) is complete: close every interval.
@@ -121,6 +129,8 @@ class DriverWindowsLogic(StatefulBatchLogic):
 
     def notify_at(self) -> Optional[datetime]:
         at = self.windows.next_close()
+        if at is None:
+            at = self.windows.discard_at()
         if at is None:
             return None
         return datetime.fromtimestamp(self.clock.to_wall(at), timezone.utc)
@@ -172,6 +182,7 @@ def build_flow(
     stream_clock = stream_clock or StreamClock(clock)
     intake = Intake(settings, clock)
     lateness = math.inf if complete_input else settings.allowed_lateness_seconds
+    retention = math.inf if complete_input else settings.state_retention_seconds
     stats_topic = settings.topic_driver_stats
     encode = to_json if settings.output_format == "json" else encode_stats
     rejected_prefix = settings.rejected_prefix
@@ -197,7 +208,7 @@ def build_flow(
     valid = op.branch("split_valid", decoded, lambda item: isinstance(item, Accepted))
     by_driver = op.key_on("key_by_driver", valid.trues, lambda accepted: accepted.event.driver_id)
     windowed = op.stateful_batch(
-        "dedupe_and_window", by_driver, DriverWindowsLogic.builder(settings, lateness, stream_clock)
+        "dedupe_and_window", by_driver, DriverWindowsLogic.builder(settings, lateness, retention, stream_clock)
     )
     closed = op.branch(
         "split_stats", op.key_rm("unkey", windowed), lambda item: isinstance(item, DriverStats)
