@@ -15,10 +15,22 @@ Semantics (``../shared/CONTRACT.md``):
   the watermark reaches ``b``: the stream's event time has passed
   ``b + allowed lateness``.
 * The watermark never goes back, and an event whose interval is closed is
-  ``late``. Because the clock is kept after the last interval closes (unlike
-  Bytewax's windowing, which forgets an idle key and would let a late event
-  open a fresh window), a closed interval is never reopened and never gets a
-  second record.
+  ``late``: a closed interval is never reopened and never gets a second
+  record.
+* State is bounded: the stream has a *floor*, ``now - retention`` on the
+  stream clock (``DRIVER_STATS_STATE_RETENTION_SECONDS``, at least the
+  allowed lateness), and every driver's watermark is at least the floor. A
+  driver with nothing open whose newest record ended at or before the floor
+  is forgotten (:meth:`DriverWindows.discardable`; the dataflow discards the
+  key, a deletion in the recovery store). Every interval it ever closed ended
+  at or before the floor, and the floor only moves forward, so an event for
+  one of them is ``late`` for the recreated driver too: forgetting never
+  reopens an interval. (Bytewax's own windowing forgets an idle key without
+  such a floor, and a late event would open a fresh window.) The cost: an
+  event more than the retention behind the stream clock is ``late`` even for
+  a driver never seen. The stream clock stops while the input is
+  disconnected, so a broker outage does not age events; unbounded lateness
+  (history replay) has no floor and forgets nothing.
 * An event is identified by (message type, journey_id); a repeat is counted
   once. Dedupe entries live in the interval they were counted in and are
   dropped when it closes: a key is kept exactly as long as its interval can
@@ -297,12 +309,13 @@ class DriverWindows:
         return min(self.wall_at_base + (end - self.watermark_base), end + self.retention)
 
     def snapshot(self, now: float) -> tuple:
-        """Plain-data copy of the state for a recovery snapshot."""
+        """Plain-data copy of the state for a recovery snapshot; its last field is ``now``."""
         return (
             self.driver_id,
             self.watermark(now),
             [(start, totals.__getstate__()) for start, totals in self.open.items()],
             self.closed_until,
+            now,
         )
 
     @classmethod
@@ -319,7 +332,7 @@ class DriverWindows:
         Downtime must not age the driver's intervals: the events published
         meanwhile are still to come from the broker.
         """
-        driver_id, watermark, intervals, *newer = state  # snapshots before 0.2 had 3 fields
+        driver_id, watermark, intervals, *newer = state  # older snapshots had 3 fields
         windows = cls(window_seconds, lateness_seconds, driver_id, retention_seconds)
         windows.closed_until = newer[0] if newer else -math.inf
         windows.watermark_base = watermark

@@ -68,6 +68,8 @@ class DriverWindowsLogic(StatefulBatchLogic):
         def build(resume_state: Optional[tuple]) -> DriverWindowsLogic:
             if resume_state is None:
                 return cls(DriverWindows(window, lateness, retention_seconds=retention), clock)
+            if len(resume_state) > 4:  # the stream time of the snapshot
+                clock.resume_from(resume_state[4])
             windows = DriverWindows.resume(resume_state, window, lateness, clock.now(), retention)
             return cls(windows, clock)
 

@@ -184,3 +184,16 @@ def test_a_snapshot_written_before_the_dedupe_log_still_resumes():
     resumed = DriverWindows.resume(("d1", BASE - 5, [(int(BASE), old_totals)]), 10, 0, now=BASE)
     assert add(resumed, finished("d1", "j1", 3)) is DUPLICATE
     assert resumed.closed_until == float("-inf")
+
+
+def test_a_restarted_stream_clock_continues_from_the_newest_snapshot():
+    from driver_stats.stream_clock import StreamClock
+
+    wall = [5000.0]
+    clock = StreamClock(lambda: wall[0])
+    clock.resume_from(1000.0)
+    clock.resume_from(1001.0)  # the newest snapshot wins
+    clock.resume_from(900.0)
+    assert clock.now() == 1001.0
+    wall[0] = 5010.0
+    assert clock.now() == 1011.0  # downtime not counted: the retention floor did not jump
