@@ -214,7 +214,8 @@ def stage_install_dir(stage: dict) -> str:
 
 
 def dockerignored(path: str) -> bool:
-    patterns = [p.strip() for p in (REPO / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")]
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    patterns = [p.strip() for p in lines if p.strip() and not p.startswith("#")]
     ignored = False
     parts = path.split("/")
     prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
@@ -268,7 +269,10 @@ def chart_env(release: str, ordinal: int, values: dict) -> dict[str, str]:
         **{f"configuration.recovery.{k}": go_print(v) for k, v in values["configuration"]["recovery"].items()},
         "api.port": str(values["api"]["port"]),
     }
-    env = {name: re.sub(r"\{([\w.]+)\}", lambda m: flat[m[1]], value) for name, value in CHART["dataflow_container"]["env"].items()}
+    env = {
+        name: re.sub(r"\{([\w.]+)\}", lambda m: flat[m[1]], value)
+        for name, value in CHART["dataflow_container"]["env"].items()
+    }
     env.update({name: go_print(value) for name, value in values.get("env", {}).items()})
     return env
 
@@ -379,9 +383,9 @@ def test_what_the_chart_renders_from_the_values_is_valid():
     for name, value in values["env"].items():
         text = go_print(value)
         assert not re.search(r'["\\]|\{\{', name + text), f"{name}: breaks the chart's quoting or templating"
+    repeated = set(values["env"]) & set(CHART["dataflow_container"]["env"])
+    assert not repeated, f"values.env repeats variables the chart sets: {sorted(repeated)}"
     sts = rendered_statefulset(values, flags["name"], flags["namespace"], flags)
-    names = [e["name"] for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]]
-    assert len(names) == len(set(names)), "values.env repeats a variable the chart sets"
     for version in K8S_VERSIONS:
         if version == "latest":
             version = kubernetes_validate.utils.latest_version()
@@ -446,7 +450,8 @@ def test_readme_waxctl_command():
     shipped = REPO / positionals[0]
     assert shipped == SHIPPED_FILE and shipped.is_file(), "the file waxctl ships, relative to the repository root"
     assert "python-file-name" not in flags, "only needed for a tar file"
-    assert "environment-variables" not in flags, "settings go in values.yaml: waxctl's merge of -e into `env` is undocumented"
+    # Settings go in values.yaml: how waxctl merges -e into `env` is undocumented.
+    assert "environment-variables" not in flags
     assert REPO / flags["chart-values-file"] == VALUES_FILE
 
     # The image is the one the README builds from the waxctl target.
@@ -578,7 +583,8 @@ def layout(tmp_path_factory) -> dict[str, Path]:
         for name in top_level_names(dist):
             if not (site / name).exists():  # a namespace package shared by two distributions
                 (site / name).symlink_to(dist.locate_file(name))
-    subprocess.run([*pip, "--python", str(python), "install", "--no-deps", "--no-index", *map(str, wheels.glob("*.whl"))],
+    wheel = [str(w) for w in wheels.glob("*.whl")]
+    subprocess.run([*pip, "--python", str(python), "install", "--no-deps", "--no-index", *wheel],
                    check=True, capture_output=True, timeout=120)
     check = subprocess.run([*pip, "--python", str(python), "check"], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -657,7 +663,7 @@ def get(url: str) -> str:
         return response.read().decode()
 
 
-def mqtt_client(broker: Mosquitto, client_id: str, username: str, password: str):
+def mqtt_client(client_id: str, username: str, password: str):
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -727,7 +733,8 @@ def test_shipped_file_runs_from_the_layout_like_the_chart_runs_it(layout, broker
                 PREFIX + "MQTT_PASSWORD": "s3cret",
             })
             assert env["BYTEWAX_PYTHON_FILE_PATH"] == str(shipped)
-            pods.append(start_pod(layout, tmp_path, env, env["BYTEWAX_PYTHON_FILE_PATH"], tmp_path / f"pod-{ordinal}.log"))
+            log = tmp_path / f"pod-{ordinal}.log"
+            pods.append(start_pod(layout, tmp_path, env, env["BYTEWAX_PYTHON_FILE_PATH"], log))
 
         partitions = int(values["env"][PREFIX + "PARTITIONS_PER_TOPIC"])
 
@@ -746,9 +753,10 @@ def test_shipped_file_runs_from_the_layout_like_the_chart_runs_it(layout, broker
         # One message through the dataflow: an undecodable payload comes back
         # on rejected/<topic>.
         got = threading.Event()
-        collector = mqtt_client(broker, "waxctl-test-collector", "driver-stats", "s3cret")
+        topic = Settings.from_env({}).input_topics[0]
+        collector = mqtt_client("waxctl-test-collector", "driver-stats", "s3cret")
         collector.on_connect = lambda c, *a: c.subscribe("rejected/#", qos=1)
-        collector.on_subscribe = lambda c, *a: c.publish(Settings.from_env({}).input_topics[0], b"\xff not protobuf", qos=1)
+        collector.on_subscribe = lambda c, *a: c.publish(topic, b"\xff not protobuf", qos=1)
         collector.on_message = lambda c, u, m: got.set()
         collector.connect(broker.host, broker.port)
         collector.loop_start()
@@ -787,7 +795,8 @@ def test_flows_driver_stats_py_cannot_be_shipped_as_it_is(layout, tmp_path):
     """Why the README ships k8s/waxctl/driver_stats_dataflow.py: under its own
     name the flow file is imported as `driver_stats` and hides the package."""
     shipped = ship(tmp_path, REPO / "flows" / "driver_stats.py", "driver_stats.py")
-    env = chart_paths(tmp_path, {"BYTEWAX_WORKDIR": "/var/bytewax", "BYTEWAX_PYTHON_FILE_PATH": f"/var/bytewax/{shipped.name}"})
+    env = chart_paths(tmp_path, {"BYTEWAX_WORKDIR": "/var/bytewax",
+                                 "BYTEWAX_PYTHON_FILE_PATH": f"/var/bytewax/{shipped.name}"})
     log = tmp_path / "pod.log"
     pod = start_pod(layout, tmp_path, env, env["BYTEWAX_PYTHON_FILE_PATH"], log)
     try:
