@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fuzzer for "no message can stop the flow": every payload is accounted for.
 
-    python bench/fuzz.py [N] [--seed S] [--flow-cases F]
+    python bench/fuzz.py [N] [--seed S] [--flow-cases F] [--profiles default,...]
 
 Hypothesis generates N input messages (default 100000) in sessions of a few
 dozen, on the three input topics, as protobuf or proto3 JSON: valid events of
@@ -461,6 +461,7 @@ class Gen:
         self.topics = topics
         self.sent: list[tuple[dict, bytes]] = []  # valid specs with a payload
         self.now = 0.0
+        self.fresh = 0
 
     # -- building blocks ----------------------------------------------------
 
@@ -502,13 +503,20 @@ class Gen:
             total = (2**32 + self.integer(-3600, 3600)) * NS
         return divmod(total, NS)
 
+    def driver(self) -> str:
+        """Mostly one of a few drivers (so events meet), sometimes one never seen before."""
+        if self.integer(0, 7) == 0:
+            self.fresh += 1
+            return f"fresh-{self.fresh}"
+        return self.pick(DRIVERS)
+
     def valid_spec(self, event_type: int | None = None) -> dict:
         if event_type is None:
             event_type = self.integer(0, 2)
         when = self.event_time()
         spec = {
             "_type": event_type,
-            "driver_id": self.pick(DRIVERS),
+            "driver_id": self.driver(),
             "rider_id": self.pick(RIDERS),
             "journey_id": self.pick(JOURNEYS),
             TIME_FIELD[event_type]: when,
@@ -597,12 +605,18 @@ class Gen:
         return self.case_for(self.valid_spec(), "valid")
 
     def make_overflow(self) -> Case:
+        """Values that overflow a uint32 total when summed, or (JSON only) are out of range on their own."""
         spec = self.valid_spec(self.pick((TIPPED, FINISHED, FINISHED)))
+        alone = self.integer(0, 3) == 0  # often the first event of its interval
+        big = self.pick((2**32, 2**32 + 1, 2**33, 2**63, -1, -(2**31))) if alone else self.draw(BIG_AMOUNTS)
         if spec["_type"] == TIPPED:
-            spec["amount"] = self.draw(BIG_AMOUNTS)
+            spec["amount"] = big
         else:
             spec["finish_reason"] = 0
-            spec[self.pick(("distance", "price"))] = self.draw(BIG_AMOUNTS)
+            spec[self.pick(("distance", "price"))] = big
+        if alone:
+            spec["driver_id"] = self.driver()
+            return self.case_for(spec, "out-of-range-alone", as_json=True, remember=False, twin=False)
         return self.case_for(spec, "overflow")
 
     def make_repeat(self) -> Case:
@@ -899,6 +913,8 @@ class Harness:
         self.cases = 0
         self.counts = Counter()  # escaped, unaccounted, wrong
         self.failures: list[Failure] = []
+        self.kinds = Counter()  # failure signature -> count
+        self.examples: dict[str, Failure] = {}  # failure signature -> its first failure
         self.outcomes = Counter()
         self.sessions = 0
         self.flow_target = flow_cases
@@ -908,9 +924,13 @@ class Harness:
 
     def fail(self, category: str, profile: int, case: Case | None, what: str) -> None:
         self.counts[category] += 1
-        if len(self.failures) < 200:
-            topic, payload, kind = (case.topic, case.payload, case.kind) if case else ("", b"", "")
-            self.failures.append(Failure(category, self.profiles[profile][0], topic, payload, kind, what))
+        topic, payload, kind = (case.topic, case.payload, case.kind) if case else ("", b"", "")
+        failure = Failure(category, self.profiles[profile][0], topic, payload, kind, what)
+        if len(self.failures) < 100:
+            self.failures.append(failure)
+        sig = signature(failure)
+        self.kinds[sig] += 1
+        self.examples.setdefault(sig, failure)
 
     # -- one session through intake -> windows -> encode ------------------
 
@@ -1002,6 +1022,7 @@ class Harness:
                 self.account(profile, case, driver, event, verdict, window, held, fail, count_outcome)
                 if isinstance(verdict, str) and verdict is not DUPLICATE:
                     rejected.append((case.topic, case.payload, verdict))
+            forgotten: list[str] = []
             for driver, windows in drivers.items():
                 try:
                     closed(driver, windows.close_due(now))
@@ -1009,6 +1030,24 @@ class Harness:
                     broken.add(driver)
                     fail("escaped", profile, self.culprit(driver, held, touched),
                          f"close_due raised {type(err).__name__}: {str(err)[:120]}")
+                    continue
+                if driver in broken:
+                    continue
+                if hasattr(windows, "discardable") and windows.discardable(now):
+                    forgotten.append(driver)  # as the dataflow does: the floor now guards it
+                    continue
+                try:  # when the dataflow asks to be woken: a wall-clock datetime, as its notify_at makes
+                    wake = windows.next_close()
+                    if wake is None and hasattr(windows, "discard_at"):
+                        wake = windows.discard_at()
+                    if wake is not None:
+                        datetime.fromtimestamp(wake, timezone.utc)
+                except Exception as err:  # noqa: BLE001
+                    broken.add(driver)
+                    fail("escaped", profile, self.culprit(driver, held, touched),
+                         f"the next wake-up time is not a datetime: {type(err).__name__}: {str(err)[:120]}")
+            for driver in forgotten:
+                del drivers[driver]
         for driver, windows in drivers.items():
             try:
                 closed(driver, windows.close_all())
@@ -1195,6 +1234,11 @@ def _stderr_silenced():
         os.close(saved)
 
 
+def show(f: Failure, lead: str) -> None:
+    print(f"{lead}[{f.category}] {f.kind} on {f.topic!r} ({f.profile}): {f.what[:300]}")
+    print(f"{' ' * len(lead)}    payload ({len(f.payload)} bytes): {f.payload[:160]!r}{'...' if len(f.payload) > 160 else ''}")
+
+
 def signature(f: Failure) -> str:
     """A failure without its numbers and quoted values: failures of one kind share it."""
     what = re.sub(r"'[^']*'|\"[^\"]*\"|b'[^']*'|-?\d[\d.:+eE-]*", "#", f.what)
@@ -1220,9 +1264,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flow-cases", type=int, default=400,
                         help="messages also run through the Bytewax dataflow (default 400)")
     parser.add_argument("--show", type=int, default=8, help="failures to print (default 8)")
+    parser.add_argument("--profiles", default=",".join(name for name, _ in PROFILES),
+                        help="settings profiles to rotate over (default: all of " +
+                             ", ".join(name for name, _ in PROFILES) + ")")
     args = parser.parse_args(argv)
     n = max(0, args.cases)
-    profiles = legal_profiles()
+    wanted = set(args.profiles.split(","))
+    unknown = wanted - {name for name, _ in PROFILES}
+    if unknown:
+        parser.error(f"unknown profile {', '.join(sorted(unknown))}")
+    profiles = [p for p in legal_profiles() if p[0] in wanted]
+    if not profiles:
+        parser.error("no legal profile left to run")
     sessions_needed = max(1, math.ceil(n / SESSION_CASES))
     flow_sessions = math.ceil(min(args.flow_cases, n) / SESSION_CASES)
     stride = max(1, sessions_needed // max(1, flow_sessions))
@@ -1260,14 +1313,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{c['wrong']} wrong (outcomes or records the contract contradicts); {elapsed:.1f} s, "
           f"{n / elapsed if elapsed else 0:.0f} cases/s", flush=True)
     if harness.failures:
-        kinds = Counter(signature(f) for f in harness.failures)
-        print(f"failures: {sum(c.values())}; kinds among the first {len(harness.failures)}:")
-        for sig, count in kinds.most_common(args.show):
-            print(f"  {count:4d} x {sig}")
-        print("first failures:")
-        for f in harness.failures[: args.show]:
-            print(f"  [{f.category}] {f.kind} on {f.topic!r} ({f.profile}): {f.what}")
-            print(f"      payload ({len(f.payload)} bytes): {f.payload[:160]!r}{'...' if len(f.payload) > 160 else ''}")
+        print(f"failures: {sum(c.values())} of {len(harness.kinds)} kinds; the first of each kind:")
+        for sig, count in harness.kinds.most_common():
+            show(harness.examples[sig], f"{count:5d} x ")
+        print(f"the first {min(args.show, len(harness.failures))} failures:")
+        for failure in harness.failures[: args.show]:
+            show(failure, "  ")
     print(f"{n} cases, {c['escaped']} escaped, {c['unaccounted']} unaccounted", flush=True)
     return 1 if c["escaped"] or c["unaccounted"] or c["wrong"] else 0
 
