@@ -1033,7 +1033,8 @@ class Harness:
                     broken.add(driver)
                     fail("escaped", profile, case, f"DriverWindows.add raised {type(err).__name__}: {str(err)[:120]}")
                     continue
-                self.account(profile, case, driver, event, verdict, window, held, fail, count_outcome)
+                check_verdict = fail if driver not in broken else quiet  # a broken state explains itself
+                self.account(profile, case, driver, event, verdict, window, held, check_verdict, count_outcome)
                 if isinstance(verdict, str) and verdict is not DUPLICATE:
                     rejected.append((case.topic, case.payload, verdict))
             forgotten: list[str] = []
