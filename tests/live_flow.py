@@ -15,7 +15,7 @@ from pathlib import Path
 
 from connectors.mqtt import MQTTMessage
 from driver_stats.contract import DriverStats, Event, decode_stats
-from driver_stats.windows import DriverWindows
+from driver_stats.core.windows import DriverWindows
 from tests.mosquitto import Mosquitto, free_port
 from tests.mqtt_clients import wait_for
 

@@ -9,12 +9,12 @@ from collections import Counter
 import pytest
 
 from driver_stats.contract import DriverRated, DriverTipped, EventDecoder, FinishReason, JourneyFinished
-from driver_stats.intake import Accepted, Intake
+from driver_stats.core.intake import Accepted, Intake
 from driver_stats.settings import Settings
 from driver_stats.tools.common import HISTORY_FILES
 from driver_stats.tools.generate import TruthWriter
 from driver_stats.tools.traffic import COUNTED_KINDS, Traffic, parse_time
-from driver_stats.windows import DUPLICATE, LATE, DriverWindows
+from driver_stats.core.windows import COUNTED, DUPLICATE, LATE, DriverWindows, Refused
 from tests.factories import T0
 
 START = T0.timestamp()
@@ -101,8 +101,8 @@ def test_late_messages_are_late_and_the_rest_is_counted():
         w = windows.setdefault(accepted.event.driver_id, DriverWindows(10, 2))
         verdict = w.add(accepted.event, accepted.event_time, now=g.at)
         w.close_due(g.at)
-        verdicts[g.kind, verdict] += 1
-    assert set(verdicts) == {("valid", None), ("out_of_order", None), ("duplicate", DUPLICATE), ("late", LATE)}
+        verdicts[g.kind, verdict.reason if isinstance(verdict, Refused) else verdict] += 1
+    assert set(verdicts) == {("valid", COUNTED), ("out_of_order", COUNTED), ("duplicate", DUPLICATE), ("late", LATE)}
 
 
 def test_truth_files_are_proto3_json_that_the_decoder_reads_back(tmp_path):

@@ -26,7 +26,7 @@ from driver_stats.contract import (
     to_json,
 )
 from driver_stats.contract import events_pb2, stats_pb2
-from driver_stats.intake import Intake
+from driver_stats.core.intake import Intake
 from driver_stats.settings import Settings
 from tests.factories import T0, at, finished, rated, tipped
 

@@ -214,7 +214,7 @@ def test_a_first_event_that_would_overflow_leaves_no_interval_and_no_record():
 
 
 def test_an_exception_of_ours_rejects_that_event_and_the_flow_goes_on(monkeypatch):
-    from driver_stats import windows
+    from driver_stats.core import windows
 
     real_add = windows.DriverWindows.add
 
@@ -237,7 +237,7 @@ def test_a_restart_from_a_snapshot_holding_a_bad_total_comes_up_and_rejects_the_
 
     from bytewax.recovery import RecoveryConfig, init_db_dir
 
-    from driver_stats import windows
+    from driver_stats.core import windows
 
     real_add = windows.IntervalTotals.add
 

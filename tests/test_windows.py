@@ -3,7 +3,7 @@
 import pickle
 
 from driver_stats.contract import FinishReason
-from driver_stats.windows import DUPLICATE, LATE, DriverWindows
+from driver_stats.core.windows import COUNTED, DUPLICATE, LATE, DriverWindows
 from tests.factories import T0, at, finished, rated, tipped
 
 BASE = T0.timestamp()
@@ -15,8 +15,8 @@ def add(windows, event, now=BASE):
 
 def test_interval_is_left_closed_and_aligned_to_the_epoch():
     w = DriverWindows(window_seconds=10, lateness_seconds=0)
-    assert add(w, tipped("d1", "j1", 9.999, 1)) is None
-    assert add(w, tipped("d1", "j2", 10, 2)) is None
+    assert add(w, tipped("d1", "j1", 9.999, 1)) is COUNTED
+    assert add(w, tipped("d1", "j2", 10, 2)) is COUNTED
     first, second = w.close_all()
     assert (first.interval_start, first.interval_end, first.total_tips) == (at(0), at(10), 1)
     assert (second.interval_start, second.interval_end, second.total_tips) == (at(10), at(20), 2)
@@ -24,10 +24,10 @@ def test_interval_is_left_closed_and_aligned_to_the_epoch():
 
 def test_repeat_of_type_and_journey_counts_once_but_other_types_of_the_journey_count():
     w = DriverWindows(10, 0)
-    assert add(w, rated("d1", "j1", 1, 4)) is None
+    assert add(w, rated("d1", "j1", 1, 4)) is COUNTED
     assert add(w, rated("d1", "j1", 1, 4)) is DUPLICATE
     assert add(w, rated("d1", "j1", 2, 1)) is DUPLICATE  # same identity, other content
-    assert add(w, tipped("d1", "j1", 1, 5)) is None
+    assert add(w, tipped("d1", "j1", 1, 5)) is COUNTED
     [stats] = w.close_all()
     assert (stats.avg_rating, stats.total_tips) == (4.0, 5)
 
@@ -46,16 +46,16 @@ def test_a_late_event_never_reopens_a_closed_interval_even_when_nothing_is_open(
     add(w, tipped("d1", "j1", 3, 1))
     assert len(w.close_due(BASE + 3600)) == 1  # wall clock closed it, nothing open now
     assert w.open == {}
-    assert add(w, tipped("d1", "j2", 4, 1), now=BASE + 3600) == LATE
+    assert add(w, tipped("d1", "j2", 4, 1), now=BASE + 3600).reason == LATE
     assert w.close_all() == []
 
 
 def test_within_lateness_out_of_order_events_count():
     w = DriverWindows(10, lateness_seconds=30)
     add(w, tipped("d1", "j1", 35, 1))
-    assert add(w, tipped("d1", "j2", 2, 2)) is None  # watermark 5 < 10: [0,10) still open
-    assert add(w, tipped("d1", "j3", 41, 1)) is None
-    assert add(w, tipped("d1", "j4", 1, 2)) == LATE  # watermark 11 >= 10
+    assert add(w, tipped("d1", "j2", 2, 2)) is COUNTED  # watermark 5 < 10: [0,10) still open
+    assert add(w, tipped("d1", "j3", 41, 1)) is COUNTED
+    assert add(w, tipped("d1", "j4", 1, 2)).reason == LATE  # watermark 11 >= 10
     assert [(s.interval_start, s.total_tips) for s in w.close_all()] == [(at(0), 2), (at(30), 1), (at(40), 1)]
 
 
@@ -80,8 +80,8 @@ def test_totals_sum_every_finished_journey_and_count_reasons():
 
 def test_a_total_that_would_overflow_uint32_rejects_the_event():
     w = DriverWindows(600, 0)
-    assert add(w, tipped("d1", "j1", 1, 2**32 - 1)) is None
-    assert add(w, tipped("d1", "j2", 2, 1)) == "overflow: total_tips"
+    assert add(w, tipped("d1", "j1", 1, 2**32 - 1)) is COUNTED
+    assert add(w, tipped("d1", "j2", 2, 1)).reason == "overflow: total_tips"
     [s] = w.close_all()
     assert s.total_tips == 2**32 - 1
 
@@ -101,7 +101,7 @@ def test_snapshot_resumes_totals_dedupe_and_clock_without_ageing_by_downtime():
     resumed = DriverWindows.resume(state, 10, 30, now=5000.0)  # down for over an hour
     assert resumed.close_due(5000.0) == []  # downtime did not close [0, 10)
     assert add(resumed, tipped("d1", "j1", 5, 3), now=5000.0) is DUPLICATE
-    assert add(resumed, tipped("d1", "j2", 6, 4), now=5000.0) is None
+    assert add(resumed, tipped("d1", "j2", 6, 4), now=5000.0) is COUNTED
     [s] = resumed.close_all()
     assert (s.driver_id, s.total_tips) == ("d1", 7)
 
@@ -109,7 +109,7 @@ def test_snapshot_resumes_totals_dedupe_and_clock_without_ageing_by_downtime():
 def test_with_unbounded_lateness_nothing_is_late_and_close_all_emits_everything():
     w = DriverWindows(10, lateness_seconds=float("inf"))
     add(w, tipped("d1", "j1", 500, 1), now=BASE)
-    assert add(w, tipped("d1", "j2", 3, 2), now=BASE + 10**6) is None
+    assert add(w, tipped("d1", "j2", 3, 2), now=BASE + 10**6) is COUNTED
     assert w.close_due(BASE + 10**6) == [] and w.next_close() is None
     assert [(s.interval_start, s.total_tips) for s in w.close_all()] == [(at(0), 2), (at(500), 1)]
 
@@ -119,19 +119,19 @@ def test_a_repeat_is_a_duplicate_not_late_while_its_interval_is_held():
     add(w, tipped("d1", "j1", 3, 1))
     add(w, tipped("d1", "j2", 25, 1))  # the clock passes [0, 10); it closes at batch end
     assert add(w, tipped("d1", "j1", 3, 1)) is DUPLICATE
-    assert add(w, tipped("d1", "j3", 3, 1)) == LATE
+    assert add(w, tipped("d1", "j3", 3, 1)).reason == LATE
     w.close_due(BASE)
-    assert add(w, tipped("d1", "j1", 3, 1)) == LATE  # emitted: no longer recognisable
+    assert add(w, tipped("d1", "j1", 3, 1)).reason == LATE  # emitted: no longer recognisable
 
 
 def test_a_refused_event_leaves_no_interval_no_dedupe_key_and_no_record():
     w = DriverWindows(10, 0)
     # A value no valid event carries (validation refuses it first): the
     # window logic still refuses it without creating the interval.
-    assert add(w, tipped("d1", "j1", 1, 2**32)) == "overflow: total_tips"
+    assert add(w, tipped("d1", "j1", 1, 2**32)).reason == "overflow: total_tips"
     assert w.open == {} and w.close_all() == []
-    assert add(w, tipped("d1", "j2", 1, 2**32 - 1)) is None
-    assert add(w, tipped("d1", "j3", 2, 1)) == "overflow: total_tips"
-    assert add(w, tipped("d1", "j3", 2, 0)) is None  # j3 was not remembered as seen
+    assert add(w, tipped("d1", "j2", 1, 2**32 - 1)) is COUNTED
+    assert add(w, tipped("d1", "j3", 2, 1)).reason == "overflow: total_tips"
+    assert add(w, tipped("d1", "j3", 2, 0)) is COUNTED  # j3 was not remembered as seen
     [stats] = w.close_all()
     assert (stats.driver_id, stats.total_tips) == ("d1", 2**32 - 1)

@@ -69,7 +69,9 @@ def mqtt_client(settings: Settings, client_id: str, *, v5: bool = False) -> paho
         client = paho.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=paho.MQTTv311
         )
-    settings.mqtt_connection().apply(client)
+    from flows.live import mqtt_connection
+
+    mqtt_connection(settings).apply(client)
     return client
 
 

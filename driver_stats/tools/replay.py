@@ -23,7 +23,7 @@ from bytewax.testing import run_main
 from connectors.files import CollectSink, FileSource, Progress
 from driver_stats.contract import decode_stats, to_json
 from driver_stats.settings import Settings
-from driver_stats.windows import close_order
+from driver_stats.core.windows import close_order
 
 from .common import HISTORY_FILES, REJECTED_FILE, STATS_FILE, CLIError, load_settings, say, write_atomically
 

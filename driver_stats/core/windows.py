@@ -1,7 +1,10 @@
 """One driver's open intervals: event-time clock, dedupe, lateness guard, totals.
 
 This is the domain core, plain Python, called per driver by the dataflow's
-window step (:mod:`flows.steps`) and directly by tests.
+window step (:class:`flows.steps.DriverWindowsLogic`) and directly by tests.
+:meth:`DriverWindows.add` answers with an :class:`Outcome` (``COUNTED``,
+``DUPLICATE``) or a :class:`Refused` that carries the rejection's reason and
+detail.
 
 Semantics (``../shared/CONTRACT.md``):
 
@@ -33,14 +36,38 @@ Semantics (``../shared/CONTRACT.md``):
 
 from __future__ import annotations
 
+import enum
 import math
 from datetime import datetime, timezone
-from typing import Iterable
+from typing import Iterable, Union
 
-from .contract import DriverRated, DriverStats, DriverTipped, Event, FinishReason, JourneyFinished, float32
-from .contract.limits import UINT32_MAX
-DUPLICATE = "duplicate"  # add() result for a repeat: not counted, not rejected
-LATE = "late"
+import msgspec
+
+from ..contract import DriverRated, DriverStats, DriverTipped, Event, FinishReason, JourneyFinished, Reason, float32
+from ..contract.limits import UINT32_MAX
+
+
+class Outcome(enum.Enum):
+    """What :meth:`DriverWindows.add` did with an event it did not refuse."""
+
+    COUNTED = "counted"
+    DUPLICATE = "duplicate"
+    """A repeat of a counted (message type, journey_id): not counted, not rejected."""
+
+
+COUNTED = Outcome.COUNTED
+DUPLICATE = Outcome.DUPLICATE
+LATE = Reason.LATE
+
+
+class Refused(msgspec.Struct, frozen=True, gc=False):
+    """An event :meth:`DriverWindows.add` rejects: the reason and detail of its rejection."""
+
+    reason: str
+    detail: str
+
+
+Verdict = Union[Outcome, Refused]
 
 # Dedupe keys hold a small number per message type instead of the class.
 _KIND = {DriverRated: 0, DriverTipped: 1, JourneyFinished: 2}
@@ -71,7 +98,7 @@ class IntervalTotals:
         self.seen: set[tuple[int, str]] = set()
 
     def add(self, event: Event) -> str | None:
-        """Count ``event``; return a rejection reason if a total would overflow.
+        """Count ``event``; return the name of the total that would overflow, if one would.
 
         All or nothing: a refused event changes no total.
         """
@@ -81,9 +108,9 @@ class IntervalTotals:
             distance = self.distance + event.distance
             price = self.price + event.price
             if distance > UINT32_MAX:
-                return "overflow: total_distance"
+                return "total_distance"
             if price > UINT32_MAX:
-                return "overflow: total_price"
+                return "total_price"
             self.distance = distance
             self.price = price
             reason = event.finish_reason
@@ -96,7 +123,7 @@ class IntervalTotals:
         elif isinstance(event, DriverTipped):
             tips = self.tips + event.amount
             if tips > UINT32_MAX:
-                return "overflow: total_tips"
+                return "total_tips"
             self.tips = tips
         else:
             self.rating_sum += event.rating
@@ -136,8 +163,8 @@ class DriverWindows:
     >>> at = datetime(2024, 1, 1, 12, 0, 5, tzinfo=timezone.utc)
     >>> w = DriverWindows(window_seconds=10, lateness_seconds=0)
     >>> w.add(DriverTipped(driver_id="d1", journey_id="j1", tipped_at=at, amount=7),
-    ...       at.timestamp(), now=0.0) is None
-    True
+    ...       at.timestamp(), now=0.0)
+    <Outcome.COUNTED: 'counted'>
     >>> [s.total_tips for s in w.close_due(now=10.0)]
     [7]
     """
@@ -156,11 +183,11 @@ class DriverWindows:
     def watermark(self, now: float) -> float:
         return self.watermark_base + max(0.0, now - self.wall_at_base)
 
-    def add(self, event: Event, event_time: float, now: float) -> str | None:
+    def add(self, event: Event, event_time: float, now: float) -> Verdict:
         """Count ``event`` whose event time is ``event_time``.
 
-        Returns ``None`` when counted, :data:`DUPLICATE` for a repeat, or the
-        rejection reason (:data:`LATE`, ``overflow: ...``).
+        Returns :data:`COUNTED`, :data:`DUPLICATE` for a repeat, or
+        :class:`Refused` (reason ``late`` or ``overflow: <total>``).
         """
         start = int(event_time // self.window) * self.window
         key = (_KIND[type(event)], event.journey_id)
@@ -171,16 +198,22 @@ class DriverWindows:
             return DUPLICATE
         watermark = self.watermark(now)
         if start + self.window <= watermark:
-            return LATE
+            return Refused(
+                LATE,
+                f"interval starting {_iso(start)} already closed "
+                f"(window {self.window}s, allowed lateness {self.lateness}s)",
+            )
         for other in self.open.values():  # same identity, other event time
             if key in other.seen:
                 return DUPLICATE
         created = totals is None
         if created:
             totals = IntervalTotals()
-        refused = totals.add(event)
-        if refused:
-            return refused  # a refused event leaves nothing: no interval, no dedupe key
+        overflowing = totals.add(event)
+        if overflowing:
+            # A refused event leaves nothing: no interval, no dedupe key.
+            reason = Reason.OVERFLOW.of(overflowing)
+            return Refused(reason, f"interval total would exceed 2^32-1 ({reason})")
         if created:
             self.open[start] = totals
         totals.seen.add(key)
@@ -190,7 +223,7 @@ class DriverWindows:
         if base > watermark:
             self.watermark_base = base
             self.wall_at_base = now
-        return None
+        return COUNTED
 
     def close_due(self, now: float) -> list[DriverStats]:
         """Close and return, oldest first, every interval the watermark passed."""
@@ -241,6 +274,10 @@ class DriverWindows:
             totals.__setstate__(totals_state)
             windows.open[start] = totals
         return windows
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def close_order(stats: Iterable[DriverStats]) -> list[DriverStats]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from .contract import DriverRated, DriverTipped, Event, JourneyFinished
-from .contract.limits import UINT32_MAX
+from ..contract import DriverRated, DriverTipped, Event, JourneyFinished, Reason
+from ..contract.limits import UINT32_MAX
 
 # The event-time field of each event type, by its proto field name.
 EVENT_TIME_FIELD: dict[type, str] = {
@@ -21,7 +21,7 @@ EVENT_TIME_FIELD: dict[type, str] = {
 
 
 def _invalid(field: str, detail: str) -> tuple[str, str]:
-    return f"invalid: {field}", detail
+    return Reason.INVALID.of(field), detail
 
 
 def _time_problem(field: str, value: datetime | None) -> tuple[str, str] | None:
@@ -68,7 +68,7 @@ def problem(event: Event, *, now: float, max_future_seconds: float) -> tuple[str
     ahead = event_time.timestamp() - now
     if ahead > max_future_seconds:
         return (
-            "future",
+            Reason.FUTURE,
             f"{time_field} is {ahead:.0f}s ahead of wall-clock time (at most {max_future_seconds}s)",
         )
     return None

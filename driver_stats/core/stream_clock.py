@@ -1,7 +1,7 @@
 """Wall-clock time that stands still while the input is cut off from the broker.
 
 A driver's event-time clock advances with the wall clock while the driver is
-quiet (:mod:`driver_stats.windows`), so that its last interval still closes.
+quiet (:mod:`driver_stats.core.windows`), so that its last interval still closes.
 But while the flow cannot read (the broker is down, the connection dropped)
 the stream's event time has not really moved: the producers' messages are
 waiting in their clients or the broker. Advancing then would reject them as

@@ -12,14 +12,12 @@ original bytes and the reason. Limits are explicit: at most
 from __future__ import annotations
 
 import time
-from collections import Counter
 from typing import Callable
 
 import msgspec
 
-from . import metrics
-from .contract import EVENT_TYPES, DecodeError, Event, EventDecoder, Rejection
-from .settings import Settings
+from ..contract import DecodeError, Event, EventDecoder, Reason, Rejection
+from ..settings import Settings
 from .validation import problem
 
 
@@ -50,8 +48,7 @@ class Intake:
 
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.time):
         self._decoders = {
-            topic: EventDecoder(event_type)
-            for topic, event_type in zip(settings.input_topics, EVENT_TYPES)
+            topic: EventDecoder(event_type) for topic, event_type in settings.input_topic_types().items()
         }
         self._max_bytes = settings.max_message_bytes
         self._max_future = settings.max_future_seconds
@@ -61,10 +58,10 @@ class Intake:
         """One message; ``now`` (wall clock, for the ``future`` rule) defaults to the clock."""
         decoder = self._decoders.get(topic)
         if decoder is None:
-            return Rejection(topic, payload, "unknown topic", f"{topic!r} is not an input topic")
+            return Rejection(topic, payload, Reason.UNKNOWN_TOPIC, f"{topic!r} is not an input topic")
         if len(payload) > self._max_bytes:
             return Rejection(
-                topic, payload, "too large", f"{len(payload)} bytes, at most {self._max_bytes}"
+                topic, payload, Reason.TOO_LARGE, f"{len(payload)} bytes, at most {self._max_bytes}"
             )
         if now is None:
             now = self._clock()
@@ -77,15 +74,9 @@ class Intake:
         except DecodeError as err:
             return Rejection(topic, payload, err.reason, str(err))
         except Exception as err:  # noqa: BLE001 - whatever the bytes, a rejection, never a crash
-            return Rejection(topic, payload, "undecodable", f"{type(err).__name__}: {str(err)[:200]}")
+            return Rejection(topic, payload, Reason.UNDECODABLE, f"{type(err).__name__}: {str(err)[:200]}")
 
     def batch(self, messages: list) -> list[Accepted | Rejection]:
         """:meth:`__call__` over a batch of messages with ``.topic`` and ``.payload``."""
         now = self._clock()  # once per batch, not per message
-        results = [self(message.topic, message.payload, now) for message in messages]
-        received = Counter(message.topic for message in messages)
-        metrics.count_by(metrics.MESSAGES_RECEIVED, received)
-        metrics.count_by(
-            metrics.REJECTED, Counter(r.reason for r in results if type(r) is Rejection)
-        )
-        return results
+        return [self(message.topic, message.payload, now) for message in messages]
