@@ -44,8 +44,7 @@ from driver_stats.contract import DriverStats
 from driver_stats.core.intake import Accepted, Intake
 from driver_stats.core.stream_clock import StreamClock
 from driver_stats.settings import Settings, load_or_exit
-
-from .steps import DriverWindowsLogic, decode_batch, rejected_encoder, stats_encoder
+from flows.steps import DriverWindowsLogic, decode_batch, rejected_encoder, stats_encoder
 
 
 def build_flow(
@@ -93,7 +92,7 @@ def __getattr__(name: str) -> Dataflow:
     # `python -m bytewax.run flows.driver_stats` looks up `flow`; build it on
     # that first look-up so importing build_flow needs no settings or broker.
     if name == "flow":
-        from .live import build_live_flow
+        from flows.live import build_live_flow
 
         return build_live_flow(load_or_exit())
     raise AttributeError(name)

@@ -1,9 +1,11 @@
 """Structured log lines: one JSON object per line on stderr.
 
 Every line has ``time``, ``level``, ``logger`` and ``message``; fields passed
-with ``extra={...}`` (``partition``, ``client_id``, ``broker``, ``state``,
-``reason``...) become top-level keys, so an on-call engineer can filter with
-``jq 'select(.partition == "input/driver_rated#0")'`` or by ``logger``.
+with ``extra={...}`` become top-level keys. The MQTT connector's connection
+lines carry ``partition`` (``in-0``, ``out-0``), ``client_id``, ``broker`` and
+``state``, so an on-call engineer can filter with
+``jq 'select(.partition == "in-0")'``, ``select(.state == "disconnected")`` or
+by ``logger``.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ import pytest
 from driver_stats.contract import DriverRated, DriverTipped, EventDecoder, FinishReason, JourneyFinished
 from driver_stats.core.intake import Accepted, Intake
 from driver_stats.settings import Settings
-from driver_stats.tools.common import HISTORY_FILES
-from driver_stats.tools.generate import TruthWriter
-from driver_stats.tools.traffic import COUNTED_KINDS, Traffic, parse_time
+from driver_stats.contract import INPUTS
+from driver_stats.cli.generate import TruthWriter
+from driver_stats.cli.traffic import COUNTED_KINDS, Traffic, parse_time
 from driver_stats.core.windows import COUNTED, DUPLICATE, LATE, DriverWindows, Refused
 from tests.factories import T0
 
@@ -113,7 +113,7 @@ def test_truth_files_are_proto3_json_that_the_decoder_reads_back(tmp_path):
     writer.close()
     expected = Counter(g.kind for g in generated)
     read_back = []
-    for (name, event_type), topic in zip(HISTORY_FILES, Settings().input_topics):
+    for (name, event_type), topic in zip(((r.history_file, r.event_type) for r in INPUTS), Settings().input_topics):
         decoder = EventDecoder(event_type)
         for line in (tmp_path / name).read_bytes().splitlines():
             assert line.startswith(b"{") and b"_" not in line.split(b":")[0]  # lowerCamelCase keys

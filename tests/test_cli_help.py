@@ -61,7 +61,7 @@ def test_a_bad_url_is_one_line_and_exit_2():
 
 
 def test_an_unreachable_broker_is_one_line_and_exit_2():
-    from tests.mosquitto import free_port
+    from connectors.mqtt.testing import free_port
 
     run = cli("generate", "--count", "1", "--url", f"mqtt://127.0.0.1:{free_port()}")
     assert run.returncode == 2

@@ -21,8 +21,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from driver_stats.contract import DriverStats, EventDecoder, decode_stats, encode_stats, to_json
-from driver_stats.tools.common import HISTORY_FILES
-from driver_stats.tools.demo import flow_subscribed
+from driver_stats.contract import INPUTS
+from driver_stats.cli.demo import flow_subscribed
 from tests.factories import at, rated
 
 pytestmark = pytest.mark.mqtt
@@ -164,10 +164,10 @@ def test_generate_publishes_count_messages_and_writes_the_truth(mosquitto, tmp_p
         collector.stop()
     assert len(collector.messages) == 120
     received = [(t, p) for t, p, _ in collector.messages]
-    decoders = {topic: EventDecoder(event_type) for (_, event_type), topic in zip(HISTORY_FILES, TOPICS)}
+    decoders = {topic: EventDecoder(row.event_type) for row, topic in zip(INPUTS, TOPICS)}
     truth = [
         repr((topic, decoders[topic].decode(line)))
-        for (name, _), topic in zip(HISTORY_FILES, TOPICS)
+        for name, topic in zip((row.history_file for row in INPUTS), TOPICS)
         for line in (tmp_path / name).read_bytes().splitlines()
     ]
     rejected = [json.loads(line) for name in ("late.jsonl", "invalid.jsonl")

@@ -10,15 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from connectors.files import CollectSink, FileSource
-from connectors.mqtt import MQTTMessage
+from connectors.files import CollectSink, FileMessage, FileSource
 from driver_stats.cli import main
 from driver_stats.contract import DriverStats, FinishReason, to_json
-from driver_stats.tools.common import HISTORY_FILES
+from driver_stats.contract import INPUTS
 from tests.factories import at, finished, rated, tipped
 from tests.test_flow import seed_events
 
-FILE_OF = {event_type: name for name, event_type in HISTORY_FILES}
+FILE_OF = {row.event_type: row.history_file for row in INPUTS}
 
 
 def write_history(directory: Path, events, *, extra_lines: dict[str, list[bytes]] | None = None) -> None:
@@ -164,7 +163,7 @@ def test_file_source_resumes_from_its_snapshot_offset(tmp_path):
     assert source.list_parts() == [str(path)]
     part = source.build_part("in", str(path), None)
     first = part.next_batch()
-    assert first == [MQTTMessage("input/driver_tipped", lines[0]), MQTTMessage("input/driver_tipped", lines[1])]
+    assert first == [FileMessage("input/driver_tipped", lines[0]), FileMessage("input/driver_tipped", lines[1])]
     offset = part.snapshot()
     part.close()
     resumed = source.build_part("in", str(path), offset)
@@ -182,7 +181,7 @@ def test_the_flow_over_file_partitions_and_the_collect_sink(tmp_path):
     from flows.driver_stats import build_flow
 
     write_history(tmp_path, seed_events())
-    files = [(tmp_path / name, topic) for (name, _), topic in zip(HISTORY_FILES, Settings().input_topics)]
+    files = [(tmp_path / row.history_file, topic) for row, topic in zip(INPUTS, Settings().input_topics)]
     out: list = []
     run_main(build_flow(Settings(window_seconds=10), FileSource(files), CollectSink(out), complete_input=True))
     assert len(out) == 3 and {m.topic for m in out} == {"output/driver_stats"}

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from driver_stats.settings import PREFIX, Settings, SettingsError
-from tests.mosquitto import NOT_FOUND, find_mosquitto, free_port
+from connectors.mqtt.testing import NOT_FOUND, find_mosquitto, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRYPOINT = REPO / "deploy" / "k8s-entrypoint.sh"

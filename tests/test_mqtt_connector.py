@@ -21,8 +21,7 @@ from connectors.mqtt import (
     MQTTSink,
     MQTTSource,
 )
-from tests.mosquitto import Mosquitto, TlsFiles
-from tests.mqtt_clients import Collector, Publisher, wait_for
+from connectors.mqtt.testing import Collector, Mosquitto, Publisher, TlsFiles, wait_for
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(90)]
 
@@ -34,19 +33,20 @@ FLOW = textwrap.dedent(
     from bytewax import operators as op
     from bytewax.dataflow import Dataflow
     from connectors import mqtt
+    from connectors.mqtt import operators as mop
 
     logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
     logging.getLogger("connectors.mqtt").setLevel(logging.DEBUG)
     env = os.environ
     conn = mqtt.MQTTConnection(host="127.0.0.1", port=int(env["T_PORT"]))
     flow = Dataflow("echo")
-    inp = mqtt.input("in", flow, connection=conn, topics=env["T_TOPICS"].split(","),
-                     client_id="flow", max_message_bytes=int(env["T_MAX"]))
+    inp = mop.input("in", flow, connection=conn, topics=env["T_TOPICS"].split(","),
+                    client_id="flow", max_message_bytes=int(env["T_MAX"]))
     seen = open(env["T_SEEN"], "a", buffering=1)
     op.inspect("seen", inp.oks, lambda _s, m: seen.write(m.payload.decode() + "\\n"))
     out = op.map("echo", inp.oks, lambda m: mqtt.MQTTMessage("out/" + m.topic, m.payload))
     rej = op.map("reject", inp.errs, lambda e: e.message.rejected("too large", e.reason))
-    mqtt.output("out", op.merge("all", out, rej), connection=conn, client_id="flow")
+    mop.output("out", op.merge("all", out, rej), connection=conn, client_id="flow")
     """
 )
 
@@ -297,7 +297,7 @@ def test_tls_and_password(tmp_path):
 
 
 def test_unreachable_broker_is_one_clear_line():
-    from tests.mosquitto import free_port
+    from connectors.mqtt.testing import free_port
 
     port = free_port()
     conn = MQTTConnection(host="127.0.0.1", port=port, password="hunter2")

@@ -13,9 +13,9 @@ import time
 import pytest
 
 from tests.factories import tipped, rated, finished, wire
-from tests.live_flow import LiveFlow, expected_stats, published_stats, wait_for_records
-from tests.mqtt_clients import Collector, Publisher
-from tests.paced import PacedTraffic, compare
+from driver_stats.testing.live_flow import LiveFlow, expected_stats, published_stats, wait_for_records
+from connectors.mqtt.testing import Collector, Publisher
+from driver_stats.testing.paced import PacedTraffic, compare
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(180)]
 

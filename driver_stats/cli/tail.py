@@ -11,10 +11,11 @@ import sys
 import time
 from typing import Optional, TextIO
 
+from connectors.mqtt.connection import Protocol, connect_preferring_v5
 from driver_stats.contract import DecodeError, EventDecoder, decode_stats, to_json
 from driver_stats.settings import Settings
 
-from .common import CLIError, add_url_option, connect, load_settings, mqtt_client, say, topic_types
+from .common import CLIError, add_url_option, connect_client, load_settings, mqtt_client, rejected_record, say
 
 HELP = "print messages of topics as JSON lines (decoded), or a live per-driver table"
 
@@ -67,7 +68,7 @@ class Describer:
     def __init__(self, settings: Settings):
         self.stats_topic = settings.topic_driver_stats
         self.rejected_prefix = settings.rejected_prefix
-        self.decoders = {topic: EventDecoder(t) for topic, t in topic_types(settings).items()}
+        self.decoders = {topic: EventDecoder(t) for topic, t in settings.input_topic_types().items()}
 
     def __call__(self, topic: str, payload: bytes, properties: tuple = ()) -> dict:
         record: dict = {"topic": topic}
@@ -83,9 +84,9 @@ class Describer:
             record["error"] = str(err)
         if topic.startswith(self.rejected_prefix):
             props = dict(properties)
-            record["reason"] = props.get("reason", "")
-            record["detail"] = props.get("detail", "")
-        elif properties:
+            rejected = rejected_record(topic, props.get("reason", ""), props.get("detail", ""), payload)
+            return {**record, **rejected}
+        if properties:
             record["userProperties"] = [list(p) for p in properties]
         record["payload"] = base64.b64encode(payload).decode()
         return record
@@ -154,7 +155,9 @@ class LiveTable:
 
 
 class Tail:
-    """A v5 subscriber feeding a queue; :meth:`messages` yields (topic, payload, user properties)."""
+    """A subscriber feeding ``queue`` with ``("subscribed", failed topics)`` and
+    ``("message", (topic, payload, user properties))``; MQTT 5, or 3.1.1 where
+    the broker lacks 5 (:attr:`v5`)."""
 
     def __init__(self, settings: Settings, topics: list[str], client_id: str):
         self.queue: queue.Queue = queue.Queue()
@@ -162,26 +165,21 @@ class Tail:
         self.settings = settings
         self.client_id = client_id
         self.v5 = True
-        self.client = self._client()
+        self.client = None
 
-    def _client(self):
-        client = mqtt_client(self.settings, self.client_id, v5=self.v5)
+    def _open(self, protocol: Protocol):
+        client = mqtt_client(self.settings, self.client_id, protocol=protocol)
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        connect_client(client, self.settings)
         return client
 
     def start(self) -> None:
-        try:
-            connect(self.client, self.settings)
-        except CLIError as err:
-            if "protocol version" not in str(err).lower():
-                raise
-            # An MQTT 3.1.1-only broker (amqtt): no user properties, so the
-            # reason of rejected messages cannot be shown.
-            self.v5 = False
-            self.client = self._client()
-            connect(self.client, self.settings)
+        # An MQTT 3.1.1-only broker (amqtt): no user properties, so the
+        # reason of rejected messages cannot be shown.
+        self.client, protocol = connect_preferring_v5(self._open)
+        self.v5 = protocol == "5"
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
         client.subscribe([(t, 1) for t in self.topics])

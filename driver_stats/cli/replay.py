@@ -1,19 +1,12 @@
 """``driver-stats replay DIR``: rebuild the stats of a history with the same dataflow.
 
-Reads ``DIR/driver_rated.jsonl``, ``DIR/driver_tipped.jsonl`` and
-``DIR/journey_finished.jsonl`` (one event per line, proto3 JSON mapping;
-missing files count as empty), runs :func:`flows.driver_stats.build_flow`
-over them with ``complete_input=True`` (the input is complete, so no event is
-late whatever its order), and writes ``DIR/driver_stats.jsonl`` (one
-``DriverStats`` per line, sorted by interval start then driver) and
-``DIR/rejected.jsonl`` (every line the flow rejected, with topic, reason and
-detail). Both files are replaced atomically.
+Runs :func:`flows.driver_stats.build_flow` over the history files with
+``complete_input=True``; what it reads and writes is :data:`DESCRIPTION`.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import time
 from pathlib import Path
@@ -21,20 +14,33 @@ from pathlib import Path
 from bytewax.testing import run_main
 
 from connectors.files import CollectSink, FileSource, Progress
-from driver_stats.contract import decode_stats, to_json
-from driver_stats.settings import Settings
+from connectors.mqtt import MQTTMessage
+from driver_stats.contract import INPUTS, decode_stats, to_json
 from driver_stats.core.windows import close_order
+from driver_stats.settings import Settings
+from flows.driver_stats import build_flow
 
-from .common import HISTORY_FILES, REJECTED_FILE, STATS_FILE, CLIError, load_settings, say, write_atomically
+from .common import REJECTED_FILE, STATS_FILE, CLIError, load_settings, rejected_record, say, write_atomically
 
 HELP = "rebuild per-driver stats from history files with the flow's own dataflow"
+
+DESCRIPTION = """\
+Rebuilds per-driver stats from history files with the flow's own dataflow.
+Reads DIR/driver_rated.jsonl, DIR/driver_tipped.jsonl and
+DIR/journey_finished.jsonl (one event per line, proto3 JSON mapping; missing
+files count as empty), runs the flow's dataflow over them with the input
+taken as complete (so no event is late whatever its order), and writes
+DIR/driver_stats.jsonl (one DriverStats per line, sorted by interval start
+then driver) and DIR/rejected.jsonl (every line the flow rejected, with
+topic, reason and detail). Both files are replaced atomically.
+"""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "replay",
         help=HELP,
-        description=HELP + ". " + " ".join(__doc__.split("\n\n")[1].split()),
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -63,13 +69,10 @@ def replay(
     directory: Path, settings: Settings, *, workers: int = 1, progress: Progress | None = None
 ) -> tuple[list, list]:
     """Run the dataflow over ``directory``; return (stats records, rejected messages)."""
-    # Imported here: the flow module pulls in the MQTT connector.
-    from flows.driver_stats import build_flow
-
     files = [
-        (directory / name, topic)
-        for (name, _), topic in zip(HISTORY_FILES, settings.input_topics)
-        if (directory / name).is_file()
+        (directory / row.history_file, topic)
+        for row, topic in zip(INPUTS, settings.input_topics)
+        if (directory / row.history_file).is_file()
     ]
     out: list = []
     if files:
@@ -94,18 +97,11 @@ def replay(
 
 
 
-
-def rejected_line(message, prefix: str) -> bytes:
+def rejected_line(message: MQTTMessage, prefix: str) -> bytes:
+    """One line of ``rejected.jsonl``: the source topic, reason, detail and the history line."""
     source_topic = message.topic[len(prefix):] if message.topic.startswith(prefix) else message.topic
-    record = {
-        "topic": source_topic,
-        "reason": message.user_property("reason") or "",
-        "detail": message.user_property("detail") or "",
-    }
-    try:
-        record["line"] = message.payload.decode("utf-8")
-    except UnicodeDecodeError:
-        record["line_base64"] = base64.b64encode(message.payload).decode()
+    reason, detail = message.user_property("reason") or "", message.user_property("detail") or ""
+    record = rejected_record(source_topic, reason, detail, message.payload, text=True)
     return json.dumps(record, ensure_ascii=False).encode()
 
 
@@ -116,9 +112,9 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise CLIError(f"--workers {args.workers}: give 1 or more")
     settings = load_settings({"window_seconds": args.window})
-    missing = [name for name, _ in HISTORY_FILES if not (directory / name).is_file()]
-    if len(missing) == len(HISTORY_FILES):
-        say(f"no history files in {directory} (expected {', '.join(n for n, _ in HISTORY_FILES)}): writing empty output")
+    names = [row.history_file for row in INPUTS]
+    if not any((directory / name).is_file() for name in names):
+        say(f"no history files in {directory} (expected {', '.join(names)}): writing empty output")
     progress = None if args.quiet else Progress("replay")
     started = time.monotonic()
     stats, rejected = replay(directory, settings, workers=args.workers, progress=progress)

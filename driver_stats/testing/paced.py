@@ -1,12 +1,13 @@
-"""Paced live traffic for recovery and outage tests, with its ground truth."""
+"""Paced live traffic for recovery, outage and chaos runs, with its ground truth."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-from driver_stats.tools.traffic import COUNTED_KINDS, Traffic
-from tests.live_flow import expected_stats, published_stats
+from driver_stats.cli.traffic import COUNTED_KINDS, Traffic
+
+from .live_flow import expected_stats, published_stats
 
 
 class PacedTraffic(threading.Thread):

@@ -8,6 +8,11 @@ Subcommands (``driver-stats SUBCOMMAND --help`` explains each option):
 * ``replay`` — rebuild stats from history files with the flow's dataflow;
 * ``demo`` — a broker, the flow, the generator and the live table at once.
 
+One module per subcommand, each with ``add_parser(subparsers)`` (its
+options, with help) and ``run(args) -> int``; :mod:`.common` holds what they
+share and :mod:`.traffic` the generation logic (plain Python, usable without
+a broker). This is the top layer: it may use everything below it.
+
 Broker and topic settings come from the ``DRIVER_STATS_*`` variables, as for
 the flow. Errors are one line on stderr and exit code 2; Ctrl-C stops
 cleanly (exit code 130).
@@ -21,8 +26,10 @@ import signal
 import sys
 from typing import Optional, Sequence
 
-from driver_stats.tools import demo, generate, replay, tail
-from driver_stats.tools.common import CLIError
+from connectors.mqtt import MQTTConnectError
+
+from . import demo, generate, replay, tail
+from .common import CLIError, interrupt
 
 SUBCOMMANDS = (generate, tail, replay, demo)
 
@@ -44,10 +51,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # SIGTERM stops like Ctrl-C: cleanup code runs, no traceback.
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         return args.run(args)
-    except CLIError as err:
+    except (CLIError, MQTTConnectError) as err:
         print(f"driver-stats {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -58,11 +65,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
-if __name__ == "__main__":
-    sys.exit(main())

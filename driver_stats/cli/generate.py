@@ -1,6 +1,6 @@
 """``driver-stats generate``: publish realistic input traffic, optionally with its truth.
 
-The traffic itself is :class:`~driver_stats.tools.traffic.Traffic` (plain,
+The traffic itself is :class:`~driver_stats.cli.traffic.Traffic` (plain,
 deterministic Python); this module only paces it on the wall clock and
 publishes it with QoS 1 (MQTT 3.1.1), then writes the truth files.
 """
@@ -17,15 +17,14 @@ from collections import Counter
 from pathlib import Path
 from typing import IO
 
-from driver_stats.contract import to_json
+from driver_stats.contract import INPUTS, to_json
 
 from .common import (
-    HISTORY_FILES,
     INVALID_FILE,
     LATE_FILE,
     CLIError,
     add_url_option,
-    connect,
+    connect_client,
     load_settings,
     mqtt_client,
     say,
@@ -131,10 +130,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 class TruthWriter:
     """The truth files of one run in ``directory`` (truncated at start)."""
 
-    def __init__(self, directory: Path, topics: tuple[str, str, str]):
+    def __init__(self, directory: Path, topics: tuple[str, ...]):
+        """``topics`` are the input topics, in the order of ``INPUTS``."""
         directory.mkdir(parents=True, exist_ok=True)
         self._by_topic: dict[str, IO[bytes]] = {
-            topic: open(directory / name, "wb") for (name, _), topic in zip(HISTORY_FILES, topics)
+            topic: open(directory / row.history_file, "wb") for row, topic in zip(INPUTS, topics)
         }
         self._late = open(directory / LATE_FILE, "wb")
         self._invalid = open(directory / INVALID_FILE, "wb")
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     client = mqtt_client(settings, args.client_id or f"driver-stats-generate-{os.getpid()}")
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
-    connect(client, settings)
+    connect_client(client, settings)
     truth = TruthWriter(args.truth, settings.input_topics) if args.truth else None
     if not args.quiet:
         stop = f"{args.count} messages" if args.count else (f"{args.duration:g}s" if args.duration else "Ctrl-C")

@@ -38,17 +38,19 @@ from datetime import datetime, timezone
 from typing import Iterator, NamedTuple, Optional
 
 from driver_stats.contract import (
+    INPUTS,
     DriverRated,
     DriverTipped,
     Event,
     FinishReason,
     JourneyFinished,
+    Reason,
     encode_event,
     to_json,
 )
 
 UTC = timezone.utc
-INPUT_TOPICS = ("input/driver_rated", "input/driver_tipped", "input/journey_finished")
+INPUT_TOPICS = tuple(row.default_topic for row in INPUTS)
 
 VALID, OUT_OF_ORDER, DUPLICATE, LATE, INVALID = "valid", "out_of_order", "duplicate", "late", "invalid"
 COUNTED_KINDS = frozenset({VALID, OUT_OF_ORDER, DUPLICATE})
@@ -96,7 +98,8 @@ class Traffic:
     ``start`` is the Unix time of the first message (default: now, which makes
     the output depend on when it runs); ``window``/``lateness`` are the flow's
     interval length and allowed lateness, which ``late``, ``duplicates`` and
-    ``out_of_order`` need to land on the right side of the lateness bound.
+    ``out_of_order`` need to land on the right side of the lateness bound;
+    ``topics`` are the input topics in the order of ``INPUTS``.
     """
 
     def __init__(
@@ -112,7 +115,7 @@ class Traffic:
         late: float = 0.0,
         invalid: float = 0.0,
         out_of_order: float = 0.0,
-        topics: tuple[str, str, str] = INPUT_TOPICS,
+        topics: tuple[str, ...] = INPUT_TOPICS,
         payload_format: str = "protobuf",
     ):
         fractions = {"duplicates": duplicates, "late": late, "invalid": invalid, "out_of_order": out_of_order}
@@ -134,8 +137,8 @@ class Traffic:
         self.window = float(window)
         self.lateness = float(lateness)
         self.fractions = (duplicates, late, invalid, out_of_order)
-        self.topic_rated, self.topic_tipped, self.topic_finished = topics
-        self._topic_of = {DriverRated: self.topic_rated, DriverTipped: self.topic_tipped, JourneyFinished: self.topic_finished}
+        self._topic_of = {row.event_type: topic for row, topic in zip(INPUTS, topics)}
+        self._topics = tuple(topics)
         self._encode = encode_event if payload_format == "protobuf" else to_json
         width = max(3, len(str(drivers)))
         self.drivers = [f"driver-{i:0{width}d}" for i in range(1, drivers + 1)]
@@ -273,7 +276,7 @@ class Traffic:
             event = DriverTipped(tipped_at=_dt(at), amount=self.rng.randrange(50, 1001, 50), **common)
         else:
             event = self._journey(at, driver)
-        return self._emit(event, LATE, now, "late")
+        return self._emit(event, LATE, now, Reason.LATE)
 
     def _invalid(self, now: float) -> Generated:
         rng = self.rng
@@ -284,29 +287,29 @@ class Traffic:
         if variant == "undecodable_protobuf":
             # Field 1 announcing far more bytes than follow: truncated.
             payload = b"\x0a\xff\xff\xff\x0f" + rng.randbytes(rng.randrange(1, 40))
-            topic = rng.choice((self.topic_rated, self.topic_tipped, self.topic_finished))
-            return Generated(topic, payload, INVALID, None, now, "undecodable")
+            topic = rng.choice(self._topics)
+            return Generated(topic, payload, INVALID, None, now, Reason.UNDECODABLE)
         if variant == "undecodable_json":
-            topic = rng.choice((self.topic_rated, self.topic_tipped, self.topic_finished))
-            return Generated(topic, b'{"driverId": "' + driver.encode(), INVALID, None, now, "undecodable")
+            topic = rng.choice(self._topics)
+            return Generated(topic, b'{"driverId": "' + driver.encode(), INVALID, None, now, Reason.UNDECODABLE)
         if variant == "empty_driver_id":
-            return self._emit(_replace(rated, driver_id=""), INVALID, now, "invalid: driver_id")
+            return self._emit(_replace(rated, driver_id=""), INVALID, now, Reason.INVALID.of("driver_id"))
         if variant == "empty_journey_id":
             tipped = DriverTipped(driver_id=driver, rider_id=rider, journey_id="", tipped_at=when, amount=100)
-            return self._emit(tipped, INVALID, now, "invalid: journey_id")
+            return self._emit(tipped, INVALID, now, Reason.INVALID.of("journey_id"))
         if variant == "rating_out_of_range":
-            return self._emit(_replace(rated, rating=rng.choice((0, 6))), INVALID, now, "invalid: rating")
+            return self._emit(_replace(rated, rating=rng.choice((0, 6))), INVALID, now, Reason.INVALID.of("rating"))
         if variant == "missing_event_time":
-            return self._emit(_replace(rated, rated_at=None), INVALID, now, "invalid: rated_at")
+            return self._emit(_replace(rated, rated_at=None), INVALID, now, Reason.INVALID.of("rated_at"))
         finished = self._journey(now, driver)
         if variant == "started_after_ended":
             bad = _replace(finished, started_at=_dt(now + rng.uniform(1, 600)))
-            return self._emit(bad, INVALID, now, "invalid: started_at")
+            return self._emit(bad, INVALID, now, Reason.INVALID.of("started_at"))
         # unknown_finish_reason: a number the contract does not know, appended
         # so it overrides whatever reason the encoded event had.
         bad = _replace(finished, finish_reason=FinishReason.DROP_OFF)
         payload = encode_event(bad) + bytes([0x20, rng.randrange(4, 100)])
-        return Generated(self.topic_finished, payload, INVALID, None, now, "invalid: finish_reason")
+        return Generated(self._topic_of[JourneyFinished], payload, INVALID, None, now, Reason.INVALID.of("finish_reason"))
 
 
 def _replace(event: Event, **changes) -> Event:

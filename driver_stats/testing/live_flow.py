@@ -1,4 +1,4 @@
-"""The real flow (`python -m bytewax.run flows.driver_stats`) as test subprocesses.
+"""The real flow (`python -m bytewax.run flows.driver_stats`) as subprocesses, for tests and benchmarks.
 
 Also: what the flow should publish for a set of events (:func:`expected_stats`)
 and how to read what it did publish (:func:`published_stats`).
@@ -14,12 +14,11 @@ import time
 from pathlib import Path
 
 from connectors.mqtt import MQTTMessage
-from driver_stats.contract import DriverStats, Event, decode_stats
+from connectors.mqtt.testing import Mosquitto, free_port, wait_for
+from driver_stats.contract import STATS_TOPIC, DriverStats, Event, decode_stats
 from driver_stats.core.windows import DriverWindows
-from tests.mosquitto import Mosquitto, free_port
-from tests.mqtt_clients import wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class LiveFlow:
@@ -125,7 +124,7 @@ def expected_stats(events: list[Event], window: int) -> dict[tuple[str, object],
     return {(s.driver_id, s.interval_start): s for w in drivers.values() for s in w.close_all()}
 
 
-def published_stats(messages: list[MQTTMessage], topic: str = "output/driver_stats"):
+def published_stats(messages: list[MQTTMessage], topic: str = STATS_TOPIC):
     """(latest record by (driver, interval start), byte-identical repeats, conflicting records)."""
     records: dict[tuple[str, object], bytes] = {}
     repeats = conflicts = 0
@@ -143,7 +142,7 @@ def published_stats(messages: list[MQTTMessage], topic: str = "output/driver_sta
     return {key: decode_stats(p) for key, p in records.items()}, repeats, conflicts
 
 
-def wait_for_records(collector, expected: dict, timeout: float = 60.0, topic: str = "output/driver_stats"):
+def wait_for_records(collector, expected: dict, timeout: float = 60.0, topic: str = STATS_TOPIC):
     """Wait until a record arrived for every expected (driver, interval)."""
     def arrived():
         got, _, _ = published_stats(list(collector.messages), topic)

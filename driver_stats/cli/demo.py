@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,9 +21,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from connectors.mqtt.testing import Mosquitto, find_mosquitto, free_port, wait_listening
 from driver_stats.settings import PREFIX
 
-from .common import CLIError, load_settings
+from .common import CLIError, interrupt, load_settings
 from .tail import LiveTable, follow
 
 HELP = "start a broker, the flow, the generator and the live table in one command"
@@ -63,19 +63,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, metavar="SECONDS", help="stop after SECONDS (default: run until Ctrl-C)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, broker data) at exit")
     return parser
-
-
-def find_mosquitto() -> Optional[str]:
-    found = shutil.which("mosquitto")
-    if found:
-        return found
-    return "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Children:
@@ -137,39 +124,6 @@ def last_line(path: Path) -> str:
     return (causes[:1] or lines[-1:] or ["(empty log)"])[0].strip()[:400]
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
-def mosquitto_conf(workdir: Path, port: int) -> Path:
-    import getpass
-
-    conf = workdir / "mosquitto.conf"
-    conf.write_text("\n".join([
-        f"listener {port} 127.0.0.1",
-        "allow_anonymous true",
-        "persistence true",
-        f"persistence_location {workdir}/",
-        "autosave_interval 5",
-        "max_queued_messages 0",
-        "max_queued_bytes 0",
-        "max_inflight_messages 0",
-        f"log_dest file {workdir}/mosquitto.log",
-        "connection_messages true",
-        f"user {getpass.getuser()}",
-    ]) + "\n")
-    return conf
-
-
 def run(args: argparse.Namespace) -> int:
     for name in ("rate", "drivers", "window"):
         if getattr(args, name) <= 0:
@@ -193,9 +147,9 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     atexit.register(cleanup)
-    previous_hup = signal.signal(signal.SIGHUP, _interrupt)
+    previous_hup = signal.signal(signal.SIGHUP, interrupt)
     try:
-        return _run(args, broker, mosquitto, workdir, children)
+        return _run(args, broker, workdir, children)
     except KeyboardInterrupt:
         return 0
     finally:
@@ -207,19 +161,14 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGHUP, previous_hup)
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
-def _run(args, broker: str, mosquitto: Optional[str], workdir: Path, children: Children) -> int:
+def _run(args, broker: str, workdir: Path, children: Children) -> int:
     port = free_port()
     if broker == "mosquitto":
-        proc = children.start("broker (mosquitto)", [mosquitto, "-c", str(mosquitto_conf(workdir, port))],
-                              workdir / "broker.log")
+        command = Mosquitto(workdir, port=port, autosave_interval=5).command
     else:
-        proc = children.start("broker (amqtt)", [sys.executable, "-m", "driver_stats.tools.amqtt_broker", str(port)],
-                              workdir / "broker.log")
-    if not wait_for_port(port, proc):
+        command = [sys.executable, "-m", "driver_stats.cli.amqtt_broker", str(port)]
+    proc = children.start(f"broker ({broker})", command, workdir / "broker.log")
+    if not wait_listening(port, proc, 15.0):
         children.check()
         raise CLIError(f"the {broker} broker did not listen on 127.0.0.1:{port} within 15s")
 
