@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/end_to_end.py [N] [--protocol 3.1.1|5]
 
-Starts a private mosquitto (tests/mosquitto.py), creates the input session,
+Starts a private mosquitto (connectors/mqtt/testing.py), creates the input session,
 queues N contract events (protobuf, QoS 1; the synthetic mix of
 bench/dataflow.py) while the flow is down, then, in the same run:
 

@@ -87,10 +87,15 @@ class _FilePartition(StatefulSourcePartition[FileMessage, int]):
 
 
 class FileSource(FixedPartitionedSource[FileMessage, int]):
-    """One partition per file: ``files`` is ``[(path, topic), ...]``.
+    """One partition per file; a line is a :class:`FileMessage`.
 
     The partition key is the file's path as given; resume state is a byte
     offset (the start of the next unread line).
+
+    Args:
+        files: ``[(path, topic), ...]``: each file and the topic of its lines.
+        batch_size: Most lines per batch.
+        on_read: ``on_read(n)`` after each batch of ``n`` lines.
     """
 
     def __init__(
@@ -131,9 +136,11 @@ class _CollectPartition(StatelessSinkPartition):
 class CollectSink(DynamicSink):
     """Appends every item to ``out`` (a list shared by all workers of this process).
 
-    With ``unkey=True`` (the default) a ``(key, value)`` pair is stored as its
-    value, so the sink takes the same keyed stream as a partitioned sink
-    (a flow keys its messages by topic for :class:`~connectors.mqtt.MQTTSink`).
+    Args:
+        out: The list.
+        unkey: Store a ``(key, value)`` pair as its value (the default), so
+            the sink takes the same keyed stream as a partitioned sink (a
+            flow keys its messages by topic for :class:`~connectors.mqtt.MQTTSink`).
     """
 
     def __init__(self, out: list, *, unkey: bool = True) -> None:

@@ -23,7 +23,8 @@ The pipeline, top to bottom (:func:`build_flow`):
    ``reason`` user property), both published by one sink.
 
 The steps' Bytewax side and metrics are in :mod:`flows.steps`; the live
-process (MQTT, broker check, signals, metrics server) in :mod:`flows.live`.
+process (MQTT, broker check, signals, metrics server) in :mod:`flows.live`,
+which :func:`build_live_flow` puts at both ends of :func:`build_flow`.
 Tests build this very flow with :func:`build_flow` over Bytewax's
 ``TestingSource``/``TestingSink``; ``driver-stats replay`` builds it over
 history files.
@@ -44,6 +45,7 @@ from driver_stats.contract import DriverStats
 from driver_stats.core.intake import Accepted, Intake
 from driver_stats.core.stream_clock import StreamClock
 from driver_stats.settings import Settings, load_or_exit
+from flows import live
 from flows.steps import DriverWindowsLogic, decode_batch, rejected_encoder, stats_encoder
 
 
@@ -88,11 +90,15 @@ def build_flow(
     return flow
 
 
+def build_live_flow(settings: Settings) -> Dataflow:
+    """The production flow: MQTT in, MQTT out, configured by ``settings`` (:mod:`flows.live`)."""
+    io = live.start(settings)
+    return build_flow(settings, io.source, io.sink, stream_clock=io.stream_clock)
+
+
 def __getattr__(name: str) -> Dataflow:
     # `python -m bytewax.run flows.driver_stats` looks up `flow`; build it on
     # that first look-up so importing build_flow needs no settings or broker.
     if name == "flow":
-        from flows.live import build_live_flow
-
         return build_live_flow(load_or_exit())
     raise AttributeError(name)

@@ -1,12 +1,11 @@
 """The live process: settings → MQTT connection, broker check, metrics, signals.
 
-:func:`build_live_flow` is what ``python -m bytewax.run flows.driver_stats``
-runs (through that module's lazy ``flow``): JSON logs, a broker check that
-turns a wrong URL or credential into one line, the metrics server, a quiet
-stop on SIGTERM, and the dataflow of :func:`flows.driver_stats.build_flow`
-between an :class:`~connectors.mqtt.MQTTSource` and an
-:class:`~connectors.mqtt.MQTTSink` whose connection events feed the metrics
-and the stream clock.
+:func:`start` prepares what ``python -m bytewax.run flows.driver_stats``
+runs (through :func:`flows.driver_stats.build_live_flow`): JSON logs, a
+broker check that turns a wrong URL or credential into one line, the
+metrics server, a quiet stop on SIGTERM, and the
+:class:`~connectors.mqtt.MQTTSource` and :class:`~connectors.mqtt.MQTTSink`
+whose connection events feed the metrics and the stream clock.
 """
 
 from __future__ import annotations
@@ -16,16 +15,13 @@ import os
 import signal
 import sys
 from collections import Counter
-from typing import Callable
-
-from bytewax.dataflow import Dataflow
+from typing import Callable, NamedTuple
 
 from connectors import mqtt
 from driver_stats.core.stream_clock import StreamClock
 from driver_stats.settings import Settings
 
 from . import logs, metrics
-from .driver_stats import build_flow
 
 
 def mqtt_connection(settings: Settings) -> mqtt.MQTTConnection:
@@ -99,8 +95,16 @@ def _stop_quietly_on_signals() -> None:
     sys.excepthook = on_uncaught
 
 
-def build_live_flow(settings: Settings) -> Dataflow:
-    """The production flow: MQTT in, MQTT out, configured by ``settings``.
+class LiveIO(NamedTuple):
+    """The live flow's input and output, and the clock its input drives."""
+
+    source: mqtt.MQTTSource
+    sink: mqtt.MQTTSink
+    stream_clock: StreamClock
+
+
+def start(settings: Settings) -> LiveIO:
+    """Set up the process for the live flow and open its MQTT input and output.
 
     Checks the broker first, so a wrong URL or credential stops the program
     with one line instead of a traceback from inside a worker.
@@ -128,4 +132,4 @@ def build_live_flow(settings: Settings) -> Dataflow:
         on_event=_count_reconnects,
         on_written=_published_counter(settings.topic_driver_stats),
     )
-    return build_flow(settings, source, sink, stream_clock=stream_clock)
+    return LiveIO(source, sink, stream_clock)

@@ -69,10 +69,10 @@ make the later topics' events look late).
   0's subscriptions (plain <-> shared).
 
 MQTT 3.1.1 is the default for input: through a 1-worker flow, QoS 1,
-100-byte payloads, this connector receives about 43k msg/s with 3.1.1 and
-22k msg/s with 5 on a 2-core machine (the "MQTT input only" line of
-``bench/end_to_end.py --protocol 3.1.1|5``); use ``protocol="5"`` only to
-receive user properties.
+100-byte payloads, this connector received about 43k msg/s with 3.1.1 and
+22k msg/s with 5 on a 2-core machine; ``bench/end_to_end.py --protocol
+3.1.1`` (or ``5``) measures it again on its "MQTT input only" line. Use
+``protocol="5"`` only to receive user properties.
 
 ## When a message is acknowledged
 

@@ -53,7 +53,7 @@ class Link:
             clean start off on the first connection too).
         session_expiry: MQTT 5 session expiry interval, seconds.
         manual_ack: Acknowledge QoS 1 messages only on ``client.ack``.
-        stats: Counters to update.
+        stats: Counters to update (default: its own).
         on_event: Called on each change of state; its errors are logged.
     """
 
@@ -65,17 +65,17 @@ class Link:
         protocol: Protocol,
         label: str,
         partition: str,
-        persistent: bool,
-        resume_first: bool,
-        session_expiry: int,
-        manual_ack: bool,
-        stats: MQTTLinkStats,
-        on_event: Optional[EventHook],
+        persistent: bool = False,
+        resume_first: bool = False,
+        session_expiry: int = 0,
+        manual_ack: bool = False,
+        stats: Optional[MQTTLinkStats] = None,
+        on_event: Optional[EventHook] = None,
     ) -> None:
         self.connection = connection
         self.client_id = client_id
         self.label = label
-        self.stats = stats
+        self.stats = stats if stats is not None else MQTTLinkStats()
         self.persistent = persistent
         self._partition = partition
         self._resume_first = resume_first
@@ -170,18 +170,6 @@ def check_connection(connection: MQTTConnection, client_id: str) -> None:
         connection: The broker.
         client_id: The program's client id; the check connects as ``<client_id>-check``.
     """
-    link = Link(
-        connection,
-        f"{client_id}-check",
-        protocol="3.1.1",
-        label="mqtt check",
-        partition="check",
-        persistent=False,
-        resume_first=False,
-        session_expiry=0,
-        manual_ack=False,
-        stats=MQTTLinkStats(),
-        on_event=None,
-    )
+    link = Link(connection, f"{client_id}-check", protocol="3.1.1", label="mqtt check", partition="check")
     link.start()
     link.stop()

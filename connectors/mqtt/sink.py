@@ -68,19 +68,10 @@ class _MQTTSinkPartition(StatefulSinkPartition[MQTTMessage, None]):
             return link
 
     def _connect(self, sink: MQTTSink, client_id: str, index: int, protocol: Protocol) -> Link:
-        link = Link(
-            sink.connection,
-            client_id,
-            protocol=protocol,
-            label=f"mqtt output #{index}",
-            partition=f"out-{index}",
-            persistent=False,
-            resume_first=False,
-            session_expiry=sink.session_expiry,
-            manual_ack=False,
-            stats=self.stats,
-            on_event=sink.on_event,
-        )
+        # A fresh session each time: nothing is left to receive.
+        link = Link(sink.connection, client_id, protocol=protocol, label=f"mqtt output #{index}",
+                    partition=f"out-{index}", session_expiry=sink.session_expiry, stats=self.stats,
+                    on_event=sink.on_event)
         client = link.client
         client.max_inflight_messages_set(sink.max_inflight)
         client.max_queued_messages_set(0)

@@ -3,7 +3,7 @@ the input topics (:mod:`.topics`) and the rejection reasons (:mod:`.reasons`).
 
 ``events.proto``/``stats.proto`` under ``proto/`` are written from the field
 tables of ``../shared/CONTRACT.md``; ``events_pb2.py``/``stats_pb2.py`` are
-generated from them (``tests/test_contract.py`` fails when they drift) and
+generated from them (``tests/contract/test_contract.py`` fails when they drift) and
 committed, so installing the project needs no protoc.
 """
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 import pytest
 
 from driver_stats.contract import encode_event
-from tests.factories import RATED, rated, tipped, wire
+from tests.support import RATED, rated, seed_events, tipped, totals, wire
 from driver_stats.testing.live_flow import LiveFlow, expected_stats, published_stats, wait_for_records
 from connectors.mqtt.testing import Collector, Publisher, wait_for
-from tests.test_flow import seed_events, totals
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(120)]
 

@@ -15,7 +15,7 @@ from driver_stats.contract import INPUTS
 from driver_stats.cli.generate import TruthWriter
 from driver_stats.cli.traffic import COUNTED_KINDS, Traffic, parse_time
 from driver_stats.core.windows import COUNTED, DUPLICATE, LATE, DriverWindows, Refused
-from tests.factories import T0
+from tests.support import T0
 
 START = T0.timestamp()
 KNOBS = dict(duplicates=0.1, late=0.1, invalid=0.1, out_of_order=0.1)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.factories import tipped, rated, finished, wire
+from tests.support import tipped, rated, finished, wire
 from driver_stats.testing.live_flow import LiveFlow, expected_stats, published_stats, wait_for_records
 from connectors.mqtt.testing import Collector, Publisher
 from driver_stats.testing.paced import PacedTraffic, compare

@@ -1,4 +1,5 @@
-"""Contract events for tests, at times given as seconds after ``T0``."""
+"""Helpers shared by the tests: contract events at times given as seconds after ``T0``,
+the seed scenario and a record's totals."""
 
 from __future__ import annotations
 
@@ -50,3 +51,19 @@ TOPIC_OF = {DriverRated: RATED, DriverTipped: TIPPED, JourneyFinished: FINISHED}
 def wire(event) -> tuple[str, bytes]:
     """The (topic, protobuf bytes) a producer would publish for ``event``."""
     return TOPIC_OF[type(event)], encode_event(event)
+
+
+def totals(s):
+    return (s.total_drop_offs, s.total_driver_cancels, s.total_distance, s.total_price, s.total_tips, s.avg_rating)
+
+
+def seed_events():
+    return [
+        rated("driver-1", "j1", 1, 2), rated("driver-1", "j2", 2, 4),
+        tipped("driver-1", "j1", 3, 2), tipped("driver-1", "j2", 4, 4),
+        finished("driver-1", "j1", 5, FinishReason.DROP_OFF, distance=1, price=10),
+        finished("driver-1", "j2", 6, FinishReason.DROP_OFF, distance=1, price=10),
+        finished("driver-1", "j3", 7, FinishReason.DRIVER_CANCEL, distance=1, price=10),
+        finished("driver-1", "j4", 15, FinishReason.DROP_OFF, distance=1, price=10),
+        rated("driver-2", "j5", 8, 5),
+    ]

@@ -16,7 +16,7 @@ from connectors.mqtt import MQTTMessage
 from driver_stats.contract import FinishReason, decode_stats, encode_event, to_json
 from driver_stats.settings import Settings
 from flows.driver_stats import build_flow
-from tests.factories import FINISHED, RATED, T0, TIPPED, at, finished, rated, tipped, wire
+from tests.support import FINISHED, RATED, T0, TIPPED, at, finished, rated, seed_events, tipped, totals, wire
 
 STATS = "output/driver_stats"
 
@@ -41,22 +41,6 @@ def run(events_or_messages, *, window=10, lateness=0, clock=None, batch_size=100
     assert len(by_key) == len(stats), "two records for one driver and interval"
     rejected = [m for m in out if m.topic != STATS]
     return by_key, rejected
-
-
-def totals(s):
-    return (s.total_drop_offs, s.total_driver_cancels, s.total_distance, s.total_price, s.total_tips, s.avg_rating)
-
-
-def seed_events():
-    return [
-        rated("driver-1", "j1", 1, 2), rated("driver-1", "j2", 2, 4),
-        tipped("driver-1", "j1", 3, 2), tipped("driver-1", "j2", 4, 4),
-        finished("driver-1", "j1", 5, FinishReason.DROP_OFF, distance=1, price=10),
-        finished("driver-1", "j2", 6, FinishReason.DROP_OFF, distance=1, price=10),
-        finished("driver-1", "j3", 7, FinishReason.DRIVER_CANCEL, distance=1, price=10),
-        finished("driver-1", "j4", 15, FinishReason.DROP_OFF, distance=1, price=10),
-        rated("driver-2", "j5", 8, 5),
-    ]
 
 
 def test_the_seed_scenario():

@@ -1,4 +1,4 @@
-"""A tiny dataflow for tests/test_deploy.py: proves that processes started by
+"""A tiny dataflow for tests/deploy/test_deploy.py: proves that processes started by
 deploy/k8s-entrypoint.sh form ONE Bytewax cluster.
 
 Numbers 0..N-1 are keyed into buckets and summed per bucket (a stateful step, so

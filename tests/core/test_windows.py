@@ -4,7 +4,7 @@ import pickle
 
 from driver_stats.contract import FinishReason
 from driver_stats.core.windows import COUNTED, DUPLICATE, LATE, DriverWindows
-from tests.factories import T0, at, finished, rated, tipped
+from tests.support import T0, at, finished, rated, tipped
 
 BASE = T0.timestamp()
 

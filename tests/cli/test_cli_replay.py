@@ -14,8 +14,7 @@ from connectors.files import CollectSink, FileMessage, FileSource
 from driver_stats.cli import main
 from driver_stats.contract import DriverStats, FinishReason, to_json
 from driver_stats.contract import INPUTS
-from tests.factories import at, finished, rated, tipped
-from tests.test_flow import seed_events
+from tests.support import at, finished, rated, seed_events, tipped
 
 FILE_OF = {row.event_type: row.history_file for row in INPUTS}
 

@@ -28,9 +28,9 @@ from driver_stats.contract import (
 from driver_stats.contract import events_pb2, stats_pb2
 from driver_stats.core.intake import Intake
 from driver_stats.settings import Settings
-from tests.factories import T0, at, finished, rated, tipped
+from tests.support import T0, at, finished, rated, tipped
 
-CONTRACT_DIR = Path(__file__).parents[1] / "driver_stats" / "contract"
+CONTRACT_DIR = Path(__file__).parents[2] / "driver_stats" / "contract"
 
 
 @pytest.mark.parametrize("proto, generated", [

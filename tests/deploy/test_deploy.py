@@ -30,7 +30,7 @@ import yaml
 from driver_stats.settings import PREFIX, Settings, SettingsError
 from connectors.mqtt.testing import NOT_FOUND, find_mosquitto, free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENTRYPOINT = REPO / "deploy" / "k8s-entrypoint.sh"
 MOSQUITTO_CONF = REPO / "deploy" / "mosquitto" / "mosquitto.conf"
 DOCUMENTED_CMD = ["python", "-m", "bytewax.run", "flows.driver_stats"]
@@ -157,7 +157,7 @@ def run_cluster(replicas: int, dirs: list[Path], out: Path, prefix: str) -> list
             BYTEWAX_POD_NAME=f"driver-stats-{i}",
             BYTEWAX_REPLICAS=str(replicas),
             BYTEWAX_PEER_PATTERN=f"127.0.0.1:{prefix}{{i}}",
-            FLOW_MODULE="tests.deploy_probe_flow",
+            FLOW_MODULE="tests.deploy.probe_flow",
             PROBE_OUT_DIR=str(out),
             BYTEWAX_RECOVERY_DIRECTORY=str(dirs[i]),
             BYTEWAX_SNAPSHOT_INTERVAL="1",
@@ -593,7 +593,7 @@ def test_init_recovery_creates_this_pods_partition_once(tmp_path):
 
 
 def test_two_pods_form_one_dataflow(tmp_path):
-    from tests import deploy_probe_flow as probe
+    from tests.deploy import probe_flow as probe
 
     dirs = [tmp_path / "pod-0", tmp_path / "pod-1"]
     out = tmp_path / "out"

@@ -25,7 +25,7 @@ from connectors.mqtt.testing import Collector, Mosquitto, Publisher, TlsFiles, w
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(90)]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 FLOW = textwrap.dedent(
     """

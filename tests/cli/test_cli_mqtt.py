@@ -23,7 +23,7 @@ from paho.mqtt.properties import Properties
 from driver_stats.contract import DriverStats, EventDecoder, decode_stats, encode_stats, to_json
 from driver_stats.contract import INPUTS
 from driver_stats.cli.demo import flow_subscribed
-from tests.factories import at, rated
+from tests.support import at, rated
 
 pytestmark = pytest.mark.mqtt
 
