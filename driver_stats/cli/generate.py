@@ -29,7 +29,7 @@ from .common import (
     mqtt_client,
     say,
 )
-from .traffic import COUNTED_KINDS, LATE, Generated, Traffic, parse_time
+from .traffic import COUNTED_KINDS, Generated, Kind, Traffic, parse_time
 
 HELP = "publish realistic input traffic (journeys, ratings, tips) to the input topics"
 
@@ -146,7 +146,7 @@ class TruthWriter:
         record = {"topic": g.topic, "payload": base64.b64encode(g.payload).decode(), "why": g.why}
         if g.event is not None:
             record["event"] = json.loads(to_json(g.event))
-        (self._late if g.kind == LATE else self._invalid).write(json.dumps(record).encode() + b"\n")
+        (self._late if g.kind == Kind.LATE else self._invalid).write(json.dumps(record).encode() + b"\n")
 
     def close(self) -> None:
         for f in (*self._by_topic.values(), self._late, self._invalid):

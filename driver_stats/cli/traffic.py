@@ -1,7 +1,7 @@
 """Realistic driver traffic, as plain Python: deterministic for a seed and a start time.
 
 >>> traffic = Traffic(seed=1, drivers=3, start=1_704_110_400.0, rate=10)
->>> [g.kind for g in traffic.events(3)]
+>>> [g.kind.value for g in traffic.events(3)]
 ['valid', 'valid', 'valid']
 
 Message ``i`` is due at ``start + i / rate`` (Unix seconds): the publisher
@@ -35,6 +35,7 @@ import random
 import time
 from collections import deque
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Iterator, NamedTuple, Optional
 
 from driver_stats.contract import (
@@ -52,9 +53,20 @@ from driver_stats.contract import (
 UTC = timezone.utc
 INPUT_TOPICS = tuple(row.default_topic for row in INPUTS)
 
-VALID, OUT_OF_ORDER, DUPLICATE, LATE, INVALID = "valid", "out_of_order", "duplicate", "late", "invalid"
-COUNTED_KINDS = frozenset({VALID, OUT_OF_ORDER, DUPLICATE})
-KINDS = (VALID, OUT_OF_ORDER, DUPLICATE, LATE, INVALID)
+
+
+class Kind(StrEnum):
+    """What a generated message is, so what the flow must do with it."""
+
+    VALID = "valid"
+    OUT_OF_ORDER = "out_of_order"
+    DUPLICATE = "duplicate"
+    LATE = "late"
+    INVALID = "invalid"
+
+
+COUNTED_KINDS = frozenset({Kind.VALID, Kind.OUT_OF_ORDER, Kind.DUPLICATE})
+KINDS = tuple(Kind)
 
 _REASONS = (FinishReason.DROP_OFF, FinishReason.RIDER_CANCEL, FinishReason.DRIVER_CANCEL, FinishReason.ADMIN_CANCEL)
 _REASON_WEIGHTS = (85, 7, 5, 3)
@@ -82,7 +94,7 @@ class Generated(NamedTuple):
 
     topic: str
     payload: bytes
-    kind: str
+    kind: Kind
     event: Optional[Event] = None
     at: float = 0.0
     why: str = ""
@@ -174,10 +186,10 @@ class Traffic:
         elif r < invalid + late + duplicates:
             generated = self._duplicate(now)
         elif r < invalid + late + duplicates + out_of_order:
-            generated = self._valid(now, OUT_OF_ORDER)
+            generated = self._valid(now, Kind.OUT_OF_ORDER)
         if generated is None:
-            generated = self._valid(now, VALID)
-        if generated.kind in (VALID, OUT_OF_ORDER):
+            generated = self._valid(now, Kind.VALID)
+        if generated.kind in (Kind.VALID, Kind.OUT_OF_ORDER):
             self._recent.append(generated)
             self._first_seen.setdefault(generated.event.driver_id, now)
         return generated
@@ -194,7 +206,7 @@ class Traffic:
     def _rider(self) -> str:
         return f"rider-{self.rng.randrange(100000):05d}"
 
-    def _emit(self, event: Event, kind: str, now: float, why: str = "") -> Generated:
+    def _emit(self, event: Event, kind: Kind, now: float, why: str = "") -> Generated:
         return Generated(self._topic_of[type(event)], self._encode(event), kind, event, now, why)
 
     def _journey(self, ended: float, driver: Optional[str] = None) -> JourneyFinished:
@@ -235,9 +247,9 @@ class Traffic:
         self._seq += 1
         heapq.heappush(self._pending, (due, self._seq, event))
 
-    def _valid(self, now: float, kind: str) -> Generated:
+    def _valid(self, now: float, kind: Kind) -> Generated:
         at = now
-        if kind == OUT_OF_ORDER:
+        if kind == Kind.OUT_OF_ORDER:
             bound = self.lateness * 0.5 if self.lateness > 0 else (now % self.window) * 0.5
             at = round(now - self.rng.uniform(0, bound), 3)
         if self._pending and self._pending[0][0] <= now:
@@ -255,7 +267,7 @@ class Traffic:
         for original in reversed(self._recent):
             start = (original.event.event_time.timestamp() // self.window) * self.window
             if start + self.window > now - self.lateness + 2.0:
-                return original._replace(kind=DUPLICATE, at=now)
+                return original._replace(kind=Kind.DUPLICATE, at=now)
         return None
 
     # -- rejected traffic -----------------------------------------------------
@@ -276,7 +288,7 @@ class Traffic:
             event = DriverTipped(tipped_at=_dt(at), amount=self.rng.randrange(50, 1001, 50), **common)
         else:
             event = self._journey(at, driver)
-        return self._emit(event, LATE, now, Reason.LATE)
+        return self._emit(event, Kind.LATE, now, Reason.LATE)
 
     def _invalid(self, now: float) -> Generated:
         rng = self.rng
@@ -288,28 +300,30 @@ class Traffic:
             # Field 1 announcing far more bytes than follow: truncated.
             payload = b"\x0a\xff\xff\xff\x0f" + rng.randbytes(rng.randrange(1, 40))
             topic = rng.choice(self._topics)
-            return Generated(topic, payload, INVALID, None, now, Reason.UNDECODABLE)
+            return Generated(topic, payload, Kind.INVALID, None, now, Reason.UNDECODABLE)
         if variant == "undecodable_json":
             topic = rng.choice(self._topics)
-            return Generated(topic, b'{"driverId": "' + driver.encode(), INVALID, None, now, Reason.UNDECODABLE)
+            return Generated(topic, b'{"driverId": "' + driver.encode(), Kind.INVALID, None, now, Reason.UNDECODABLE)
         if variant == "empty_driver_id":
-            return self._emit(_replace(rated, driver_id=""), INVALID, now, Reason.INVALID.of("driver_id"))
+            return self._emit(_replace(rated, driver_id=""), Kind.INVALID, now, Reason.INVALID.of("driver_id"))
         if variant == "empty_journey_id":
             tipped = DriverTipped(driver_id=driver, rider_id=rider, journey_id="", tipped_at=when, amount=100)
-            return self._emit(tipped, INVALID, now, Reason.INVALID.of("journey_id"))
+            return self._emit(tipped, Kind.INVALID, now, Reason.INVALID.of("journey_id"))
         if variant == "rating_out_of_range":
-            return self._emit(_replace(rated, rating=rng.choice((0, 6))), INVALID, now, Reason.INVALID.of("rating"))
+            bad_rating = _replace(rated, rating=rng.choice((0, 6)))
+            return self._emit(bad_rating, Kind.INVALID, now, Reason.INVALID.of("rating"))
         if variant == "missing_event_time":
-            return self._emit(_replace(rated, rated_at=None), INVALID, now, Reason.INVALID.of("rated_at"))
+            return self._emit(_replace(rated, rated_at=None), Kind.INVALID, now, Reason.INVALID.of("rated_at"))
         finished = self._journey(now, driver)
         if variant == "started_after_ended":
             bad = _replace(finished, started_at=_dt(now + rng.uniform(1, 600)))
-            return self._emit(bad, INVALID, now, Reason.INVALID.of("started_at"))
+            return self._emit(bad, Kind.INVALID, now, Reason.INVALID.of("started_at"))
         # unknown_finish_reason: a number the contract does not know, appended
         # so it overrides whatever reason the encoded event had.
         bad = _replace(finished, finish_reason=FinishReason.DROP_OFF)
         payload = encode_event(bad) + bytes([0x20, rng.randrange(4, 100)])
-        return Generated(self._topic_of[JourneyFinished], payload, INVALID, None, now, Reason.INVALID.of("finish_reason"))
+        topic = self._topic_of[JourneyFinished]
+        return Generated(topic, payload, Kind.INVALID, None, now, Reason.INVALID.of("finish_reason"))
 
 
 def _replace(event: Event, **changes) -> Event:
@@ -330,4 +344,4 @@ def parse_time(text: str) -> float:
     return value.timestamp()
 
 
-__all__ = ["Generated", "Traffic", "KINDS", "COUNTED_KINDS", "parse_time"]
+__all__ = ["Generated", "Kind", "Traffic", "KINDS", "COUNTED_KINDS", "parse_time"]

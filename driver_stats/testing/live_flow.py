@@ -16,7 +16,7 @@ from pathlib import Path
 from connectors.mqtt import MQTTMessage
 from connectors.mqtt.testing import Mosquitto, free_port, wait_for
 from driver_stats.contract import STATS_TOPIC, DriverStats, Event, decode_stats
-from driver_stats.core.windows import DriverWindows
+from driver_stats.core.windows import DriverWindows, Refused
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -120,7 +120,9 @@ def expected_stats(events: list[Event], window: int) -> dict[tuple[str, object],
     drivers: dict[str, DriverWindows] = {}
     for event in events:
         windows = drivers.setdefault(event.driver_id, DriverWindows(window, float("inf")))
-        windows.add(event, event.event_time.timestamp(), now=0.0)
+        verdict = windows.add(event, event.event_time.timestamp(), now=0.0)
+        if isinstance(verdict, Refused):  # repeats are fine; nothing may be refused
+            raise ValueError(f"not a countable event ({verdict.reason}: {verdict.detail}): {event}")
     return {(s.driver_id, s.interval_start): s for w in drivers.values() for s in w.close_all()}
 
 
