@@ -1,7 +1,10 @@
-"""Resident memory of the full flow over a long run: it must stay flat.
+"""Resident memory and state of the full flow over a long run: they must stay flat.
 
-    python bench/memory.py [--events 1000000] [--journeys 100000]
+    python bench/memory.py [--events 1000000] [--journeys 100000]    # steady traffic
+    python bench/memory.py churn [--recovery] [--events 1000000]     # every event a new driver
+    python bench/memory.py flood [--events 1000000]                  # one driver, one huge interval
 
+*steady* (the default):
 The full flow (decode, validate, dedupe, windows, encode) runs in this
 process over TestingSource: ``--journeys`` journeys of ``--drivers`` drivers,
 each journey a JourneyFinished, a rating and a tip plus at-least-once repeats,
@@ -10,6 +13,19 @@ forward 0.25 s per journey (600 s windows close as it goes). RSS is sampled
 every 10% of the events. Dedupe keys and interval state are dropped when an
 interval closes, so memory should level off after the first intervals; the
 last line compares the end with the 30% mark.
+
+*churn*: every event comes from a driver never seen before, stamped with the
+wall clock as it enters the flow, with 1 s windows, no lateness and a 2 s
+state retention, so that intervals close and drivers are forgotten within
+the run (the same rule as production's 600 s / 30 s / 3600 s, compressed in
+time). RSS is sampled as in *steady*; with ``--recovery`` the flow also
+snapshots every second into a recovery store whose size is sampled instead,
+and the last line is ``store end/30% ratio``.
+
+*flood*: one driver, every event a new journey in one open interval, run
+without and then with a recovery store (1 s snapshots); the last line is the
+throughput ratio. Snapshot cost must follow what changed, not the size of
+the interval's dedupe set.
 """
 
 from __future__ import annotations
@@ -18,13 +34,16 @@ import argparse
 import gc
 import itertools
 import sys
+import tempfile
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bytewax.testing import TestingSource, run_main  # noqa: E402
 from bytewax.outputs import DynamicSink, StatelessSinkPartition  # noqa: E402
+from bytewax.recovery import RecoveryConfig, init_db_dir  # noqa: E402
+from bytewax.testing import TestingSource, run_main  # noqa: E402
 
 from connectors.mqtt import MQTTMessage  # noqa: E402
 from driver_stats.contract import DriverRated, DriverTipped, FinishReason, JourneyFinished, encode_event  # noqa: E402
@@ -79,32 +98,105 @@ class CountingSink(DynamicSink):
         return _Count(self.counter)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--journeys", type=int, default=100_000)
-    parser.add_argument("--drivers", type=int, default=2_000)
-    args = parser.parse_args()
-    samples: list[tuple[int, float]] = []
-    step = args.events // 10
+def tip(driver: str, journey: str, at: datetime) -> MQTTMessage:
+    return MQTTMessage("input/driver_tipped", encode_event(DriverTipped(
+        driver_id=driver, rider_id="r", journey_id=journey, tipped_at=at, amount=100)))
 
-    def sampled(stream):
-        # TestingSource pulls lazily, so this runs as messages enter the flow.
-        for n, message in enumerate(stream, 1):
-            if n % step == 0:
-                gc.collect()
-                samples.append((n, rss_mib()))
-                print(f"{n:>9} events  rss {samples[-1][1]:7.1f} MiB", flush=True)
-            yield message
 
+def churn_messages(events: int):
+    for i in range(events):
+        yield tip(f"driver-{i}", "journey", datetime.now(timezone.utc))
+
+
+def flood_messages(events: int):
+    at = datetime.now(timezone.utc)
+    for i in range(events):
+        yield tip("driver-0", f"journey-{i}", at)
+
+
+def sampled(stream, events: int, measure, label: str, samples: list):
+    """Pass ``stream`` through, sampling ``measure()`` every 10% (TestingSource pulls lazily)."""
+    step = max(1, events // 10)
+    for n, message in enumerate(stream, 1):
+        if n % step == 0:
+            gc.collect()
+            samples.append((n, measure()))
+            print(f"{n:>9} events  {label} {samples[-1][1]:9.1f} MiB", flush=True)
+        yield message
+
+
+def ratio_line(name: str, samples: list, events: int) -> str:
+    early = next(value for n, value in samples if n >= events * 0.3)
+    return f"{name} end/30% ratio: {samples[-1][1] / early:.2f} ({samples[-1][1]:.1f} / {early:.1f} MiB)"
+
+
+def store_mib(directory: Path) -> float:
+    return sum(f.stat().st_size for f in directory.glob("*")) / 2**20
+
+
+def run_flow(messages, settings: Settings, recovery_dir: Path | None = None) -> CountingSink:
     sink = CountingSink()
-    source = TestingSource(sampled(messages(args.events, args.journeys, args.drivers)), batch_size=1000)
-    flow = build_flow(Settings(max_future_seconds=10**10), source, sink)
+    flow = build_flow(settings, TestingSource(messages, batch_size=1000), sink)
+    if recovery_dir is None:
+        run_main(flow)
+    else:
+        init_db_dir(recovery_dir, 1)
+        run_main(flow, epoch_interval=timedelta(seconds=1), recovery_config=RecoveryConfig(str(recovery_dir)))
+    return sink
+
+
+def churn(events: int, recovery: bool) -> None:
+    settings = Settings(window_seconds=1, allowed_lateness_seconds=0, state_retention_seconds=2)
+    samples: list[tuple[int, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) if recovery else None
+        measure, label = ((lambda: store_mib(store)), "store") if recovery else (rss_mib, "rss")
+        started = time.perf_counter()
+        sink = run_flow(sampled(churn_messages(events), events, measure, label, samples), settings, store)
+        elapsed = time.perf_counter() - started
+    print(f"{events} drivers in {elapsed:.1f}s, {sink.counter[0]} records out")
+    print(ratio_line(label, samples, events))
+
+
+def flood(events: int) -> None:
+    settings = Settings(window_seconds=3600, allowed_lateness_seconds=0)
+    rates = []
+    for recovery in (False, True):
+        with tempfile.TemporaryDirectory() as tmp:
+            started = time.perf_counter()
+            run_flow(flood_messages(events), settings, Path(tmp) if recovery else None)
+            elapsed = time.perf_counter() - started
+        rates.append(events / elapsed)
+        print(f"{'with' if recovery else 'without'} recovery: {events} journeys of one driver in "
+              f"{elapsed:.1f}s, {rates[-1]:,.0f} events/s", flush=True)
+    print(f"recovery/no-recovery throughput ratio: {rates[1] / rates[0]:.2f}")
+
+
+def steady(events: int, journeys: int, drivers: int) -> None:
+    samples: list[tuple[int, float]] = []
+    stream = sampled(messages(events, journeys, drivers), events, rss_mib, "rss", samples)
+    sink = CountingSink()
+    flow = build_flow(Settings(max_future_seconds=10**10), TestingSource(stream, batch_size=1000), sink)
     print(f"before: rss {rss_mib():.1f} MiB")
     run_main(flow)
     print(f"{sink.counter[0]} messages out")
-    early = next(mib for n, mib in samples if n >= args.events * 0.3)
-    print(f"rss end/30% ratio: {samples[-1][1] / early:.2f} ({samples[-1][1]:.1f} / {early:.1f} MiB)")
+    print(ratio_line("rss", samples, events))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", nargs="?", choices=["steady", "churn", "flood"], default="steady")
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--journeys", type=int, default=100_000, help="steady: distinct journeys")
+    parser.add_argument("--drivers", type=int, default=2_000, help="steady: distinct drivers")
+    parser.add_argument("--recovery", action="store_true", help="churn: sample a recovery store's size")
+    args = parser.parse_args()
+    if args.mode == "churn":
+        churn(args.events, args.recovery)
+    elif args.mode == "flood":
+        flood(args.events)
+    else:
+        steady(args.events, args.journeys, args.drivers)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ ACCEPTS: dict[str, str] = {
     "window_seconds": "a whole number of seconds > 0",
     "allowed_lateness_seconds": "a whole number of seconds >= 0",
     "max_future_seconds": "a whole number of seconds >= 0",
+    "state_retention_seconds": "a whole number of seconds >= DRIVER_STATS_ALLOWED_LATENESS_SECONDS",
     "client_id": "1 to 40 characters from A-Z a-z 0-9 _ -",
     "partitions_per_topic": "a whole number from 1 to 64",
     "max_message_bytes": "a whole number of bytes from 64 to 268435455",
@@ -72,6 +73,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # An event this far ahead of wall-clock time is rejected as "future",
     # so a phone with a wrong clock cannot close a driver's intervals early.
     max_future_seconds: Seconds = 300
+    # A driver's state is forgotten once nothing is open and its last record
+    # is this far behind the stream clock; events that old are late for
+    # every driver (see driver_stats/core/windows.py).
+    state_retention_seconds: Seconds = 3600
     # Identity: MQTT client ids and the shared-subscription group.
     client_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,40}$")] = "driver-stats"
     # Topics (the inputs' rows of driver_stats.contract.topics.INPUTS).
@@ -149,6 +154,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if (self.mqtt_cert_file is None) != (self.mqtt_key_file is None):
             missing = "mqtt_key_file" if self.mqtt_key_file is None else "mqtt_cert_file"
             raise SettingsError(_bad_value(missing, "(unset)"))
+        if self.state_retention_seconds < self.allowed_lateness_seconds:
+            # The floor would then reject events still within the allowed lateness.
+            raise SettingsError(_bad_value("state_retention_seconds", str(self.state_retention_seconds)))
 
     @property
     def mqtt_host(self) -> str:

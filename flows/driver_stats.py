@@ -69,6 +69,7 @@ def build_flow(
     """
     stream_clock = stream_clock or StreamClock(clock)
     lateness = math.inf if complete_input else settings.allowed_lateness_seconds
+    retention = math.inf if complete_input else settings.state_retention_seconds
 
     flow = Dataflow("driver_stats")
     messages = op.input("messages", flow, source)
@@ -76,7 +77,7 @@ def build_flow(
     valid = op.branch("split_valid", decoded, lambda item: isinstance(item, Accepted))
     by_driver = op.key_on("key_by_driver", valid.trues, lambda accepted: accepted.event.driver_id)
     windowed = op.stateful_batch(
-        "dedupe_and_window", by_driver, DriverWindowsLogic.builder(settings, lateness, stream_clock)
+        "dedupe_and_window", by_driver, DriverWindowsLogic.builder(settings, lateness, retention, stream_clock)
     )
     closed = op.branch(
         "split_stats", op.key_rm("unkey", windowed), lambda item: isinstance(item, DriverStats)

@@ -51,15 +51,24 @@ class DriverWindowsLogic(StatefulBatchLogic):
         self.clock = clock
 
     @classmethod
-    def builder(cls, settings: Settings, lateness: float, clock: StreamClock):
+    def builder(cls, settings: Settings, lateness: float, retention: float, clock: StreamClock):
         window = settings.window_seconds
 
         def build(resume_state: Optional[tuple]) -> DriverWindowsLogic:
             if resume_state is None:
-                return cls(DriverWindows(window, lateness), clock)
-            return cls(DriverWindows.resume(resume_state, window, lateness, clock.now()), clock)
+                return cls(DriverWindows(window, lateness, retention_seconds=retention), clock)
+            if len(resume_state) > 4:  # the stream time of the snapshot
+                clock.resume_from(resume_state[4])
+            windows = DriverWindows.resume(resume_state, window, lateness, clock.now(), retention)
+            return cls(windows, clock)
 
         return build
+
+    def _keep_or_discard(self, now: float) -> bool:
+        # A driver with nothing open and every record behind the stream's
+        # floor is forgotten (a deletion in the recovery store): the floor
+        # alone now rejects any late event for it, as its state would have.
+        return self.DISCARD if self.windows.discardable(now) else self.RETAIN
 
     def on_batch(self, values: list[Accepted]) -> tuple[Iterable[DriverStats | Rejection], bool]:
         now = self.clock.now()
@@ -81,7 +90,7 @@ class DriverWindowsLogic(StatefulBatchLogic):
             metrics.DUPLICATES.inc(duplicates)
         if out:
             metrics.count_by(metrics.REJECTED, Counter(r.reason for r in out))
-        return out + self._close(self.windows.close_due(now)), self.RETAIN
+        return out + self._close(self.windows.close_due(now)), self._keep_or_discard(now)
 
     @staticmethod
     def _close(records: list[DriverStats]) -> list[DriverStats]:
@@ -90,7 +99,8 @@ class DriverWindowsLogic(StatefulBatchLogic):
         return records
 
     def on_notify(self) -> tuple[Iterable[DriverStats], bool]:
-        return self._close(self.windows.close_due(self.clock.now())), self.RETAIN
+        now = self.clock.now()
+        return self._close(self.windows.close_due(now)), self._keep_or_discard(now)
 
     def on_eof(self) -> tuple[Iterable[DriverStats], bool]:
         # A finite input (tests, replay) is complete: close every interval.
@@ -99,6 +109,8 @@ class DriverWindowsLogic(StatefulBatchLogic):
 
     def notify_at(self) -> Optional[datetime]:
         at = self.windows.next_close()
+        if at is None:
+            at = self.windows.discard_at()
         if at is None:
             return None
         return datetime.fromtimestamp(self.clock.to_wall(at), timezone.utc)

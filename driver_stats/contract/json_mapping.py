@@ -28,12 +28,12 @@ from typing import Any
 import msgspec
 
 from .events import FinishReason
-from .limits import DecodeError, check_uint32, finish_reason, utc_datetime
+from .limits import UINT32_MAX, DecodeError, check_uint32, finish_reason, invalid, utc_datetime
 
 MAX_JSON_DEPTH = 32
 
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKET = re.compile(rb"[\[\]{}]")
+# The bytes that matter for nesting: quotes and backslashes (strings) and brackets.
+_STRUCTURE = re.compile(rb'[\\"\[\]{}]')
 _RFC3339 = re.compile(
     r"(\d{4,})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(?:[Zz]|([+-])(\d\d):(\d\d))\Z"
 )
@@ -41,16 +41,30 @@ _DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
 def nesting_exceeds(payload: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Whether JSON ``payload`` nests arrays/objects deeper than ``limit``."""
+    """Whether JSON ``payload`` nests arrays/objects deeper than ``limit``.
+
+    One pass over the structural bytes, so a crafted payload costs linear time.
+    """
     if payload.count(b"{") + payload.count(b"[") <= limit:
         return False  # the common case, at C speed
-    depth = 0
-    for bracket in _BRACKET.findall(_STRING.sub(b"", payload)):
-        if bracket in (b"{", b"["):
+    depth, in_string, escaped_at = 0, False, -1
+    for match in _STRUCTURE.finditer(payload):
+        at = match.start()
+        if at == escaped_at:
+            continue  # the character after a backslash inside a string
+        byte = payload[at]
+        if in_string:
+            if byte == 0x5C:  # backslash
+                escaped_at = at + 1
+            elif byte == 0x22:  # closing quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x7B, 0x5B):  # { [
             depth += 1
             if depth > limit:
                 return True
-        else:
+        elif byte in (0x7D, 0x5D):  # } ]
             depth -= 1
     return False
 
@@ -97,6 +111,19 @@ def _wire_type(field_type: Any) -> Any:
     return field_type
 
 
+_OUT_OF_RANGE = re.compile(r"Integer value out of range - at `\$\.(\w+)`")
+
+
+def _out_of_range_field(message: str) -> str | None:
+    match = _OUT_OF_RANGE.match(message)
+    return _snake_case(match.group(1)) if match else None
+
+
+def _snake_case(camel: str) -> str:
+    """``totalTips`` -> ``total_tips``: the contract's field name for a JSON key."""
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", camel).lower()
+
+
 class JsonEventDecoder:
     """Reads one event type's JSON through its wire struct and applies the ranges."""
 
@@ -121,9 +148,18 @@ class JsonEventDecoder:
         if nesting_exceeds(payload):
             raise DecodeError(f"bad JSON: nested deeper than {MAX_JSON_DEPTH} levels")
         try:
+            payload.decode("utf-8")  # JSON is UTF-8 (RFC 8259), unknown fields included
+        except UnicodeDecodeError as err:
+            raise DecodeError(f"bad JSON: not UTF-8 at byte {err.start}") from None
+        try:
             wire = self._decoder.decode(payload)
+        except msgspec.ValidationError as err:
+            field = _out_of_range_field(str(err))
+            if field:  # an integer too long even to parse: out of uint32 range all the same
+                raise invalid(field, f"{field} is not a uint32 (0..{UINT32_MAX})") from None
+            raise DecodeError(f"bad JSON: {str(err)[:200]}") from None
         except (msgspec.DecodeError, RecursionError) as err:
-            raise DecodeError(f"bad JSON: {err}") from None
+            raise DecodeError(f"bad JSON: {str(err)[:200]}") from None
         values = {}
         for name, field_type in self._fields:
             value = getattr(wire, name)

@@ -45,7 +45,8 @@ def invalid(field: str, detail: str) -> DecodeError:
 
 def check_uint32(value: int, field: str) -> int:
     if not 0 <= value <= UINT32_MAX:
-        raise invalid(field, f"{field} {value} is not a uint32 (0..{UINT32_MAX})")
+        shown = str(value) if abs(value) < 10**30 else f"{str(value)[:12]}... ({len(str(abs(value)))} digits)"
+        raise invalid(field, f"{field} {shown} is not a uint32 (0..{UINT32_MAX})")
     return value
 
 

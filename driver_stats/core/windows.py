@@ -18,10 +18,22 @@ Semantics (``../shared/CONTRACT.md``):
   the watermark reaches ``b``: the stream's event time has passed
   ``b + allowed lateness``.
 * The watermark never goes back, and an event whose interval is closed is
-  ``late``. Because the clock is kept after the last interval closes (unlike
-  Bytewax's windowing, which forgets an idle key and would let a late event
-  open a fresh window), a closed interval is never reopened and never gets a
-  second record.
+  ``late``: a closed interval is never reopened and never gets a second
+  record.
+* State is bounded: the stream has a *floor*, ``now - retention`` on the
+  stream clock (``DRIVER_STATS_STATE_RETENTION_SECONDS``, at least the
+  allowed lateness), and every driver's watermark is at least the floor. A
+  driver with nothing open whose newest record ended at or before the floor
+  is forgotten (:meth:`DriverWindows.discardable`; the dataflow discards the
+  key, a deletion in the recovery store). Every interval it ever closed ended
+  at or before the floor, and the floor only moves forward, so an event for
+  one of them is ``late`` for the recreated driver too: forgetting never
+  reopens an interval. (Bytewax's own windowing forgets an idle key without
+  such a floor, and a late event would open a fresh window.) The cost: an
+  event more than the retention behind the stream clock is ``late`` even for
+  a driver never seen. The stream clock stops while the input is
+  disconnected, so a broker outage does not age events; unbounded lateness
+  (history replay) has no floor and forgets nothing.
 * An event is identified by (message type, journey_id); a repeat is counted
   once. Dedupe entries live in the interval they were counted in and are
   dropped when it closes: a key is kept exactly as long as its interval can
@@ -38,6 +50,7 @@ from __future__ import annotations
 
 import enum
 import math
+import struct
 from datetime import datetime, timezone
 from typing import Iterable, Union
 
@@ -73,6 +86,54 @@ Verdict = Union[Outcome, Refused]
 _KIND = {DriverRated: 0, DriverTipped: 1, JourneyFinished: 2}
 
 
+class SeenKeys:
+    """The (message type, journey_id) keys counted in one interval.
+
+    A set answers "seen?"; an append-only byte log of the same keys makes a
+    snapshot one copy of bytes instead of a copy of a set of tuples, so an
+    interval with a million journeys costs a snapshot milliseconds, not
+    seconds (snapshots happen every epoch for every driver that changed).
+    """
+
+    __slots__ = ("_keys", "_log")
+    _HEADER = struct.Struct("<BI")  # message type, journey_id length in bytes
+
+    def __init__(self) -> None:
+        self._keys: set[tuple[int, str]] = set()
+        self._log = bytearray()
+
+    def __contains__(self, key: tuple[int, str]) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, key: tuple[int, str]) -> None:
+        self._keys.add(key)
+        journey = key[1].encode("utf-8", "surrogatepass")
+        self._log += self._HEADER.pack(key[0], len(journey))
+        self._log += journey
+
+    def snapshot(self) -> bytes:
+        return bytes(self._log)
+
+    @classmethod
+    def restore(cls, log: bytes | frozenset) -> SeenKeys:
+        seen = cls()
+        if isinstance(log, frozenset):  # written before the log existed
+            for key in log:
+                seen.add(key)
+            return seen
+        seen._log = bytearray(log)
+        header, offset = cls._HEADER, 0
+        while offset < len(log):
+            kind, length = header.unpack_from(log, offset)
+            offset += header.size
+            seen._keys.add((kind, log[offset : offset + length].decode("utf-8", "surrogatepass")))
+            offset += length
+        return seen
+
+
 class IntervalTotals:
     """Running totals of one driver in one interval, and the events counted."""
 
@@ -95,7 +156,7 @@ class IntervalTotals:
         self.tips = 0
         self.rating_sum = 0
         self.rating_count = 0
-        self.seen: set[tuple[int, str]] = set()
+        self.seen = SeenKeys()
 
     def add(self, event: Event) -> str | None:
         """Count ``event``; return the name of the total that would overflow, if one would.
@@ -145,12 +206,12 @@ class IntervalTotals:
 
     def __getstate__(self):
         # A copy: the snapshot may be serialized after this interval changed.
-        return tuple(getattr(self, name) for name in self.__slots__[:-1]) + (frozenset(self.seen),)
+        return tuple(getattr(self, name) for name in self.__slots__[:-1]) + (self.seen.snapshot(),)
 
     def __setstate__(self, state) -> None:
         for name, value in zip(self.__slots__, state):
             setattr(self, name, value)
-        self.seen = set(self.seen)
+        self.seen = SeenKeys.restore(self.seen)
 
 
 class DriverWindows:
@@ -169,19 +230,47 @@ class DriverWindows:
     [7]
     """
 
-    __slots__ = ("driver_id", "window", "lateness", "open", "watermark_base", "wall_at_base")
+    __slots__ = (
+        "driver_id",
+        "window",
+        "lateness",
+        "retention",
+        "open",
+        "watermark_base",
+        "wall_at_base",
+        "closed_until",
+    )
 
-    def __init__(self, window_seconds: int, lateness_seconds: float, driver_id: str = ""):
+    def __init__(
+        self,
+        window_seconds: int,
+        lateness_seconds: float,
+        driver_id: str = "",
+        retention_seconds: float = math.inf,
+    ):
         self.driver_id = driver_id
         self.window = window_seconds
         self.lateness = lateness_seconds
+        self.retention = retention_seconds
         self.open: dict[int, IntervalTotals] = {}  # interval start (s) -> totals
         # watermark(now) = watermark_base + (now - wall_at_base)
         self.watermark_base = -math.inf
         self.wall_at_base = 0.0
+        self.closed_until = -math.inf  # end of the newest interval closed
 
     def watermark(self, now: float) -> float:
-        return self.watermark_base + max(0.0, now - self.wall_at_base)
+        """The driver's clock, never below the stream's floor ``now - retention``."""
+        return max(self.watermark_base + max(0.0, now - self.wall_at_base), now - self.retention)
+
+    def discardable(self, now: float) -> bool:
+        """Whether this state can go: nothing open, and every closed interval behind the floor."""
+        return not self.open and self.closed_until <= now - self.retention
+
+    def discard_at(self) -> float | None:
+        """Wall-clock time from which :meth:`discardable` holds if no event comes, if ever."""
+        if self.open or self.retention == math.inf:
+            return None
+        return self.closed_until + self.retention
 
     def add(self, event: Event, event_time: float, now: float) -> Verdict:
         """Count ``event`` whose event time is ``event_time``.
@@ -236,37 +325,49 @@ class DriverWindows:
 
     def _close(self, starts) -> list[DriverStats]:
         window = self.window
-        return [
+        closed = [
             self.open.pop(start).to_stats(self.driver_id, start, start + window)
             for start in sorted(starts)
         ]
+        if closed:
+            self.closed_until = max(self.closed_until, closed[-1].interval_end.timestamp())
+        return closed
 
     def next_close(self) -> float | None:
         """Wall-clock time at which the oldest open interval closes, if any."""
         if not self.open or self.watermark_base == -math.inf:
             return None  # no clock yet, or unbounded lateness: only the end of input closes
         end = min(self.open) + self.window
-        return self.wall_at_base + (end - self.watermark_base)
+        # The floor may get there first: watermark = max(own clock, now - retention).
+        return min(self.wall_at_base + (end - self.watermark_base), end + self.retention)
 
     def snapshot(self, now: float) -> tuple:
-        """Plain-data copy of the state for a recovery snapshot."""
+        """Plain-data copy of the state for a recovery snapshot; its last field is ``now``."""
         return (
             self.driver_id,
             self.watermark(now),
             [(start, totals.__getstate__()) for start, totals in self.open.items()],
+            self.closed_until,
+            now,
         )
 
     @classmethod
     def resume(
-        cls, state: tuple, window_seconds: int, lateness_seconds: float, now: float
+        cls,
+        state: tuple,
+        window_seconds: int,
+        lateness_seconds: float,
+        now: float,
+        retention_seconds: float = math.inf,
     ) -> DriverWindows:
         """Rebuild from :meth:`snapshot`; the clock restarts at ``now``.
 
         Downtime must not age the driver's intervals: the events published
         meanwhile are still to come from the broker.
         """
-        driver_id, watermark, intervals = state
-        windows = cls(window_seconds, lateness_seconds, driver_id)
+        driver_id, watermark, intervals, *newer = state  # older snapshots had 3 fields
+        windows = cls(window_seconds, lateness_seconds, driver_id, retention_seconds)
+        windows.closed_until = newer[0] if newer else -math.inf
         windows.watermark_base = watermark
         windows.wall_at_base = now
         for start, totals_state in intervals:

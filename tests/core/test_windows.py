@@ -135,3 +135,65 @@ def test_a_refused_event_leaves_no_interval_no_dedupe_key_and_no_record():
     assert add(w, tipped("d1", "j3", 2, 0)) is COUNTED  # j3 was not remembered as seen
     [stats] = w.close_all()
     assert (stats.driver_id, stats.total_tips) == ("d1", 2**32 - 1)
+
+
+def test_a_driver_is_discardable_once_its_records_are_behind_the_floor():
+    w = DriverWindows(10, lateness_seconds=0, retention_seconds=100)
+    add(w, tipped("d1", "j1", 3, 1))
+    assert not w.discardable(BASE + 50)  # [0, 10) still open
+    [_] = w.close_due(BASE + 50)
+    assert w.discard_at() == BASE + 110
+    assert not w.discardable(BASE + 109.9) and w.discardable(BASE + 110)
+
+
+def test_a_late_event_for_a_discarded_driver_is_late_never_a_new_record():
+    w = DriverWindows(10, lateness_seconds=0, retention_seconds=100)
+    add(w, tipped("d1", "j1", 3, 1))
+    w.close_due(BASE + 50)
+    assert w.discardable(BASE + 110)
+    recreated = DriverWindows(10, lateness_seconds=0, retention_seconds=100)  # state forgotten
+    assert add(recreated, tipped("d1", "late", 4, 1), now=BASE + 110).reason == LATE
+    assert recreated.open == {} and recreated.close_all() == []
+    # An interval the driver never had is still accepted within the floor.
+    assert add(recreated, tipped("d1", "new", 11, 1), now=BASE + 110) is COUNTED
+
+
+def test_unbounded_retention_never_discards():
+    w = DriverWindows(10, lateness_seconds=float("inf"))
+    add(w, tipped("d1", "j1", 3, 1))
+    w.close_all()
+    assert w.discard_at() is None and not w.discardable(BASE + 10**9)
+
+
+def test_a_huge_interval_snapshots_as_one_bytes_log_and_resumes_its_dedupe():
+    w = DriverWindows(10, lateness_seconds=0)
+    for i in range(10_000):
+        add(w, finished("d1", f"journey-{i}", 3))
+    state = w.snapshot(BASE)
+    [(_, totals_state)] = state[2]
+    assert isinstance(totals_state[-1], bytes)
+    resumed = DriverWindows.resume(pickle.loads(pickle.dumps(state)), 10, 0, now=BASE)
+    assert add(resumed, finished("d1", "journey-9999", 3)) is DUPLICATE
+    assert add(resumed, finished("d1", "journey-10000", 3)) is COUNTED
+    [stats] = resumed.close_all()
+    assert stats.total_drop_offs == 10_001
+
+
+def test_a_snapshot_written_before_the_dedupe_log_still_resumes():
+    old_totals = (1, 0, 0, 0, 0, 0, 0, frozenset({(2, "j1")}))
+    resumed = DriverWindows.resume(("d1", BASE - 5, [(int(BASE), old_totals)]), 10, 0, now=BASE)
+    assert add(resumed, finished("d1", "j1", 3)) is DUPLICATE
+    assert resumed.closed_until == float("-inf")
+
+
+def test_a_restarted_stream_clock_continues_from_the_newest_snapshot():
+    from driver_stats.core.stream_clock import StreamClock
+
+    wall = [5000.0]
+    clock = StreamClock(lambda: wall[0])
+    clock.resume_from(1000.0)
+    clock.resume_from(1001.0)  # the newest snapshot wins
+    clock.resume_from(900.0)
+    assert clock.now() == 1001.0
+    wall[0] = 5010.0
+    assert clock.now() == 1011.0  # downtime not counted: the retention floor did not jump

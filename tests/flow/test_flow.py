@@ -255,3 +255,39 @@ def test_a_restart_from_a_snapshot_holding_a_bad_total_comes_up_and_rejects_the_
     assert b'"totalTips":-5' in unencodable.payload
     [good] = [decode_stats(m.payload) for m in messages if m.topic == STATS]
     assert (good.driver_id, good.total_tips) == ("d2", 3)
+
+
+def test_a_discarded_driver_leaves_the_store_and_its_late_event_is_still_late(tmp_path):
+    import sqlite3
+    from datetime import timedelta
+
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+
+    now = [T0.timestamp()]
+
+    def at_wall(seconds, event):
+        now[0] = T0.timestamp() + seconds  # the wall clock when this message arrives
+        return MQTTMessage(*wire(event))
+
+    def items():
+        yield at_wall(5, tipped("d1", "j1", 3, 1))
+        yield at_wall(400, tipped("d2", "j1", 395, 1))  # [0, 10) closed at 10, behind the floor at 160
+        yield at_wall(401, tipped("d2", "j2", 396, 1))
+        yield at_wall(402, tipped("d1", "late", 4, 7))  # d1 was forgotten: the floor rejects it
+
+    init_db_dir(tmp_path, 1)
+    out: list = []
+    flow = build_flow(Settings(window_seconds=10, allowed_lateness_seconds=0, state_retention_seconds=150),
+                      TestingSource(items()), TestingSink(out), clock=lambda: now[0])
+    run_main(flow, epoch_interval=timedelta(0), recovery_config=RecoveryConfig(str(tmp_path)))
+    messages = [m for _, m in out]
+    records = [decode_stats(m.payload) for m in messages if m.topic == STATS]
+    assert sorted((s.driver_id, s.total_tips) for s in records) == [("d1", 1), ("d2", 2)]
+    [late] = [m for m in messages if m.topic != STATS]
+    assert dict(late.user_properties)["reason"] == "late" and b"late" in late.payload
+    [store] = tmp_path.glob("*.sqlite3")
+    with sqlite3.connect(store) as db:
+        latest = dict(db.execute(
+            "SELECT state_key, ser_change IS NULL FROM snaps WHERE step_id LIKE '%dedupe_and_window'"
+            " ORDER BY snap_epoch"))
+    assert latest["d1"] == 1, "d1's state was deleted from the recovery store"
