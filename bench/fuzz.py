@@ -30,7 +30,9 @@ record through ``encode_stats`` and ``to_json``. Three counts:
   (uint32 or timestamp out of range, unknown enum) rejected for another
   reason, protobuf and JSON of one event getting different verdicts, record
   totals that differ from the sum of the counted events, a record that does
-  not survive its own encodings.
+  not survive its own encodings;
+* slow: one message took the intake more than a second (the worker holds the
+  GIL meanwhile, so every driver waits): crafted JSON up to the size limit.
 
 A subset of sessions (``--flow-cases``, default 400 messages) also runs
 through the real dataflow, ``flows.driver_stats.build_flow`` over Bytewax's
@@ -38,7 +40,7 @@ through the real dataflow, ``flows.driver_stats.build_flow`` over Bytewax's
 and records the step-by-step run predicts.
 
 The last line is exactly ``N cases, E escaped, U unaccounted``; the exit
-code is non-zero when E, U or the wrong count is; the first failures are
+code is non-zero when E, U, the wrong or the slow count is; the first failures are
 printed (payload repr, truncated) before the last line. Same N and seed,
 same cases.
 """
@@ -115,6 +117,7 @@ TOTALS = ("total_drop_offs", "total_driver_cancels", "total_distance", "total_pr
 PLAIN_REASONS = {"undecodable", "late", "future", "too large", "unknown topic"}
 
 ACCEPT = "accept"  # an expectation: the intake must accept the message
+SLOW_SECONDS = 1.0  # one message deciding slower than this is a failure (they take microseconds)
 
 # Settings profiles the sessions rotate over; all legal values of the settings.
 PROFILES = (
@@ -764,6 +767,13 @@ class Gen:
     def make_deep(self) -> Case:
         depth = self.pick((33, 100, 1000, 2000, 5000, 30_000, 200_000))
         spec = self.valid_spec()
+        if self.integer(0, 3) == 0:  # shapes that make a naive scanner quadratic, up to the size limit
+            head = self.pick((b"{" * 33, b"{", b'{"x":' + b"[" * 40, b'{"driverId":'))
+            unit = self.pick((b'\\"', b'"\\', b'"[', b"[\"", b'\\u', b'"x",', b'{"a":"', b'\\\\'))
+            tail = self.pick((b"", b'"', b'"}', b"]" * 40 + b"}"))
+            size = self.max_bytes - self.pick((0, 1, 100, len(head) + len(tail)))
+            count = max(1, (size - len(head) - len(tail)) // len(unit))
+            return Case(self.topics[spec["_type"]], head + unit * count + tail, "crafted-json")
         if self.integer(0, 4) == 0:  # protobuf: nested groups / messages in an unknown field
             if self.draw(_BOOLEANS):
                 nest = tag(99, 3) * depth + tag(99, 4) * depth
@@ -983,11 +993,15 @@ class Harness:
 
         for now, cases in batches:
             for case in cases:
+                started = time.perf_counter()
                 try:
                     result = intake(case.topic, case.payload, now)
                 except Exception as err:  # noqa: BLE001 - the point of the fuzzer
                     fail("escaped", profile, case, f"intake raised {type(err).__name__}: {str(err)[:120]}")
                     continue
+                took = time.perf_counter() - started
+                if took > SLOW_SECONDS:  # the worker holds the GIL meanwhile: every driver waits
+                    fail("slow", profile, case, f"the intake took {took:.1f} s over one message")
                 if type(result) is Rejection:
                     count_outcome([result.reason])
                     if not reason_known(result.reason):
@@ -1307,7 +1321,7 @@ def main(argv: list[str] | None = None) -> int:
                 next_report[0] += max(1000, n // 10)
                 c = harness.counts
                 print(f"  {harness.cases}/{n} cases: {c['escaped']} escaped, {c['unaccounted']} unaccounted, "
-                      f"{c['wrong']} wrong ({time.monotonic() - started:.0f} s)", flush=True)
+                      f"{c['wrong']} wrong, {c['slow']} slow ({time.monotonic() - started:.0f} s)", flush=True)
 
         drive()
         round_ += 1
@@ -1317,8 +1331,9 @@ def main(argv: list[str] | None = None) -> int:
     top = ", ".join(f"{k} {v}" for k, v in harness.outcomes.most_common(12))
     print(f"outcomes: {top}", flush=True)
     print(f"dataflow: {harness.flow_done} of the cases in {harness.flow_runs} Bytewax runs", flush=True)
-    print(f"{c['wrong']} wrong (outcomes or records the contract contradicts); {elapsed:.1f} s, "
-          f"{n / elapsed if elapsed else 0:.0f} cases/s", flush=True)
+    print(f"{c['wrong']} wrong (outcomes or records the contract contradicts), {c['slow']} slow "
+          f"(over {SLOW_SECONDS:g} s for one message); {elapsed:.1f} s, {n / elapsed if elapsed else 0:.0f} cases/s",
+          flush=True)
     if harness.failures:
         print(f"failures: {sum(c.values())} of {len(harness.kinds)} kinds; the first of each kind:")
         for sig, count in harness.kinds.most_common():
@@ -1327,7 +1342,7 @@ def main(argv: list[str] | None = None) -> int:
         for failure in harness.failures[: args.show]:
             show(failure, "  ")
     print(f"{n} cases, {c['escaped']} escaped, {c['unaccounted']} unaccounted", flush=True)
-    return 1 if c["escaped"] or c["unaccounted"] or c["wrong"] else 0
+    return 1 if c["escaped"] or c["unaccounted"] or c["wrong"] or c["slow"] else 0
 
 
 if __name__ == "__main__":
