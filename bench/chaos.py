@@ -24,10 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.live_flow import LiveFlow, wait_for_records  # noqa: E402
-from tests.mosquitto import Mosquitto  # noqa: E402
-from tests.mqtt_clients import Collector, Publisher  # noqa: E402
-from tests.paced import PacedTraffic, compare  # noqa: E402
+from connectors.mqtt.testing import Collector, Mosquitto, Publisher  # noqa: E402
+from driver_stats.testing.live_flow import LiveFlow, wait_for_records  # noqa: E402
+from driver_stats.testing.paced import PacedTraffic, compare  # noqa: E402
 
 WINDOW, LATENESS = 5, 2
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/end_to_end.py [N] [--protocol 3.1.1|5]
 
-Starts a private mosquitto (tests/mosquitto.py), creates the input session,
+Starts a private mosquitto (connectors/mqtt/testing.py), creates the input session,
 queues N contract events (protobuf, QoS 1; the synthetic mix of
 bench/dataflow.py) while the flow is down, then, in the same run:
 
@@ -34,10 +34,10 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from bench.dataflow import TOPICS, synthetic_events  # noqa: E402
 from connectors.mqtt import MQTTConnection, MQTTSink, MQTTSource  # noqa: E402
+from connectors.mqtt.testing import Mosquitto  # noqa: E402
 from driver_stats.contract import encode_event  # noqa: E402
 from driver_stats.settings import Settings  # noqa: E402
 from flows.driver_stats import build_flow  # noqa: E402
-from tests.mosquitto import Mosquitto  # noqa: E402
 
 
 class _Counted(MQTTSource):

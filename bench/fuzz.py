@@ -80,9 +80,9 @@ from driver_stats.contract import (  # noqa: E402
     encode_stats,
     to_json,
 )
-from driver_stats.intake import Accepted, Intake  # noqa: E402
+from driver_stats.core.intake import Accepted, Intake  # noqa: E402
 from driver_stats.settings import Settings, SettingsError  # noqa: E402
-from driver_stats.windows import DUPLICATE, DriverWindows  # noqa: E402
+from driver_stats.core.windows import COUNTED, DUPLICATE, DriverWindows, Refused  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # The contract, written down here independently of the code under test.
@@ -312,6 +312,13 @@ def as_datetime(value: tuple[int, int] | None) -> datetime | None:
 
 def exact_micros(value: tuple[int, int]) -> int:
     return value[0] * 1_000_000 + value[1] // 1000
+
+
+def plain(verdict):
+    """A DriverWindows.add outcome as None (counted), DUPLICATE, or the rejection reason."""
+    if verdict is COUNTED:
+        return None
+    return verdict.reason if isinstance(verdict, Refused) else verdict
 
 
 def expected_verdict(spec: dict, now: float, max_future: float) -> set[str] | None:
@@ -1028,7 +1035,7 @@ class Harness:
                     windows = drivers[driver] = self.new_windows[profile]()
                 touched[(driver, interval_of(event, window))] = case
                 try:
-                    verdict = windows.add(event, result.event_time, now)
+                    verdict = plain(windows.add(event, result.event_time, now))
                 except Exception as err:  # noqa: BLE001
                     broken.add(driver)
                     fail("escaped", profile, case, f"DriverWindows.add raised {type(err).__name__}: {str(err)[:120]}")

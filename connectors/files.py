@@ -1,15 +1,15 @@
 """Line-per-message files as a Bytewax source, and a sink that collects messages.
 
 :class:`FileSource` has one partition per file; each line (without its line
-end; blank lines are skipped) becomes an :class:`~connectors.mqtt.MQTTMessage`
-on the topic given for that file, so a dataflow written for MQTT input runs
-unchanged over history files. A partition's snapshot is the byte offset of
-its next line: a resumed run continues after the last line of the committed
-epoch.
+end; blank lines are skipped) becomes a :class:`FileMessage` (``topic`` and
+``payload``, as an MQTT message has them) on the topic given for that file,
+so a dataflow written for MQTT input runs unchanged over history files. A
+partition's snapshot is the byte offset of its next line: a resumed run
+continues after the last line of the committed epoch.
 
 :class:`CollectSink` appends every item it receives (a ``(key, message)``
-pair as its message) to a list in this process, for tools that run a dataflow in-process and write the result
-themselves.
+pair as its message) to a list in this process, for tools that run a
+dataflow in-process and write the result themselves.
 
 ``on_read(n)`` on the source is called with the number of lines each batch
 read (from the worker threads): :class:`Progress` uses it to print a counter.
@@ -20,18 +20,30 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, TextIO, Tuple
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from connectors.mqtt import MQTTMessage
-
-__all__ = ["CollectSink", "FileSource", "Progress"]
+__all__ = ["CollectSink", "FileMessage", "FileSource", "Progress"]
 
 
-class _FilePartition(StatefulSourcePartition[MQTTMessage, int]):
+@dataclass(frozen=True)
+class FileMessage:
+    """One line of a file, on the topic of its file.
+
+    Args:
+        topic: The topic given for the file.
+        payload: The line, without its line end.
+    """
+
+    topic: str
+    payload: bytes
+
+
+class _FilePartition(StatefulSourcePartition[FileMessage, int]):
     def __init__(
         self,
         path: Path,
@@ -47,8 +59,8 @@ class _FilePartition(StatefulSourcePartition[MQTTMessage, int]):
         self._batch_size = batch_size
         self._on_read = on_read
 
-    def next_batch(self) -> List[MQTTMessage]:
-        batch: List[MQTTMessage] = []
+    def next_batch(self) -> List[FileMessage]:
+        batch: List[FileMessage] = []
         readline = self._file.readline
         topic = self._topic
         lines = 0
@@ -60,7 +72,7 @@ class _FilePartition(StatefulSourcePartition[MQTTMessage, int]):
             self._offset += len(line)
             line = line.rstrip(b"\r\n")
             if line.strip():
-                batch.append(MQTTMessage(topic, line))
+                batch.append(FileMessage(topic, line))
         if lines == 0:
             raise StopIteration()
         if self._on_read is not None and batch:
@@ -74,11 +86,16 @@ class _FilePartition(StatefulSourcePartition[MQTTMessage, int]):
         self._file.close()
 
 
-class FileSource(FixedPartitionedSource[MQTTMessage, int]):
-    """One partition per file: ``files`` is ``[(path, topic), ...]``.
+class FileSource(FixedPartitionedSource[FileMessage, int]):
+    """One partition per file; a line is a :class:`FileMessage`.
 
     The partition key is the file's path as given; resume state is a byte
     offset (the start of the next unread line).
+
+    Args:
+        files: ``[(path, topic), ...]``: each file and the topic of its lines.
+        batch_size: Most lines per batch.
+        on_read: ``on_read(n)`` after each batch of ``n`` lines.
     """
 
     def __init__(
@@ -119,9 +136,11 @@ class _CollectPartition(StatelessSinkPartition):
 class CollectSink(DynamicSink):
     """Appends every item to ``out`` (a list shared by all workers of this process).
 
-    With ``unkey=True`` (the default) a ``(key, value)`` pair is stored as its
-    value, so the sink takes the same keyed stream as a partitioned sink
-    (the flow keys its messages by topic for :class:`~connectors.mqtt.MQTTSink`).
+    Args:
+        out: The list.
+        unkey: Store a ``(key, value)`` pair as its value (the default), so
+            the sink takes the same keyed stream as a partitioned sink (a
+            flow keys its messages by topic for :class:`~connectors.mqtt.MQTTSink`).
     """
 
     def __init__(self, out: list, *, unkey: bool = True) -> None:

@@ -18,6 +18,9 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from .contract.events import DriverRated, DriverTipped, JourneyFinished
+from .contract.topics import INPUT_OF, INPUTS, REJECTED_PREFIX, STATS_TOPIC
+
 PREFIX = "DRIVER_STATS_"
 
 Seconds = Annotated[int, msgspec.Meta(ge=0)]
@@ -72,16 +75,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_future_seconds: Seconds = 300
     # A driver's state is forgotten once nothing is open and its last record
     # is this far behind the stream clock; events that old are late for
-    # every driver (see driver_stats/windows.py).
+    # every driver (see driver_stats/core/windows.py).
     state_retention_seconds: Seconds = 3600
     # Identity: MQTT client ids and the shared-subscription group.
     client_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,40}$")] = "driver-stats"
-    # Topics.
-    topic_driver_rated: Topic = "input/driver_rated"
-    topic_driver_tipped: Topic = "input/driver_tipped"
-    topic_journey_finished: Topic = "input/journey_finished"
-    topic_driver_stats: Topic = "output/driver_stats"
-    rejected_prefix: Topic = "rejected/"
+    # Topics (the inputs' rows of driver_stats.contract.topics.INPUTS).
+    topic_driver_rated: Topic = INPUT_OF[DriverRated].default_topic
+    topic_driver_tipped: Topic = INPUT_OF[DriverTipped].default_topic
+    topic_journey_finished: Topic = INPUT_OF[JourneyFinished].default_topic
+    topic_driver_stats: Topic = STATS_TOPIC
+    rejected_prefix: Topic = REJECTED_PREFIX
     # Scaling and limits.
     partitions_per_topic: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     max_message_bytes: Annotated[int, msgspec.Meta(ge=64, le=268435455)] = 65536
@@ -102,8 +105,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     __str__ = __repr__
 
     @property
-    def input_topics(self) -> tuple[str, str, str]:
-        return (self.topic_driver_rated, self.topic_driver_tipped, self.topic_journey_finished)
+    def input_topics(self) -> tuple[str, ...]:
+        """The input topics, in the order of :data:`~driver_stats.contract.topics.INPUTS`."""
+        return tuple(getattr(self, row.setting) for row in INPUTS)
+
+    def input_topic_types(self) -> dict[str, type]:
+        """Input topic -> the event type it carries."""
+        return {getattr(self, row.setting): row.event_type for row in INPUTS}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -149,21 +157,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.state_retention_seconds < self.allowed_lateness_seconds:
             # The floor would then reject events still within the allowed lateness.
             raise SettingsError(_bad_value("state_retention_seconds", str(self.state_retention_seconds)))
-
-    def mqtt_connection(self):
-        """The broker connection (``connectors.mqtt.MQTTConnection``) these settings describe."""
-        from connectors.mqtt import MQTTConnection
-
-        return MQTTConnection(
-            host=self.mqtt_host,
-            port=self.mqtt_port,
-            tls=self.mqtt_tls,
-            ca_file=self.mqtt_ca_file,
-            cert_file=self.mqtt_cert_file,
-            key_file=self.mqtt_key_file,
-            username=self.mqtt_username,
-            password=self.mqtt_password,
-        )
 
     @property
     def mqtt_host(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.mosquitto import NOT_FOUND, Mosquitto, find_mosquitto
+from connectors.mqtt.testing import NOT_FOUND, Mosquitto, find_mosquitto
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
-"""The external contract in one place: message structs, protobuf code, codecs.
+"""The external contract in one place: message structs, protobuf code, codecs,
+the input topics (:mod:`.topics`) and the rejection reasons (:mod:`.reasons`).
 
 ``events.proto``/``stats.proto`` under ``proto/`` are written from the field
 tables of ``../shared/CONTRACT.md``; ``events_pb2.py``/``stats_pb2.py`` are
-generated from them (``tests/test_contract.py`` fails when they drift) and
+generated from them (``tests/contract/test_contract.py`` fails when they drift) and
 committed, so installing the project needs no protoc.
 """
 
@@ -17,9 +18,15 @@ from .events import (
     JourneyFinished,
     Rejection,
 )
+from .reasons import Reason
+from .topics import INPUT_OF, INPUTS, REJECTED_PREFIX, STATS_TOPIC, Input
 
 __all__ = [
     "EVENT_TYPES",
+    "INPUTS",
+    "INPUT_OF",
+    "REJECTED_PREFIX",
+    "STATS_TOPIC",
     "DecodeError",
     "DriverRated",
     "DriverStats",
@@ -27,7 +34,9 @@ __all__ = [
     "Event",
     "EventDecoder",
     "FinishReason",
+    "Input",
     "JourneyFinished",
+    "Reason",
     "Rejection",
     "decode_stats",
     "encode_event",

@@ -101,9 +101,9 @@ class Rejection(msgspec.Struct, frozen=True, gc=False):
     """A message that is not counted, bound for ``rejected/<source_topic>``.
 
     ``payload`` is the original bytes, republished unchanged; ``reason`` is
-    short and stable (``undecodable``, ``invalid: <field>``, ``late``,
-    ``future``, ``too large``, ``overflow: <field>``, ``unknown topic``) so
-    consumers can filter on it; ``detail`` says more for a person.
+    short and stable (a :class:`~driver_stats.contract.reasons.Reason`, or
+    ``invalid: <field>`` / ``overflow: <total>``) so consumers can filter on
+    it; ``detail`` says more for a person.
     """
 
     source_topic: str

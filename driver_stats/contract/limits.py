@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from .events import FINISH_REASON_BY_NUMBER, FinishReason
+from .reasons import Reason
 
 UTC = timezone.utc
 UINT32_MAX = 2**32 - 1
@@ -33,13 +34,13 @@ class DecodeError(ValueError):
     says why.
     """
 
-    def __init__(self, detail: str, reason: str = "undecodable"):
+    def __init__(self, detail: str, reason: str = Reason.UNDECODABLE):
         super().__init__(detail)
         self.reason = reason
 
 
 def invalid(field: str, detail: str) -> DecodeError:
-    return DecodeError(detail, f"invalid: {field}")
+    return DecodeError(detail, Reason.INVALID.of(field))
 
 
 def check_uint32(value: int, field: str) -> int:

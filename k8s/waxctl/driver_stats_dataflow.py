@@ -8,7 +8,7 @@ code of another version than the image.
 
 Why not ship ``flows/driver_stats.py`` itself: ``bytewax.run`` imports a file
 as a top-level module named after it, and a module ``driver_stats`` hides the
-installed ``driver_stats`` package (tests/test_waxctl.py shows the failure).
+installed ``driver_stats`` package (tests/deploy/test_waxctl.py shows the failure).
 """
 
 # Built on this import, from the DRIVER_STATS_* settings (the broker is checked first).

@@ -1,0 +1,175 @@
+"""One paho client kept connected: reconnects, one log line per change of state, counters.
+
+Paho reconnects with a backoff of 1 s doubling to 30 s. Each change of state
+is one log line on logger ``connectors.mqtt`` with the fields ``partition``,
+``client_id``, ``broker`` and ``state`` (``connected``, ``disconnected``
+with its reason, ``reconnected``, ``session_lost``), is counted in
+:class:`MQTTLinkStats`, and is passed to ``on_event(event, client_id,
+detail)`` when given.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .connection import MQTTConnection, Protocol, connect
+
+log = logging.getLogger("connectors.mqtt")
+
+EventHook = Callable[[str, str, str], None]
+"""``on_event(event, client_id, detail)``; event is one of ``connected``,
+``disconnected``, ``reconnected``, ``session_lost``."""
+
+
+@dataclass
+class MQTTLinkStats:
+    """Connection counters of one client (read them for metrics)."""
+
+    connects: int = 0
+    reconnects: int = 0
+    disconnects: int = 0
+    session_losses: int = 0
+    redeliveries_skipped: int = 0
+
+
+class Link:
+    """A paho client with its network thread, connection logging and counters.
+
+    Args:
+        connection: Where to connect.
+        client_id: The MQTT client id.
+        protocol: ``"3.1.1"`` or ``"5"``.
+        label: How log lines name it (``mqtt input #0``).
+        partition: Its ``partition`` log field (the Bytewax partition key).
+        persistent: Keep the session across connections.
+        resume_first: Resume a session left by an earlier process (MQTT 5:
+            clean start off on the first connection too).
+        session_expiry: MQTT 5 session expiry interval, seconds.
+        manual_ack: Acknowledge QoS 1 messages only on ``client.ack``.
+        stats: Counters to update (default: its own).
+        on_event: Called on each change of state; its errors are logged.
+    """
+
+    def __init__(
+        self,
+        connection: MQTTConnection,
+        client_id: str,
+        *,
+        protocol: Protocol,
+        label: str,
+        partition: str,
+        persistent: bool = False,
+        resume_first: bool = False,
+        session_expiry: int = 0,
+        manual_ack: bool = False,
+        stats: Optional[MQTTLinkStats] = None,
+        on_event: Optional[EventHook] = None,
+    ) -> None:
+        self.connection = connection
+        self.client_id = client_id
+        self.label = label
+        self.stats = stats if stats is not None else MQTTLinkStats()
+        self.persistent = persistent
+        self._partition = partition
+        self._resume_first = resume_first
+        self._session_expiry = session_expiry
+        self._on_event = on_event
+        self._v5 = protocol == "5"
+        self.client = connection.client(
+            client_id, protocol=protocol, persistent=persistent, manual_ack=manual_ack
+        )
+        self.client.reconnect_delay_set(1, 30)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.suppress_exceptions = True
+        self.after_connect: Callable[[bool], None] = lambda session_present: None
+        self.connected = False
+        self.session_gen = 0
+        """Incremented when the broker lost our session: older message ids are void."""
+        self._ever_connected = False
+        self._down_since: Optional[float] = None
+        self._closing = False
+
+    def _event(self, event: str, detail: str, level: int = logging.INFO) -> None:
+        fields = {"partition": self._partition, "client_id": self.client_id,
+                  "broker": self.connection.address, "state": event}
+        log.log(level, "%s %s (%s)%s", self.label, event, self.connection.address,
+                f": {detail}" if detail else "", extra=fields)
+        if self._on_event is not None:
+            try:
+                self._on_event(event, self.client_id, detail)
+            except Exception:  # noqa: BLE001 - a metrics hook must not kill the link
+                log.exception("on_event hook failed")
+
+    def start(self) -> None:
+        """Connect now; raise MQTTConnectError if the broker is unusable."""
+        props = None
+        clean_start = paho.MQTT_CLEAN_START_FIRST_ONLY
+        if self._v5:
+            if self.persistent or not self._resume_first:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = self._session_expiry
+            if self._resume_first:
+                clean_start = False
+        connect(self.client, self.connection, label=self.client_id, properties=props, clean_start=clean_start)
+
+    def stop(self) -> None:
+        self._closing = True
+        try:
+            self.client.disconnect()
+        except Exception:  # noqa: BLE001
+            pass
+        self.client.loop_stop()
+
+    def _on_connect(self, client, userdata, flags, reason, properties) -> None:
+        session_present = bool(flags.session_present)
+        self.connected = True
+        self.stats.connects += 1
+        if not self._ever_connected:
+            self._ever_connected = True
+            kind = "session resumed" if session_present else "new session"
+            self._event("connected", kind if self.persistent else "")
+        else:
+            self.stats.reconnects += 1
+            down = time.monotonic() - (self._down_since or time.monotonic())
+            self._event("reconnected", f"after {down:.1f}s"
+                        + (f", session present: {session_present}" if self.persistent else ""))
+            if self.persistent and not session_present:
+                self.stats.session_losses += 1
+                self.session_gen += 1
+                self._event("session_lost", "the broker forgot this client's session: "
+                            "messages queued for it are gone", logging.WARNING)
+        self.after_connect(session_present)
+
+    def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
+        if not self.connected:
+            return
+        self.connected = False
+        if self._closing:
+            log.debug("%s closed", self.label)
+            return
+        self.stats.disconnects += 1
+        self._down_since = time.monotonic()
+        self._event("disconnected", f"{reason}; reconnecting", logging.WARNING)
+
+
+def check_connection(connection: MQTTConnection, client_id: str) -> None:
+    """Connect once and disconnect: raise :class:`MQTTConnectError` if the broker is unusable.
+
+    For a program's start, so a wrong URL or credential is one clear line
+    before any partition is built.
+
+    Args:
+        connection: The broker.
+        client_id: The program's client id; the check connects as ``<client_id>-check``.
+    """
+    link = Link(connection, f"{client_id}-check", protocol="3.1.1", label="mqtt check", partition="check")
+    link.start()
+    link.stop()

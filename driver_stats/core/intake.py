@@ -1,0 +1,82 @@
+"""First step of the flow: a message's bytes become a valid event or a rejection.
+
+Nothing here raises into the dataflow, whatever the bytes: every input
+message leaves as exactly one :class:`Accepted` or one
+:class:`~driver_stats.contract.Rejection` carrying the source topic, the
+original bytes and the reason. Limits are explicit: at most
+``max_message_bytes`` per payload (``too large``), JSON nested at most
+:data:`~driver_stats.contract.json_mapping.MAX_JSON_DEPTH` levels
+(``undecodable``), values within their protobuf types (``invalid: <field>``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import msgspec
+
+from ..contract import DecodeError, Event, EventDecoder, Reason, Rejection
+from ..settings import Settings
+from .validation import problem
+
+
+class Accepted(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A valid event on its way to its driver's intervals.
+
+    The source topic and original bytes ride along so that an event found
+    late further on can still be republished unchanged.
+    """
+
+    event: Event
+    event_time: float  # Unix seconds
+    source_topic: str
+    payload: bytes
+
+
+class Intake:
+    """Decodes and validates messages of the three input topics.
+
+    >>> from driver_stats.contract import DriverRated, encode_event
+    >>> from datetime import datetime, timezone
+    >>> intake = Intake(Settings())
+    >>> rated = DriverRated(driver_id="d1", journey_id="j1", rating=9,
+    ...                     rated_at=datetime(2024, 1, 1, tzinfo=timezone.utc))
+    >>> intake("input/driver_rated", encode_event(rated)).reason
+    'invalid: rating'
+    """
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time):
+        self._decoders = {
+            topic: EventDecoder(event_type) for topic, event_type in settings.input_topic_types().items()
+        }
+        self._max_bytes = settings.max_message_bytes
+        self._max_future = settings.max_future_seconds
+        self._clock = clock
+
+    def __call__(self, topic: str, payload: bytes, now: float | None = None) -> Accepted | Rejection:
+        """One message; ``now`` (wall clock, for the ``future`` rule) defaults to the clock."""
+        decoder = self._decoders.get(topic)
+        if decoder is None:
+            return Rejection(topic, payload, Reason.UNKNOWN_TOPIC, f"{topic!r} is not an input topic")
+        if len(payload) > self._max_bytes:
+            return Rejection(
+                topic, payload, Reason.TOO_LARGE, f"{len(payload)} bytes, at most {self._max_bytes}"
+            )
+        if now is None:
+            now = self._clock()
+        try:
+            event = decoder.decode(payload)
+            found = problem(event, now=now, max_future_seconds=self._max_future)
+            if found:
+                return Rejection(topic, payload, *found)
+            return Accepted(event, event.event_time.timestamp(), topic, payload)
+        except DecodeError as err:
+            return Rejection(topic, payload, err.reason, str(err))
+        except Exception as err:  # noqa: BLE001 - whatever the bytes, a rejection, never a crash
+            return Rejection(topic, payload, Reason.UNDECODABLE, f"{type(err).__name__}: {str(err)[:200]}")
+
+    def batch(self, messages: list) -> list[Accepted | Rejection]:
+        """:meth:`__call__` over a batch of messages with ``.topic`` and ``.payload``."""
+        now = self._clock()  # once per batch, not per message
+        return [self(message.topic, message.payload, now) for message in messages]

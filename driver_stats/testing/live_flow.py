@@ -1,0 +1,159 @@
+"""The real flow (`python -m bytewax.run flows.driver_stats`) as subprocesses, for tests and benchmarks.
+
+Also: what the flow should publish for a set of events (:func:`expected_stats`)
+and how to read what it did publish (:func:`published_stats`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from connectors.mqtt import MQTTMessage
+from connectors.mqtt.testing import Mosquitto, free_port, wait_for
+from driver_stats.contract import STATS_TOPIC, DriverStats, Event, decode_stats
+from driver_stats.core.windows import DriverWindows, Refused
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class LiveFlow:
+    """One dataflow of ``processes`` processes × ``workers`` workers, settings by env."""
+
+    def __init__(
+        self,
+        broker: Mosquitto,
+        workdir: Path,
+        *,
+        client_id: str,
+        window: int = 10,
+        lateness: int = 1,
+        workers: int = 1,
+        processes: int = 1,
+        recovery: bool = False,
+        epoch_seconds: int = 1,
+        **settings: str,
+    ):
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.processes, self.workers, self.epoch_seconds = processes, workers, epoch_seconds
+        self.partitions = int(settings.get("partitions_per_topic", 1))
+        self.env = dict(
+            os.environ,
+            PYTHONPATH=str(ROOT),
+            DRIVER_STATS_MQTT_URL=f"mqtt://{broker.host}:{broker.port}",
+            DRIVER_STATS_CLIENT_ID=client_id,
+            DRIVER_STATS_WINDOW_SECONDS=str(window),
+            DRIVER_STATS_ALLOWED_LATENESS_SECONDS=str(lateness),
+            DRIVER_STATS_LOG_LEVEL="DEBUG",
+            **{f"DRIVER_STATS_{k.upper()}": str(v) for k, v in settings.items()},
+        )
+        self.recovery = workdir / "recovery" if recovery else None
+        if self.recovery is not None:
+            self.recovery.mkdir(exist_ok=True)
+            subprocess.run(
+                [sys.executable, "-m", "bytewax.recovery", str(self.recovery), str(processes * workers)],
+                check=True, env=self.env, capture_output=True,
+            )
+        self.procs: list[subprocess.Popen] = []
+        self.starts = 0
+
+    def _command(self, index: int, addresses: str | None) -> list[str]:
+        command = [sys.executable, "-m", "bytewax.run", "flows.driver_stats",
+                   "-w", str(self.workers), "-s", str(self.epoch_seconds)]
+        if addresses:
+            command += ["-i", str(index), "-a", addresses]
+        if self.recovery is not None:
+            command += ["-r", str(self.recovery), "-b", "0"]
+        return command
+
+    def log_path(self, index: int) -> Path:
+        return self.workdir / f"flow-{index}.log"
+
+    def logs(self) -> str:
+        return "".join(p.read_text() for p in self.workdir.glob("flow-*.log"))
+
+    def _input_connects(self) -> int:
+        return sum(line.count('"message":"mqtt input') for line in self.logs().splitlines()
+                   if " connected (" in line)
+
+    def start(self, timeout: float = 30.0) -> LiveFlow:
+        self.starts += 1
+        before = self._input_connects()
+        addresses = None
+        if self.processes > 1:
+            addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(self.processes))
+        for index in range(self.processes):
+            with open(self.log_path(index), "ab") as log:
+                self.procs.append(subprocess.Popen(
+                    self._command(index, addresses), cwd=self.workdir, env=self.env,
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        wanted = before + self.partitions
+        wait_for(lambda: self._input_connects() >= wanted or any(p.poll() is not None for p in self.procs),
+                 timeout, "flow's input partitions connected")
+        assert all(p.poll() is None for p in self.procs), self.logs()[-4000:]
+        return self
+
+    def kill(self, sig: int = signal.SIGKILL, timeout: float = 30.0) -> list[int]:
+        codes = []
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(sig)
+        for proc in self.procs:
+            codes.append(proc.wait(timeout))
+        self.procs = []
+        return codes
+
+    def __enter__(self) -> LiveFlow:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
+
+def expected_stats(events: list[Event], window: int) -> dict[tuple[str, object], DriverStats]:
+    """Every event counted (the input is complete, none late): what the flow must publish."""
+    drivers: dict[str, DriverWindows] = {}
+    for event in events:
+        windows = drivers.setdefault(event.driver_id, DriverWindows(window, float("inf")))
+        verdict = windows.add(event, event.event_time.timestamp(), now=0.0)
+        if isinstance(verdict, Refused):  # repeats are fine; nothing may be refused
+            raise ValueError(f"not a countable event ({verdict.reason}: {verdict.detail}): {event}")
+    return {(s.driver_id, s.interval_start): s for w in drivers.values() for s in w.close_all()}
+
+
+def published_stats(messages: list[MQTTMessage], topic: str = STATS_TOPIC):
+    """(latest record by (driver, interval start), byte-identical repeats, conflicting records)."""
+    records: dict[tuple[str, object], bytes] = {}
+    repeats = conflicts = 0
+    for message in messages:
+        if message.topic != topic:
+            continue
+        stats = decode_stats(message.payload)
+        key = (stats.driver_id, stats.interval_start)
+        if key in records:
+            if records[key] == message.payload:
+                repeats += 1
+            else:
+                conflicts += 1
+        records[key] = message.payload
+    return {key: decode_stats(p) for key, p in records.items()}, repeats, conflicts
+
+
+def wait_for_records(collector, expected: dict, timeout: float = 60.0, topic: str = STATS_TOPIC):
+    """Wait until a record arrived for every expected (driver, interval)."""
+    def arrived():
+        got, _, _ = published_stats(list(collector.messages), topic)
+        return set(expected) <= set(got)
+
+    try:
+        wait_for(arrived, timeout, f"{len(expected)} records on {topic}")
+    except AssertionError:
+        got, _, _ = published_stats(list(collector.messages), topic)
+        missing = sorted(set(expected) - set(got))[:5]
+        raise AssertionError(f"missing {len(set(expected) - set(got))} records, e.g. {missing}") from None
+    time.sleep(0.5)  # let any extra (wrong) records show up too

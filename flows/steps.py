@@ -1,0 +1,167 @@
+"""The Bytewax side of the flow's steps: the domain called per batch, with metrics.
+
+* :func:`decode_batch` — ``decode_and_validate``: :class:`~driver_stats.core.intake.Intake`
+  over a batch, counting received messages and rejections;
+* :class:`DriverWindowsLogic` — ``dedupe_and_window``: one driver's
+  :class:`~driver_stats.core.windows.DriverWindows` as Bytewax stateful logic;
+* :func:`stats_encoder` / :func:`rejected_encoder` — ``encode_stats`` /
+  ``encode_rejected``: records and rejections as the messages to publish.
+
+Counters are incremented once per batch, not per event (:mod:`flows.metrics`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from datetime import datetime, timezone
+from typing import Callable, Iterable, Optional
+
+from bytewax.operators import StatefulBatchLogic
+
+from connectors.mqtt import MQTTMessage
+from driver_stats.contract import DriverStats, Reason, Rejection, encode_stats, to_json
+from driver_stats.core.intake import Accepted, Intake
+from driver_stats.core.stream_clock import StreamClock
+from driver_stats.core.windows import DUPLICATE, DriverWindows, Refused
+from driver_stats.settings import Settings
+
+from . import metrics
+
+_log = logging.getLogger("driver_stats.flow")
+
+
+def decode_batch(intake: Intake) -> Callable[[list], list[Accepted | Rejection]]:
+    """``intake.batch``, counting what came in by topic and what it rejected by reason."""
+
+    def step(messages: list) -> list[Accepted | Rejection]:
+        results = intake.batch(messages)
+        metrics.count_by(metrics.MESSAGES_RECEIVED, Counter(message.topic for message in messages))
+        metrics.count_by(metrics.REJECTED, Counter(r.reason for r in results if type(r) is Rejection))
+        return results
+
+    return step
+
+
+class DriverWindowsLogic(StatefulBatchLogic):
+    """Bytewax adapter around one driver's :class:`DriverWindows`."""
+
+    def __init__(self, windows: DriverWindows, clock: StreamClock):
+        self.windows = windows
+        self.clock = clock
+
+    @classmethod
+    def builder(cls, settings: Settings, lateness: float, retention: float, clock: StreamClock):
+        window = settings.window_seconds
+
+        def build(resume_state: Optional[tuple]) -> DriverWindowsLogic:
+            if resume_state is None:
+                return cls(DriverWindows(window, lateness, retention_seconds=retention), clock)
+            if len(resume_state) > 4:  # the stream time of the snapshot
+                clock.resume_from(resume_state[4])
+            windows = DriverWindows.resume(resume_state, window, lateness, clock.now(), retention)
+            return cls(windows, clock)
+
+        return build
+
+    def _keep_or_discard(self, now: float) -> bool:
+        # A driver with nothing open and every record behind the stream's
+        # floor is forgotten (a deletion in the recovery store): the floor
+        # alone now rejects any late event for it, as its state would have.
+        return self.DISCARD if self.windows.discardable(now) else self.RETAIN
+
+    def on_batch(self, values: list[Accepted]) -> tuple[Iterable[DriverStats | Rejection], bool]:
+        now = self.clock.now()
+        add = self.windows.add
+        out: list[DriverStats | Rejection] = []
+        duplicates = 0
+        for accepted in values:
+            try:
+                verdict = add(accepted.event, accepted.event_time, now)
+            except Exception as err:  # noqa: BLE001 - see _internal_error
+                out.append(_internal_error(err, accepted))
+                continue
+            if type(verdict) is Refused:
+                out.append(Rejection(accepted.source_topic, accepted.payload, verdict.reason, verdict.detail))
+            elif verdict is DUPLICATE:
+                duplicates += 1
+        metrics.EVENTS_ACCEPTED.inc(len(values) - duplicates - len(out))
+        if duplicates:
+            metrics.DUPLICATES.inc(duplicates)
+        if out:
+            metrics.count_by(metrics.REJECTED, Counter(r.reason for r in out))
+        return out + self._close(self.windows.close_due(now)), self._keep_or_discard(now)
+
+    @staticmethod
+    def _close(records: list[DriverStats]) -> list[DriverStats]:
+        if records:
+            metrics.RECORDS_EMITTED.inc(len(records))
+        return records
+
+    def on_notify(self) -> tuple[Iterable[DriverStats], bool]:
+        now = self.clock.now()
+        return self._close(self.windows.close_due(now)), self._keep_or_discard(now)
+
+    def on_eof(self) -> tuple[Iterable[DriverStats], bool]:
+        # A finite input (tests, replay) is complete: close every interval.
+        # The clock is kept, so the guard against late events stays.
+        return self._close(self.windows.close_all()), self.RETAIN
+
+    def notify_at(self) -> Optional[datetime]:
+        at = self.windows.next_close()
+        if at is None:
+            at = self.windows.discard_at()
+        if at is None:
+            return None
+        return datetime.fromtimestamp(self.clock.to_wall(at), timezone.utc)
+
+    def snapshot(self) -> tuple:
+        return self.windows.snapshot(self.clock.now())
+
+
+def _error_detail(err: Exception) -> str:
+    return f"{type(err).__name__}: {str(err)[:200]}"
+
+
+def _internal_error(err: Exception, accepted: Accepted) -> Rejection:
+    """A bug of ours met by one event: reject that event, never crash the flow.
+
+    A crash would be a crash loop: the broker redelivers the unacknowledged
+    message and recovery restores the same state. The window logic checks
+    everything before it changes anything (a refused event leaves no trace),
+    so the driver's state stays as it was before this event.
+    """
+    _log.error("event rejected after an internal error (topic %s)", accepted.source_topic, exc_info=err)
+    return Rejection(accepted.source_topic, accepted.payload, Reason.INTERNAL_ERROR, _error_detail(err))
+
+
+def stats_encoder(settings: Settings) -> Callable[[DriverStats], MQTTMessage]:
+    """A record as its message on the stats topic, in the configured output format."""
+    stats_topic = settings.topic_driver_stats
+    encode = to_json if settings.output_format == "json" else encode_stats
+    rejected_prefix = settings.rejected_prefix
+
+    def stats_message(stats: DriverStats) -> MQTTMessage:
+        try:
+            return MQTTMessage(stats_topic, encode(stats))
+        except Exception as err:  # noqa: BLE001 - a record is never lost, nor a crash loop
+            # Validation keeps every total within uint32, so this is a bug of
+            # ours (or a snapshot written by one): the record goes, as JSON,
+            # to rejected/<stats topic> instead of stopping the flow.
+            _log.error("record could not be encoded: %s", stats, exc_info=err)
+            return MQTTMessage(stats_topic, to_json(stats)).rejected(
+                Reason.UNENCODABLE, _error_detail(err), rejected_prefix
+            )
+
+    return stats_message
+
+
+def rejected_encoder(settings: Settings) -> Callable[[Rejection], MQTTMessage]:
+    """A rejection as the original message on ``rejected/<source topic>``, with its reason."""
+    rejected_prefix = settings.rejected_prefix
+
+    def rejected_message(rejection: Rejection) -> MQTTMessage:
+        original = MQTTMessage(rejection.source_topic, rejection.payload)
+        return original.rejected(rejection.reason, rejection.detail, rejected_prefix)
+
+    return rejected_message

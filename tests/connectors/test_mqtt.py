@@ -1,0 +1,392 @@
+"""connectors.mqtt against a private mosquitto, with real Bytewax flows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from connectors.mqtt import (
+    MQTTConnection,
+    MQTTConnectError,
+    MQTTMessage,
+    MQTTSink,
+    MQTTSource,
+)
+from connectors.mqtt.testing import Collector, Mosquitto, Publisher, TlsFiles, wait_for
+
+pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(90)]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+FLOW = textwrap.dedent(
+    """
+    import logging, os
+    from bytewax import operators as op
+    from bytewax.dataflow import Dataflow
+    from connectors import mqtt
+    from connectors.mqtt import operators as mop
+
+    logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
+    logging.getLogger("connectors.mqtt").setLevel(logging.DEBUG)
+    env = os.environ
+    conn = mqtt.MQTTConnection(host="127.0.0.1", port=int(env["T_PORT"]))
+    flow = Dataflow("echo")
+    inp = mop.input("in", flow, connection=conn, topics=env["T_TOPICS"].split(","),
+                    client_id="flow", max_message_bytes=int(env["T_MAX"]))
+    seen = open(env["T_SEEN"], "a", buffering=1)
+    op.inspect("seen", inp.oks, lambda _s, m: seen.write(m.payload.decode() + "\\n"))
+    out = op.map("echo", inp.oks, lambda m: mqtt.MQTTMessage("out/" + m.topic, m.payload))
+    rej = op.map("reject", inp.errs, lambda e: e.message.rejected("too large", e.reason))
+    mop.output("out", op.merge("all", out, rej), connection=conn, client_id="flow")
+    """
+)
+
+
+class Flow:
+    """The echo flow above, as a `python -m bytewax.run` subprocess."""
+
+    def __init__(self, tmp: Path, broker: Mosquitto, topics, *, max_bytes=1000,
+                 recovery: Path | None = None, epoch_s: int = 1) -> None:
+        (tmp / "echo_flow.py").write_text(FLOW)
+        self.tmp, self.seen, self.log = tmp, tmp / "seen.txt", tmp / "flow.log"
+        self.env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{tmp}", T_PORT=str(broker.port),
+                        T_TOPICS=",".join(topics), T_MAX=str(max_bytes), T_SEEN=str(self.seen))
+        self.recovery = recovery
+        if recovery is not None and not recovery.exists():
+            recovery.mkdir()
+            subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"],
+                           check=True, env=self.env, capture_output=True)
+        self.epoch_s = epoch_s
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, epoch_s: int | None = None) -> Flow:
+        args = [sys.executable, "-m", "bytewax.run", "echo_flow:flow", "-w", "1",
+                "-s", str(epoch_s or self.epoch_s)]
+        if self.recovery is not None:
+            args += ["-r", str(self.recovery), "-b", "0"]
+        self.starts = self.log.read_text().count(" connected (") if self.log.exists() else 0
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(args, cwd=self.tmp, env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT)
+        wait_for(lambda: self.connected() or self.proc.poll() is not None, 20, "flow connected")
+        assert self.proc.poll() is None, self.log.read_text()[-3000:]
+        return self
+
+    def connected(self) -> bool:
+        # The input partition (one for all topics) logs one "connected" line;
+        # the output connects lazily.
+        text = self.log.read_text() if self.log.exists() else ""
+        return text.count("mqtt input ") and text.count(" connected (") >= self.starts + 1
+
+    def seen_lines(self) -> list[str]:
+        return self.seen.read_text().split() if self.seen.exists() else []
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def __enter__(self) -> Flow:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
+
+@pytest.fixture
+def clients(mosquitto):
+    made = []
+
+    def make(kind, *args, **kwargs):
+        made.append(kind(mosquitto, *args, **kwargs))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def nums(prefix: str, start: int, stop: int) -> list[bytes]:
+    return [f"{prefix}{i}".encode() for i in range(start, stop)]
+
+
+# -- whole flows ---------------------------------------------------------------
+
+
+def test_round_trip_in_order_with_rejected_user_properties(mosquitto, clients, tmp_path):
+    out = clients(Collector, "out/#", "rejected/#")
+    pub = clients(Publisher)
+    with Flow(tmp_path, mosquitto, ["in/a", "in/b"], max_bytes=100):
+        pub.publish("in/a", nums("a", 0, 300), wait=False)
+        pub.publish("in/b", nums("b", 0, 300), wait=False)
+        pub.publish("in/a", [b"x" * 101])
+        wait_for(lambda: len(out.payloads("out/in/a")) >= 300 and len(out.payloads("out/in/b")) >= 300
+                 and out.payloads("rejected/in/a"), 30, "echoes")
+    assert out.payloads("out/in/a") == nums("a", 0, 300)  # in order, once
+    assert out.payloads("out/in/b") == nums("b", 0, 300)
+    [rejected] = [m for m in out.messages if m.topic == "rejected/in/a"]
+    assert rejected.payload == b"x" * 101  # the original bytes
+    assert rejected.user_property("reason") == "too large"
+    assert rejected.user_property("detail") == "too large: 101 bytes > max 100"
+
+
+def test_flow_killed_then_restarted_gets_messages_published_meanwhile(mosquitto, clients, tmp_path):
+    out = clients(Collector, "out/#")
+    pub = clients(Publisher)
+    flow = Flow(tmp_path, mosquitto, ["in/a"]).start()
+    try:
+        pub.publish("in/a", nums("m", 0, 50))
+        wait_for(lambda: len(out.payloads("out/in/a")) >= 50, 20, "first 50")
+        flow.kill()
+        pub.publish("in/a", nums("m", 50, 120))  # nobody connected
+        flow.start()
+        wait_for(lambda: set(nums("m", 0, 120)) <= set(out.payloads("out/in/a")), 20, "all 120")
+    finally:
+        flow.kill()
+
+
+def test_uncommitted_messages_are_redelivered_after_kill(mosquitto, clients, tmp_path):
+    out = clients(Collector, "out/#")
+    pub = clients(Publisher)
+    flow = Flow(tmp_path, mosquitto, ["in/a"], recovery=tmp_path / "recovery")
+    try:
+        # A 60 s epoch: nothing commits, so nothing is acknowledged.
+        flow.start(epoch_s=60)
+        pub.publish("in/a", nums("u", 0, 5))
+        wait_for(lambda: len(flow.seen_lines()) >= 5, 20, "5 seen")
+        flow.kill()
+        # 1 s epochs now: the 5 come again, then commit and are acknowledged.
+        flow.start(epoch_s=1)
+        wait_for(lambda: flow.seen_lines().count("u4") == 2, 20, "redelivery")
+        assert sorted(flow.seen_lines()) == sorted([f"u{i}" for i in range(5)] * 2)
+        pub.publish("in/a", [b"mark1"])
+        wait_for(lambda: "mark1" in flow.seen_lines(), 20, "mark1")
+        acks = flow.log.read_text().count("acknowledged")
+        wait_for(lambda: flow.log.read_text().count("acknowledged") > acks, 20, "mark1 acked")
+        flow.kill()
+        flow.start(epoch_s=1)
+        pub.publish("in/a", [b"mark2"])
+        # Redeliveries would come before mark2 (same session, in order).
+        wait_for(lambda: "mark2" in flow.seen_lines(), 20, "mark2")
+        assert flow.seen_lines().count("u0") == 2 and flow.seen_lines().count("mark1") == 1
+        assert set(nums("u", 0, 5)) <= set(out.payloads("out/in/a"))
+    finally:
+        flow.kill()
+
+
+def test_broker_restart_mid_stream_loses_nothing(mosquitto, clients, tmp_path):
+    out = clients(Collector, "out/#")
+    pub = clients(Publisher)
+    with Flow(tmp_path, mosquitto, ["in/a"]) as flow:
+        stop = threading.Event()
+
+        def produce():
+            for i in range(0, 600, 20):
+                if stop.is_set():
+                    return
+                pub.publish("in/a", nums("r", i, i + 20), wait=False)
+                time.sleep(0.02)
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        try:
+            wait_for(lambda: len(out.payloads("out/in/a")) >= 100, 20, "stream started")
+            mosquitto.stop()
+            mosquitto.start()
+        finally:
+            producer.join(30)
+        try:
+            wait_for(lambda: set(nums("r", 0, 600)) <= set(out.payloads("out/in/a")), 40,
+                     "all 600 after broker restart")
+        except AssertionError:
+            missing = set(nums("r", 0, 600)) - set(out.payloads("out/in/a"))
+            seen = set(flow.seen_lines())
+            print("MISSING", len(missing), sorted(missing)[:10], "seen", len(seen), len({m.decode() for m in missing} & seen))
+            print(flow.log.read_text()[-3000:])
+            print(mosquitto.log_tail(40))
+            raise
+        assert "reconnected" in flow.log.read_text()
+
+
+# -- partitions driven directly (cheaper than a flow) ----------------------------
+
+
+def make_certs(tmp: Path) -> tuple[Path, Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    def key():
+        return ec.generate_private_key(ec.SECP256R1())
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key, srv_key = key(), key()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(1)
+          .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    srv = (x509.CertificateBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+           .issuer_name(ca_name).public_key(srv_key.public_key()).serial_number(2)
+           .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(days=1))
+           .add_extension(x509.SubjectAlternativeName(
+               [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+               critical=False)
+           .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    paths = tmp / "ca.pem", tmp / "server.pem", tmp / "server.key"
+    paths[0].write_bytes(ca.public_bytes(pem))
+    paths[1].write_bytes(srv.public_bytes(pem))
+    paths[2].write_bytes(srv_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    return paths
+
+
+def drain(part, n: int, timeout: float = 10.0) -> list:
+    got: list = []
+    wait_for(lambda: got.extend(part.next_batch()) or len(got) >= n, timeout, f"{n} messages")
+    return got
+
+
+def test_tls_and_password(tmp_path):
+    ca, cert, key = make_certs(tmp_path)
+    with Mosquitto(tmp_path / "broker", users={"flow": "s3cret pw"},
+                   tls=TlsFiles(str(cert), str(key))) as broker:
+        good = MQTTConnection(host="127.0.0.1", port=broker.port, tls=True, ca_file=str(ca),
+                              username="flow", password="s3cret pw")
+        assert "s3cret" not in repr(good) and "password=***" in repr(good)
+        src = MQTTSource(good, ["in/t"], client_id="tls")
+        part = src.build_part("in", "in-0", None)
+        sink_part = MQTTSink(good, client_id="tls").build_part("out", "0", None)
+        try:
+            sink_part.write_batch([MQTTMessage("in/t", b"over tls", (("reason", "r"),))])
+            assert [m.payload for m in drain(part, 1)] == [b"over tls"]
+        finally:
+            part.close()
+            sink_part.close()
+
+        def refused(conn: MQTTConnection) -> str:
+            with pytest.raises(MQTTConnectError) as info:
+                MQTTSource(conn, ["in/t"], client_id="tls").build_part("in", "in-0", None)
+            text = str(info.value)
+            assert "\n" not in text and f"127.0.0.1:{broker.port}" in text
+            assert "s3cret" not in text
+            return text
+
+        anonymous = MQTTConnection(host="127.0.0.1", port=broker.port, tls=True, ca_file=str(ca))
+        assert "refused the connection: Not authorized" in refused(anonymous)
+        bad_pw = MQTTConnection(**{**good.__dict__, "password": "wrong s3cret"})
+        assert "refused the connection" in refused(bad_pw)
+        no_ca = MQTTConnection(**{**good.__dict__, "ca_file": None})
+        assert "TLS certificate verification failed" in refused(no_ca)
+        plain = MQTTConnection(**{**good.__dict__, "tls": False, "connect_timeout": 1.0})
+        refused(plain)  # a plain client on a TLS port: no CONNACK / connection reset
+
+
+def test_unreachable_broker_is_one_clear_line():
+    from connectors.mqtt.testing import free_port
+
+    port = free_port()
+    conn = MQTTConnection(host="127.0.0.1", port=port, password="hunter2")
+    with pytest.raises(MQTTConnectError) as info:
+        MQTTSource(conn, ["x"], client_id="c").build_part("in", "in-0", None)
+    assert str(info.value) == (
+        f"cannot connect to MQTT broker 127.0.0.1:{port} as c-in-0: connection refused"
+    )
+
+
+def test_buffer_is_bounded_and_acks_wait_for_the_epoch(mosquitto, clients):
+    pub = clients(Publisher)
+    conn = MQTTConnection(host="127.0.0.1", port=mosquitto.port, keepalive=4)
+    src = MQTTSource(conn, ["in/b"], client_id="bound", max_pending=10, batch_size=7)
+    part = src.build_part("in", "in-0", None)
+    try:
+        pub.publish("in/b", nums("b", 0, 100))
+        wait_for(lambda: len(part._buffer) >= 10, 10, "buffer full")
+        full_at = time.monotonic()
+        time.sleep(1.5)
+        # Full, the network thread takes one message per wake-up (1 s here).
+        wake_ups = (time.monotonic() - full_at) / part._block_s
+        assert len(part._buffer) <= 10 + int(wake_ups) + 1 < 100
+        got = drain(part, 100)
+        assert [m.payload for m in got] == nums("b", 0, 100)
+        # Nothing acknowledged yet (no snapshot): a reconnect redelivers all.
+        part.snapshot()
+        assert part._held and len(part._committable) == 100
+        part.next_batch()  # the epoch of the snapshot is committed: ack
+        assert not part._held and not part._committable
+    finally:
+        part.close()
+    # The acks reached the broker: a new partition with the same id gets nothing old.
+    part = src.build_part("in", "in-0", None)
+    try:
+        pub.publish("in/b", [b"fresh"])
+        assert [m.payload for m in drain(part, 1)] == [b"fresh"]
+    finally:
+        part.close()
+
+
+def test_partitions_share_a_topic_and_ids_are_stable(mosquitto, clients):
+    pub = clients(Publisher)
+    conn = MQTTConnection(host="127.0.0.1", port=mosquitto.port)
+    src = MQTTSource(conn, ["in/s", "in/t"], client_id="grp", partitions=2)
+    assert src.list_parts() == ["in-0", "in-1"]
+    assert src.client_id_for(1) == "grp-in-1"
+    parts = [src.build_part("in", key, None) for key in ("in-0", "in-1")]
+    try:
+        pub.publish("in/s", nums("s", 0, 40))
+        got: list = []
+        wait_for(lambda: [got.extend(p.next_batch()) for p in parts] and len(got) >= 40, 10, "40")
+        assert sorted(m.payload for m in got) == sorted(nums("s", 0, 40))  # each once
+        assert all(p._emitted for p in parts)  # both members got a share
+    finally:
+        for p in parts:
+            p.close()
+    with pytest.raises(ValueError):
+        MQTTSource(conn, ["a/#"], client_id="x")
+
+
+def test_shared_subscription_survives_broker_restart_while_connected(mosquitto, clients):
+    # Mosquitto 2.0 forgets shared subscriptions on restart: the partition resubscribes.
+    pub = clients(Publisher)
+    conn = MQTTConnection(host="127.0.0.1", port=mosquitto.port)
+    src = MQTTSource(conn, ["in/r"], client_id="grp", partitions=2)
+    part = src.build_part("in", "in-0", None)
+    try:
+        mosquitto.stop()
+        mosquitto.start()
+        wait_for(lambda: part.stats.reconnects >= 1 and part._link.connected, 15, "reconnect")
+        wait_for(lambda: pub.client.is_connected(), 15, "publisher reconnect")
+        time.sleep(0.2)  # SUBACK of the new subscription
+        pub.publish("in/r", nums("s", 0, 4))
+        assert [m.payload for m in drain(part, 2)]  # this member's share arrives
+    finally:
+        part.close()
+
+
+def test_sink_built_during_a_broker_outage_waits_for_the_broker(mosquitto, clients):
+    # Bytewax builds sink partitions at the first output, which can fall in an outage.
+    out = clients(Collector, "out/#", client_id="sink-wait-collector")
+    conn = MQTTConnection(host="127.0.0.1", port=mosquitto.port)
+    mosquitto.stop()
+    threading.Timer(1.5, mosquitto.start).start()
+    part = MQTTSink(conn, client_id="late-sink", timeout=30).build_part("out", "0", None)
+    try:
+        part.write_batch([MQTTMessage("out/x", b"after", (("reason", "r"),))])
+        wait_for(lambda: out.payloads("out/x") == [b"after"], 15, "message after the outage")
+        assert [m.user_properties for m in out.messages] == [(("reason", "r"),)]  # still MQTT 5
+    finally:
+        part.close()

@@ -1,0 +1,199 @@
+"""One driver's intervals, clock, dedupe and lateness guard, without Bytewax."""
+
+import pickle
+
+from driver_stats.contract import FinishReason
+from driver_stats.core.windows import COUNTED, DUPLICATE, LATE, DriverWindows
+from tests.support import T0, at, finished, rated, tipped
+
+BASE = T0.timestamp()
+
+
+def add(windows, event, now=BASE):
+    return windows.add(event, event.event_time.timestamp(), now)
+
+
+def test_interval_is_left_closed_and_aligned_to_the_epoch():
+    w = DriverWindows(window_seconds=10, lateness_seconds=0)
+    assert add(w, tipped("d1", "j1", 9.999, 1)) is COUNTED
+    assert add(w, tipped("d1", "j2", 10, 2)) is COUNTED
+    first, second = w.close_all()
+    assert (first.interval_start, first.interval_end, first.total_tips) == (at(0), at(10), 1)
+    assert (second.interval_start, second.interval_end, second.total_tips) == (at(10), at(20), 2)
+
+
+def test_repeat_of_type_and_journey_counts_once_but_other_types_of_the_journey_count():
+    w = DriverWindows(10, 0)
+    assert add(w, rated("d1", "j1", 1, 4)) is COUNTED
+    assert add(w, rated("d1", "j1", 1, 4)) is DUPLICATE
+    assert add(w, rated("d1", "j1", 2, 1)) is DUPLICATE  # same identity, other content
+    assert add(w, tipped("d1", "j1", 1, 5)) is COUNTED
+    [stats] = w.close_all()
+    assert (stats.avg_rating, stats.total_tips) == (4.0, 5)
+
+
+def test_an_interval_closes_when_the_event_time_passes_its_end_plus_lateness():
+    w = DriverWindows(10, lateness_seconds=5)
+    add(w, tipped("d1", "j1", 3, 1))
+    add(w, tipped("d1", "j2", 14.9, 1))
+    assert w.close_due(BASE) == []  # watermark 9.9 < 10
+    add(w, tipped("d1", "j3", 15, 1))
+    assert [s.interval_start for s in w.close_due(BASE)] == [at(0)]
+
+
+def test_a_late_event_never_reopens_a_closed_interval_even_when_nothing_is_open():
+    w = DriverWindows(10, lateness_seconds=0)
+    add(w, tipped("d1", "j1", 3, 1))
+    assert len(w.close_due(BASE + 3600)) == 1  # wall clock closed it, nothing open now
+    assert w.open == {}
+    assert add(w, tipped("d1", "j2", 4, 1), now=BASE + 3600).reason == LATE
+    assert w.close_all() == []
+
+
+def test_within_lateness_out_of_order_events_count():
+    w = DriverWindows(10, lateness_seconds=30)
+    add(w, tipped("d1", "j1", 35, 1))
+    assert add(w, tipped("d1", "j2", 2, 2)) is COUNTED  # watermark 5 < 10: [0,10) still open
+    assert add(w, tipped("d1", "j3", 41, 1)) is COUNTED
+    assert add(w, tipped("d1", "j4", 1, 2)).reason == LATE  # watermark 11 >= 10
+    assert [(s.interval_start, s.total_tips) for s in w.close_all()] == [(at(0), 2), (at(30), 1), (at(40), 1)]
+
+
+def test_wall_clock_closes_the_intervals_of_a_quiet_driver():
+    w = DriverWindows(10, lateness_seconds=30)
+    add(w, tipped("d1", "j1", 5, 1), now=1000.0)
+    assert w.next_close() == 1000.0 + (10 - (5 - 30))
+    assert w.close_due(1034.9) == []
+    assert len(w.close_due(1035.0)) == 1
+
+
+def test_totals_sum_every_finished_journey_and_count_reasons():
+    w = DriverWindows(600, 0)
+    add(w, finished("d1", "j1", 1, FinishReason.DROP_OFF, distance=100, price=900))
+    add(w, finished("d1", "j2", 2, FinishReason.DRIVER_CANCEL, distance=1, price=10))
+    add(w, finished("d1", "j3", 3, FinishReason.RIDER_CANCEL))
+    add(w, finished("d1", "j4", 4, FinishReason.ADMIN_CANCEL))
+    [s] = w.close_all()
+    assert (s.total_drop_offs, s.total_driver_cancels, s.total_distance, s.total_price) == (1, 1, 101, 910)
+    assert s.avg_rating == 0.0
+
+
+def test_a_total_that_would_overflow_uint32_rejects_the_event():
+    w = DriverWindows(600, 0)
+    assert add(w, tipped("d1", "j1", 1, 2**32 - 1)) is COUNTED
+    assert add(w, tipped("d1", "j2", 2, 1)).reason == "overflow: total_tips"
+    [s] = w.close_all()
+    assert s.total_tips == 2**32 - 1
+
+
+def test_dedupe_state_is_dropped_with_its_interval():
+    w = DriverWindows(10, 0)
+    for i in range(100):
+        add(w, tipped("d1", f"j{i}", 1, 1))
+    w.close_due(BASE + 3600)
+    assert w.open == {} and len(pickle.dumps(w.snapshot(BASE))) < 200
+
+
+def test_snapshot_resumes_totals_dedupe_and_clock_without_ageing_by_downtime():
+    w = DriverWindows(10, lateness_seconds=30)
+    add(w, tipped("d1", "j1", 5, 3), now=1000.0)
+    state = pickle.loads(pickle.dumps(w.snapshot(now=1001.0)))
+    resumed = DriverWindows.resume(state, 10, 30, now=5000.0)  # down for over an hour
+    assert resumed.close_due(5000.0) == []  # downtime did not close [0, 10)
+    assert add(resumed, tipped("d1", "j1", 5, 3), now=5000.0) is DUPLICATE
+    assert add(resumed, tipped("d1", "j2", 6, 4), now=5000.0) is COUNTED
+    [s] = resumed.close_all()
+    assert (s.driver_id, s.total_tips) == ("d1", 7)
+
+
+def test_with_unbounded_lateness_nothing_is_late_and_close_all_emits_everything():
+    w = DriverWindows(10, lateness_seconds=float("inf"))
+    add(w, tipped("d1", "j1", 500, 1), now=BASE)
+    assert add(w, tipped("d1", "j2", 3, 2), now=BASE + 10**6) is COUNTED
+    assert w.close_due(BASE + 10**6) == [] and w.next_close() is None
+    assert [(s.interval_start, s.total_tips) for s in w.close_all()] == [(at(0), 2), (at(500), 1)]
+
+
+def test_a_repeat_is_a_duplicate_not_late_while_its_interval_is_held():
+    w = DriverWindows(10, lateness_seconds=0)
+    add(w, tipped("d1", "j1", 3, 1))
+    add(w, tipped("d1", "j2", 25, 1))  # the clock passes [0, 10); it closes at batch end
+    assert add(w, tipped("d1", "j1", 3, 1)) is DUPLICATE
+    assert add(w, tipped("d1", "j3", 3, 1)).reason == LATE
+    w.close_due(BASE)
+    assert add(w, tipped("d1", "j1", 3, 1)).reason == LATE  # emitted: no longer recognisable
+
+
+def test_a_refused_event_leaves_no_interval_no_dedupe_key_and_no_record():
+    w = DriverWindows(10, 0)
+    # A value no valid event carries (validation refuses it first): the
+    # window logic still refuses it without creating the interval.
+    assert add(w, tipped("d1", "j1", 1, 2**32)).reason == "overflow: total_tips"
+    assert w.open == {} and w.close_all() == []
+    assert add(w, tipped("d1", "j2", 1, 2**32 - 1)) is COUNTED
+    assert add(w, tipped("d1", "j3", 2, 1)).reason == "overflow: total_tips"
+    assert add(w, tipped("d1", "j3", 2, 0)) is COUNTED  # j3 was not remembered as seen
+    [stats] = w.close_all()
+    assert (stats.driver_id, stats.total_tips) == ("d1", 2**32 - 1)
+
+
+def test_a_driver_is_discardable_once_its_records_are_behind_the_floor():
+    w = DriverWindows(10, lateness_seconds=0, retention_seconds=100)
+    add(w, tipped("d1", "j1", 3, 1))
+    assert not w.discardable(BASE + 50)  # [0, 10) still open
+    [_] = w.close_due(BASE + 50)
+    assert w.discard_at() == BASE + 110
+    assert not w.discardable(BASE + 109.9) and w.discardable(BASE + 110)
+
+
+def test_a_late_event_for_a_discarded_driver_is_late_never_a_new_record():
+    w = DriverWindows(10, lateness_seconds=0, retention_seconds=100)
+    add(w, tipped("d1", "j1", 3, 1))
+    w.close_due(BASE + 50)
+    assert w.discardable(BASE + 110)
+    recreated = DriverWindows(10, lateness_seconds=0, retention_seconds=100)  # state forgotten
+    assert add(recreated, tipped("d1", "late", 4, 1), now=BASE + 110).reason == LATE
+    assert recreated.open == {} and recreated.close_all() == []
+    # An interval the driver never had is still accepted within the floor.
+    assert add(recreated, tipped("d1", "new", 11, 1), now=BASE + 110) is COUNTED
+
+
+def test_unbounded_retention_never_discards():
+    w = DriverWindows(10, lateness_seconds=float("inf"))
+    add(w, tipped("d1", "j1", 3, 1))
+    w.close_all()
+    assert w.discard_at() is None and not w.discardable(BASE + 10**9)
+
+
+def test_a_huge_interval_snapshots_as_one_bytes_log_and_resumes_its_dedupe():
+    w = DriverWindows(10, lateness_seconds=0)
+    for i in range(10_000):
+        add(w, finished("d1", f"journey-{i}", 3))
+    state = w.snapshot(BASE)
+    [(_, totals_state)] = state[2]
+    assert isinstance(totals_state[-1], bytes)
+    resumed = DriverWindows.resume(pickle.loads(pickle.dumps(state)), 10, 0, now=BASE)
+    assert add(resumed, finished("d1", "journey-9999", 3)) is DUPLICATE
+    assert add(resumed, finished("d1", "journey-10000", 3)) is COUNTED
+    [stats] = resumed.close_all()
+    assert stats.total_drop_offs == 10_001
+
+
+def test_a_snapshot_written_before_the_dedupe_log_still_resumes():
+    old_totals = (1, 0, 0, 0, 0, 0, 0, frozenset({(2, "j1")}))
+    resumed = DriverWindows.resume(("d1", BASE - 5, [(int(BASE), old_totals)]), 10, 0, now=BASE)
+    assert add(resumed, finished("d1", "j1", 3)) is DUPLICATE
+    assert resumed.closed_until == float("-inf")
+
+
+def test_a_restarted_stream_clock_continues_from_the_newest_snapshot():
+    from driver_stats.core.stream_clock import StreamClock
+
+    wall = [5000.0]
+    clock = StreamClock(lambda: wall[0])
+    clock.resume_from(1000.0)
+    clock.resume_from(1001.0)  # the newest snapshot wins
+    clock.resume_from(900.0)
+    assert clock.now() == 1001.0
+    wall[0] = 5010.0
+    assert clock.now() == 1011.0  # downtime not counted: the retention floor did not jump

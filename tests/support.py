@@ -1,0 +1,69 @@
+"""Helpers shared by the tests: contract events at times given as seconds after ``T0``,
+the seed scenario and a record's totals."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from driver_stats.contract import DriverRated, DriverTipped, FinishReason, JourneyFinished, encode_event
+
+# Aligned to every window length the tests use (10 s and 600 s).
+T0 = datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc)
+RATED, TIPPED, FINISHED = "input/driver_rated", "input/driver_tipped", "input/journey_finished"
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def rated(driver: str, journey: str, seconds: float, rating: int, rider: str = "r") -> DriverRated:
+    return DriverRated(driver_id=driver, rider_id=rider, journey_id=journey, rated_at=at(seconds), rating=rating)
+
+
+def tipped(driver: str, journey: str, seconds: float, amount: int, rider: str = "r") -> DriverTipped:
+    return DriverTipped(driver_id=driver, rider_id=rider, journey_id=journey, tipped_at=at(seconds), amount=amount)
+
+
+def finished(
+    driver: str,
+    journey: str,
+    seconds: float,
+    reason: FinishReason = FinishReason.DROP_OFF,
+    distance: int = 0,
+    price: int = 0,
+    duration: float = 60,
+) -> JourneyFinished:
+    return JourneyFinished(
+        journey_id=journey,
+        driver_id=driver,
+        rider_id="r",
+        finish_reason=reason,
+        started_at=at(seconds - duration),
+        ended_at=at(seconds),
+        distance=distance,
+        price=price,
+    )
+
+
+TOPIC_OF = {DriverRated: RATED, DriverTipped: TIPPED, JourneyFinished: FINISHED}
+
+
+def wire(event) -> tuple[str, bytes]:
+    """The (topic, protobuf bytes) a producer would publish for ``event``."""
+    return TOPIC_OF[type(event)], encode_event(event)
+
+
+def totals(s):
+    return (s.total_drop_offs, s.total_driver_cancels, s.total_distance, s.total_price, s.total_tips, s.avg_rating)
+
+
+def seed_events():
+    return [
+        rated("driver-1", "j1", 1, 2), rated("driver-1", "j2", 2, 4),
+        tipped("driver-1", "j1", 3, 2), tipped("driver-1", "j2", 4, 4),
+        finished("driver-1", "j1", 5, FinishReason.DROP_OFF, distance=1, price=10),
+        finished("driver-1", "j2", 6, FinishReason.DROP_OFF, distance=1, price=10),
+        finished("driver-1", "j3", 7, FinishReason.DRIVER_CANCEL, distance=1, price=10),
+        finished("driver-1", "j4", 15, FinishReason.DROP_OFF, distance=1, price=10),
+        rated("driver-2", "j5", 8, 5),
+    ]
