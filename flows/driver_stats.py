@@ -9,15 +9,16 @@ The pipeline, top to bottom (:func:`build_flow`):
 
 1. ``decode_and_validate`` — bytes become a valid event or a rejection
    (:mod:`driver_stats.core.intake`);
-2. ``key_by_driver`` — every event of a driver goes to one worker;
+2. ``key_by_driver_shard`` — every event of a driver goes to one worker,
+   keyed by the driver's shard (:mod:`driver_stats.core.shards`) so that
+   the number of state keys stays bounded;
 3. ``dedupe_and_window`` — per driver: drop repeats of (message type,
    journey_id), reject events whose interval already closed, add the rest to
    their event-time tumbling interval and emit each interval's record once
    the driver's clock passes its end (:mod:`driver_stats.core.windows`, run
-   by :class:`flows.steps.DriverWindowsLogic`). Dedupe lives in the same
-   per-driver state as the intervals because a dedupe key must live exactly
-   as long as its interval can accept events; fusing them also spares one
-   exchange between workers per event;
+   by :class:`flows.steps.DriverShardLogic`). Dedupe lives in the same
+   per-driver state as the intervals because its keys follow the intervals'
+   lifetimes; fusing them also spares one exchange between workers per event;
 4. ``encode_stats`` / ``encode_rejected`` — contract bytes for
    ``output/driver_stats`` and ``rejected/<source topic>`` (with the
    ``reason`` user property), both published by one sink.
@@ -43,10 +44,11 @@ from bytewax.outputs import Sink
 
 from driver_stats.contract import DriverStats
 from driver_stats.core.intake import Accepted, Intake
+from driver_stats.core.shards import shard_of
 from driver_stats.core.stream_clock import StreamClock
 from driver_stats.settings import Settings, load_or_exit
 from flows import live
-from flows.steps import DriverWindowsLogic, decode_batch, rejected_encoder, stats_encoder
+from flows.steps import DriverShardLogic, decode_batch, rejected_encoder, stats_encoder
 
 
 def build_flow(
@@ -75,9 +77,11 @@ def build_flow(
     messages = op.input("messages", flow, source)
     decoded = op.flat_map_batch("decode_and_validate", messages, decode_batch(Intake(settings, clock)))
     valid = op.branch("split_valid", decoded, lambda item: isinstance(item, Accepted))
-    by_driver = op.key_on("key_by_driver", valid.trues, lambda accepted: accepted.event.driver_id)
+    # Keyed by the driver's shard: every event of a driver goes to one worker,
+    # and the state keys stay bounded however many drivers come and go.
+    by_shard = op.key_on("key_by_driver_shard", valid.trues, lambda accepted: shard_of(accepted.event.driver_id))
     windowed = op.stateful_batch(
-        "dedupe_and_window", by_driver, DriverWindowsLogic.builder(settings, lateness, retention, stream_clock)
+        "dedupe_and_window", by_shard, DriverShardLogic.builder(settings, lateness, retention, stream_clock)
     )
     closed = op.branch(
         "split_stats", op.key_rm("unkey", windowed), lambda item: isinstance(item, DriverStats)

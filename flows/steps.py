@@ -2,8 +2,8 @@
 
 * :func:`decode_batch` — ``decode_and_validate``: :class:`~driver_stats.core.intake.Intake`
   over a batch, counting received messages and rejections;
-* :class:`DriverWindowsLogic` — ``dedupe_and_window``: one driver's
-  :class:`~driver_stats.core.windows.DriverWindows` as Bytewax stateful logic;
+* :class:`DriverShardLogic` — ``dedupe_and_window``: the drivers of one
+  shard (:mod:`driver_stats.core.shards`) as Bytewax stateful logic;
 * :func:`stats_encoder` / :func:`rejected_encoder` — ``encode_stats`` /
   ``encode_rejected``: records and rejections as the messages to publish.
 
@@ -13,6 +13,7 @@ Counters are incremented once per batch, not per event (:mod:`flows.metrics`).
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Optional
@@ -23,7 +24,8 @@ from connectors.mqtt import MQTTMessage
 from driver_stats.contract import DriverStats, Reason, Rejection, encode_stats, to_json
 from driver_stats.core.intake import Accepted, Intake
 from driver_stats.core.stream_clock import StreamClock
-from driver_stats.core.windows import DUPLICATE, DriverWindows, Refused
+from driver_stats.core.shards import DriverShard
+from driver_stats.core.windows import DUPLICATE, Refused
 from driver_stats.settings import Settings
 
 from . import metrics
@@ -43,36 +45,31 @@ def decode_batch(intake: Intake) -> Callable[[list], list[Accepted | Rejection]]
     return step
 
 
-class DriverWindowsLogic(StatefulBatchLogic):
-    """Bytewax adapter around one driver's :class:`DriverWindows`."""
+class DriverShardLogic(StatefulBatchLogic):
+    """Bytewax adapter around one :class:`DriverShard` (the drivers of one state key)."""
 
-    def __init__(self, windows: DriverWindows, clock: StreamClock):
-        self.windows = windows
+    def __init__(self, shard: DriverShard, clock: StreamClock):
+        self.shard = shard
         self.clock = clock
 
     @classmethod
     def builder(cls, settings: Settings, lateness: float, retention: float, clock: StreamClock):
         window = settings.window_seconds
 
-        def build(resume_state: Optional[tuple]) -> DriverWindowsLogic:
+        def build(resume_state: Optional[tuple]) -> DriverShardLogic:
             if resume_state is None:
-                return cls(DriverWindows(window, lateness, retention_seconds=retention), clock)
-            if len(resume_state) > 4:  # the stream time of the snapshot
-                clock.resume_from(resume_state[4])
-            windows = DriverWindows.resume(resume_state, window, lateness, clock.now(), retention)
-            return cls(windows, clock)
+                return cls(DriverShard(window, lateness, retention), clock)
+            if isinstance(resume_state[0], str):
+                # A store written by 0.1, which kept one key per driver: that
+                # driver finishes its open intervals under its old key.
+                resume_state = (-math.inf, [resume_state])
+            return cls(DriverShard.resume(resume_state, window, lateness, clock.now(), retention), clock)
 
         return build
 
-    def _keep_or_discard(self, now: float) -> bool:
-        # A driver with nothing open and every record behind the stream's
-        # floor is forgotten (a deletion in the recovery store): the floor
-        # alone now rejects any late event for it, as its state would have.
-        return self.DISCARD if self.windows.discardable(now) else self.RETAIN
-
     def on_batch(self, values: list[Accepted]) -> tuple[Iterable[DriverStats | Rejection], bool]:
         now = self.clock.now()
-        add = self.windows.add
+        add = self.shard.add
         out: list[DriverStats | Rejection] = []
         duplicates = 0
         for accepted in values:
@@ -90,7 +87,8 @@ class DriverWindowsLogic(StatefulBatchLogic):
             metrics.DUPLICATES.inc(duplicates)
         if out:
             metrics.count_by(metrics.REJECTED, Counter(r.reason for r in out))
-        return out + self._close(self.windows.close_due(now)), self._keep_or_discard(now)
+        touched = {accepted.event.driver_id for accepted in values}
+        return out + self._close(self.shard.close_due(now, touched)), self.RETAIN
 
     @staticmethod
     def _close(records: list[DriverStats]) -> list[DriverStats]:
@@ -99,24 +97,24 @@ class DriverWindowsLogic(StatefulBatchLogic):
         return records
 
     def on_notify(self) -> tuple[Iterable[DriverStats], bool]:
-        now = self.clock.now()
-        return self._close(self.windows.close_due(now)), self._keep_or_discard(now)
+        return self._close(self.shard.close_due(self.clock.now())), self.RETAIN
 
     def on_eof(self) -> tuple[Iterable[DriverStats], bool]:
         # A finite input (tests, replay) is complete: close every interval.
-        # The clock is kept, so the guard against late events stays.
-        return self._close(self.windows.close_all()), self.RETAIN
+        # The clocks are kept, so the guard against late events stays.
+        return self._close(self.shard.close_all()), self.RETAIN
 
     def notify_at(self) -> Optional[datetime]:
-        at = self.windows.next_close()
-        if at is None:
-            at = self.windows.discard_at()
+        at = self.shard.next_wakeup()
         if at is None:
             return None
-        return datetime.fromtimestamp(self.clock.to_wall(at), timezone.utc)
+        try:
+            return datetime.fromtimestamp(self.clock.to_wall(at), timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            return None  # beyond year 9999: never, as far as this process is concerned
 
     def snapshot(self) -> tuple:
-        return self.windows.snapshot(self.clock.now())
+        return self.shard.snapshot(self.clock.now())
 
 
 def _error_detail(err: Exception) -> str:

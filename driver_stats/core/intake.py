@@ -52,6 +52,7 @@ class Intake:
         }
         self._max_bytes = settings.max_message_bytes
         self._max_future = settings.max_future_seconds
+        self._window = settings.window_seconds
         self._clock = clock
 
     def __call__(self, topic: str, payload: bytes, now: float | None = None) -> Accepted | Rejection:
@@ -67,7 +68,7 @@ class Intake:
             now = self._clock()
         try:
             event = decoder.decode(payload)
-            found = problem(event, now=now, max_future_seconds=self._max_future)
+            found = problem(event, now=now, max_future_seconds=self._max_future, window_seconds=self._window)
             if found:
                 return Rejection(topic, payload, *found)
             return Accepted(event, event.event_time.timestamp(), topic, payload)

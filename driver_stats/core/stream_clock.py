@@ -7,8 +7,7 @@ the stream's event time has not really moved: the producers' messages are
 waiting in their clients or the broker. Advancing then would reject them as
 late when they arrive. This clock pauses while any input partition of the
 process is disconnected; downtime of the whole process is likewise not
-counted: a restarted process continues from the stream time of its newest
-snapshot (:meth:`StreamClock.resume_from`).
+counted (:meth:`~driver_stats.core.windows.DriverWindows.resume`).
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ class StreamClock:
         self._down: set[str] = set()
         self._down_since: float | None = None
         self._paused = 0.0
-        self._resume_shift: float | None = None  # downtime before a restart (resume_from)
 
     def now(self) -> float:
         with self._lock:
@@ -45,25 +43,13 @@ class StreamClock:
 
     def _now(self, wall: float) -> float:
         paused = self._paused + (wall - self._down_since if self._down_since is not None else 0.0)
-        return wall - paused - (self._resume_shift or 0.0)
+        return wall - paused
 
     def to_wall(self, stream_time: float) -> float:
         """The wall time at which ``now()`` reaches ``stream_time`` if nothing pauses."""
         with self._lock:
             wall = self._wall()
             return stream_time + (wall - self._now(wall))
-
-    def resume_from(self, stream_time: float) -> None:
-        """A restart from a snapshot taken at ``stream_time``: continue from there.
-
-        Called for every restored snapshot; the newest wins. The time the
-        process was down is thereby not counted, so the state-retention
-        floor does not jump ahead and make the broker's backlog late.
-        """
-        with self._lock:
-            behind = self._now(self._wall()) + (self._resume_shift or 0.0) - stream_time
-            if behind >= 0 and (self._resume_shift is None or behind < self._resume_shift):
-                self._resume_shift = behind
 
     def input_down(self, name: str) -> None:
         """Input ``name`` lost its connection: pause while any input is down."""

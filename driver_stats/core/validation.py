@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from ..contract import DriverRated, DriverTipped, Event, JourneyFinished, Reason
-from ..contract.limits import UINT32_MAX
+from ..contract.limits import TIMESTAMP_MAX_SECONDS, TIMESTAMP_MIN_SECONDS, UINT32_MAX, timestamp_parts
 
 # The event-time field of each event type, by its proto field name.
 EVENT_TIME_FIELD: dict[type, str] = {
@@ -32,12 +32,16 @@ def _time_problem(field: str, value: datetime | None) -> tuple[str, str] | None:
     return None
 
 
-def problem(event: Event, *, now: float, max_future_seconds: float) -> tuple[str, str] | None:
+def problem(
+    event: Event, *, now: float, max_future_seconds: float, window_seconds: int = 1
+) -> tuple[str, str] | None:
     """Why ``event`` cannot be counted, or ``None`` when it can.
 
     ``now`` is wall-clock time (Unix seconds): an event time more than
     ``max_future_seconds`` ahead of it is rejected as ``future``, so a device
     with a wrong clock cannot push its driver's event-time clock forward.
+    An event whose ``window_seconds`` interval would start before year 0001
+    or end after 9999 is invalid: its record could not carry the bounds.
     """
     if not event.driver_id:
         return _invalid("driver_id", "driver_id is empty")
@@ -65,6 +69,10 @@ def problem(event: Event, *, now: float, max_future_seconds: float) -> tuple[str
             return found
         if event.started_at > event_time:
             return _invalid("started_at", "started_at is after ended_at")
+    seconds = timestamp_parts(event_time)[0]
+    start = seconds // window_seconds * window_seconds
+    if start < TIMESTAMP_MIN_SECONDS or start + window_seconds > TIMESTAMP_MAX_SECONDS + 1:
+        return _invalid(time_field, f"its {window_seconds}s interval is outside years 0001..9999")
     ahead = event_time.timestamp() - now
     if ahead > max_future_seconds:
         return (

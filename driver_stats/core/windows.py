@@ -20,27 +20,20 @@ Semantics (``../shared/CONTRACT.md``):
 * The watermark never goes back, and an event whose interval is closed is
   ``late``: a closed interval is never reopened and never gets a second
   record.
-* State is bounded: the stream has a *floor*, ``now - retention`` on the
-  stream clock (``DRIVER_STATS_STATE_RETENTION_SECONDS``, at least the
-  allowed lateness), and every driver's watermark is at least the floor. A
-  driver with nothing open whose newest record ended at or before the floor
-  is forgotten (:meth:`DriverWindows.discardable`; the dataflow discards the
-  key, a deletion in the recovery store). Every interval it ever closed ended
-  at or before the floor, and the floor only moves forward, so an event for
-  one of them is ``late`` for the recreated driver too: forgetting never
-  reopens an interval. (Bytewax's own windowing forgets an idle key without
-  such a floor, and a late event would open a fresh window.) The cost: an
-  event more than the retention behind the stream clock is ``late`` even for
-  a driver never seen. The stream clock stops while the input is
-  disconnected, so a broker outage does not age events; unbounded lateness
-  (history replay) has no floor and forgets nothing.
 * An event is identified by (message type, journey_id); a repeat is counted
-  once. Dedupe entries live in the interval they were counted in and are
-  dropped when it closes: a key is kept exactly as long as its interval can
-  still accept events, so memory follows the open intervals, not history.
-  A repeat whose interval is still held is a duplicate even if the clock
-  already passed the interval; one arriving after its interval was emitted
-  can no longer be recognised and is rejected as ``late``.
+  once. A driver keeps the keys of an interval while it is open and for the
+  state retention (``DRIVER_STATS_STATE_RETENTION_SECONDS``) after it
+  closed: a repeat within that horizon is a duplicate (not counted, not
+  rejected), even with other content or another event time.
+* State is bounded. A driver whose intervals all closed more than the
+  retention ago (on its clock) is :meth:`DriverWindows.discardable`: its
+  shard forgets it (:mod:`driver_stats.core.shards`) and raises its *floor*
+  to the end of the driver's newest record. A driver created later in that
+  shard starts its clock at the floor, so an event for any interval a
+  forgotten driver closed is ``late`` for it too: forgetting never reopens an
+  interval. (Bytewax's own windowing forgets an idle key without such a
+  floor, so a late event would open a fresh window.) Unbounded lateness
+  (history replay) forgets nothing.
 * Wall-clock time spent while the flow is down does not advance the clock
   (:meth:`DriverWindows.resume` restarts it), so events published during an
   outage are counted when the broker redelivers them.
@@ -50,14 +43,14 @@ from __future__ import annotations
 
 import enum
 import math
-import struct
 from datetime import datetime, timezone
 from typing import Iterable, Union
 
 import msgspec
 
 from ..contract import DriverRated, DriverStats, DriverTipped, Event, FinishReason, JourneyFinished, Reason, float32
-from ..contract.limits import UINT32_MAX
+from ..contract.limits import UINT32_MAX, timestamp_parts
+from .dedupe import SeenKeys, dedupe_key
 
 
 class Outcome(enum.Enum):
@@ -81,58 +74,6 @@ class Refused(msgspec.Struct, frozen=True, gc=False):
 
 
 Verdict = Union[Outcome, Refused]
-
-# Dedupe keys hold a small number per message type instead of the class.
-_KIND = {DriverRated: 0, DriverTipped: 1, JourneyFinished: 2}
-
-
-class SeenKeys:
-    """The (message type, journey_id) keys counted in one interval.
-
-    A set answers "seen?"; an append-only byte log of the same keys makes a
-    snapshot one copy of bytes instead of a copy of a set of tuples, so an
-    interval with a million journeys costs a snapshot milliseconds, not
-    seconds (snapshots happen every epoch for every driver that changed).
-    """
-
-    __slots__ = ("_keys", "_log")
-    _HEADER = struct.Struct("<BI")  # message type, journey_id length in bytes
-
-    def __init__(self) -> None:
-        self._keys: set[tuple[int, str]] = set()
-        self._log = bytearray()
-
-    def __contains__(self, key: tuple[int, str]) -> bool:
-        return key in self._keys
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def add(self, key: tuple[int, str]) -> None:
-        self._keys.add(key)
-        journey = key[1].encode("utf-8", "surrogatepass")
-        self._log += self._HEADER.pack(key[0], len(journey))
-        self._log += journey
-
-    def snapshot(self) -> bytes:
-        return bytes(self._log)
-
-    @classmethod
-    def restore(cls, log: bytes | frozenset) -> SeenKeys:
-        seen = cls()
-        if isinstance(log, frozenset):  # written before the log existed
-            for key in log:
-                seen.add(key)
-            return seen
-        seen._log = bytearray(log)
-        header, offset = cls._HEADER, 0
-        while offset < len(log):
-            kind, length = header.unpack_from(log, offset)
-            offset += header.size
-            seen._keys.add((kind, log[offset : offset + length].decode("utf-8", "surrogatepass")))
-            offset += length
-        return seen
-
 
 class IntervalTotals:
     """Running totals of one driver in one interval, and the events counted."""
@@ -215,10 +156,11 @@ class IntervalTotals:
 
 
 class DriverWindows:
-    """The open intervals and the event-time clock of one driver.
+    """The open intervals, recent dedupe keys and event-time clock of one driver.
 
     Times are Unix seconds (floats); ``now`` is wall-clock time, passed in so
-    tests control it.
+    tests control it. ``floor``: the clock never reads lower (see the module
+    docstring).
 
     >>> from datetime import datetime, timezone
     >>> at = datetime(2024, 1, 1, 12, 0, 5, tzinfo=timezone.utc)
@@ -235,7 +177,9 @@ class DriverWindows:
         "window",
         "lateness",
         "retention",
+        "floor",
         "open",
+        "recent",
         "watermark_base",
         "wall_at_base",
         "closed_until",
@@ -247,30 +191,22 @@ class DriverWindows:
         lateness_seconds: float,
         driver_id: str = "",
         retention_seconds: float = math.inf,
+        floor: float = -math.inf,
     ):
         self.driver_id = driver_id
         self.window = window_seconds
         self.lateness = lateness_seconds
         self.retention = retention_seconds
+        self.floor = floor
         self.open: dict[int, IntervalTotals] = {}  # interval start (s) -> totals
+        self.recent: dict[int, SeenKeys] = {}  # closed interval start -> its keys, for the retention
         # watermark(now) = watermark_base + (now - wall_at_base)
         self.watermark_base = -math.inf
         self.wall_at_base = 0.0
         self.closed_until = -math.inf  # end of the newest interval closed
 
     def watermark(self, now: float) -> float:
-        """The driver's clock, never below the stream's floor ``now - retention``."""
-        return max(self.watermark_base + max(0.0, now - self.wall_at_base), now - self.retention)
-
-    def discardable(self, now: float) -> bool:
-        """Whether this state can go: nothing open, and every closed interval behind the floor."""
-        return not self.open and self.closed_until <= now - self.retention
-
-    def discard_at(self) -> float | None:
-        """Wall-clock time from which :meth:`discardable` holds if no event comes, if ever."""
-        if self.open or self.retention == math.inf:
-            return None
-        return self.closed_until + self.retention
+        return max(self.watermark_base + max(0.0, now - self.wall_at_base), self.floor)
 
     def add(self, event: Event, event_time: float, now: float) -> Verdict:
         """Count ``event`` whose event time is ``event_time``.
@@ -278,13 +214,18 @@ class DriverWindows:
         Returns :data:`COUNTED`, :data:`DUPLICATE` for a repeat, or
         :class:`Refused` (reason ``late`` or ``overflow: <total>``).
         """
-        start = int(event_time // self.window) * self.window
-        key = (_KIND[type(event)], event.journey_id)
+        # Whole seconds from the datetime, exactly: a float loses the
+        # microseconds of far-away dates and could pick the next interval.
+        start = timestamp_parts(event.event_time)[0] // self.window * self.window
+        key = dedupe_key(event)
         totals = self.open.get(start)
-        # A redelivery is a duplicate as long as its interval is still held,
-        # even when the clock already passed it (it closes at batch end).
+        # A redelivery is a duplicate as long as its keys are held, even when
+        # the clock already passed its interval.
         if totals is not None and key in totals.seen:
             return DUPLICATE
+        for keys in self.recent.values():
+            if key in keys:
+                return DUPLICATE
         watermark = self.watermark(now)
         if start + self.window <= watermark:
             return Refused(
@@ -315,40 +256,54 @@ class DriverWindows:
         return COUNTED
 
     def close_due(self, now: float) -> list[DriverStats]:
-        """Close and return, oldest first, every interval the watermark passed."""
+        """Close and return, oldest first, every interval the watermark passed.
+
+        Also forgets the dedupe keys of intervals closed more than the
+        retention ago.
+        """
         watermark = self.watermark(now)
-        return self._close(start for start in self.open if start + self.window <= watermark)
+        closed = self._close([start for start in self.open if start + self.window <= watermark])
+        for start in [start for start in self.recent if start + self.window + self.retention <= watermark]:
+            del self.recent[start]
+        return closed
 
     def close_all(self) -> list[DriverStats]:
         """Close every interval (end of a finite input: nothing more can come)."""
         return self._close(list(self.open))
 
     def _close(self, starts) -> list[DriverStats]:
-        window = self.window
-        closed = [
-            self.open.pop(start).to_stats(self.driver_id, start, start + window)
-            for start in sorted(starts)
-        ]
-        if closed:
-            self.closed_until = max(self.closed_until, closed[-1].interval_end.timestamp())
+        window, closed = self.window, []
+        for start in sorted(starts):
+            totals = self.open.pop(start)
+            closed.append(totals.to_stats(self.driver_id, start, start + window))
+            self.recent[start] = totals.seen
+            self.closed_until = max(self.closed_until, start + window)
         return closed
 
-    def next_close(self) -> float | None:
-        """Wall-clock time at which the oldest open interval closes, if any."""
-        if not self.open or self.watermark_base == -math.inf:
-            return None  # no clock yet, or unbounded lateness: only the end of input closes
-        end = min(self.open) + self.window
-        # The floor may get there first: watermark = max(own clock, now - retention).
-        return min(self.wall_at_base + (end - self.watermark_base), end + self.retention)
+    def discardable(self, now: float) -> bool:
+        """Nothing open, and every record ended more than the retention ago on this clock."""
+        return not self.open and self.closed_until + self.retention <= self.watermark(now)
+
+    def next_wakeup(self) -> float | None:
+        """Wall-clock time of the next change without new events: a close, or becoming discardable."""
+        if self.open:
+            target = min(self.open) + self.window
+        elif self.retention != math.inf:
+            target = self.closed_until + self.retention
+        else:
+            return None  # unbounded lateness: only the end of input closes
+        if self.watermark_base == -math.inf:
+            return None
+        return self.wall_at_base + max(0.0, target - self.watermark_base)
 
     def snapshot(self, now: float) -> tuple:
-        """Plain-data copy of the state for a recovery snapshot; its last field is ``now``."""
+        """Plain-data copy of the state for a recovery snapshot."""
         return (
             self.driver_id,
             self.watermark(now),
             [(start, totals.__getstate__()) for start, totals in self.open.items()],
             self.closed_until,
-            now,
+            [(start, keys.snapshot()) for start, keys in self.recent.items()],
         )
 
     @classmethod
@@ -367,13 +322,15 @@ class DriverWindows:
         """
         driver_id, watermark, intervals, *newer = state  # older snapshots had 3 fields
         windows = cls(window_seconds, lateness_seconds, driver_id, retention_seconds)
-        windows.closed_until = newer[0] if newer else -math.inf
         windows.watermark_base = watermark
         windows.wall_at_base = now
         for start, totals_state in intervals:
             totals = IntervalTotals.__new__(IntervalTotals)
             totals.__setstate__(totals_state)
             windows.open[start] = totals
+        if newer:
+            windows.closed_until, recent = newer
+            windows.recent = {start: SeenKeys.restore(log) for start, log in recent}
         return windows
 
 

@@ -3,6 +3,7 @@
 import pickle
 
 from driver_stats.contract import FinishReason
+from driver_stats.core.shards import SHARDS, DriverShard, shard_of
 from driver_stats.core.windows import COUNTED, DUPLICATE, LATE, DriverWindows
 from tests.support import T0, at, finished, rated, tipped
 
@@ -62,7 +63,7 @@ def test_within_lateness_out_of_order_events_count():
 def test_wall_clock_closes_the_intervals_of_a_quiet_driver():
     w = DriverWindows(10, lateness_seconds=30)
     add(w, tipped("d1", "j1", 5, 1), now=1000.0)
-    assert w.next_close() == 1000.0 + (10 - (5 - 30))
+    assert w.next_wakeup() == 1000.0 + (10 - (5 - 30))
     assert w.close_due(1034.9) == []
     assert len(w.close_due(1035.0)) == 1
 
@@ -86,12 +87,12 @@ def test_a_total_that_would_overflow_uint32_rejects_the_event():
     assert s.total_tips == 2**32 - 1
 
 
-def test_dedupe_state_is_dropped_with_its_interval():
-    w = DriverWindows(10, 0)
+def test_dedupe_keys_are_dropped_the_retention_after_their_interval_closed():
+    w = DriverWindows(10, 0, retention_seconds=100)
     for i in range(100):
         add(w, tipped("d1", f"j{i}", 1, 1))
     w.close_due(BASE + 3600)
-    assert w.open == {} and len(pickle.dumps(w.snapshot(BASE))) < 200
+    assert w.open == {} and w.recent == {} and len(pickle.dumps(w.snapshot(BASE))) < 200
 
 
 def test_snapshot_resumes_totals_dedupe_and_clock_without_ageing_by_downtime():
@@ -110,7 +111,7 @@ def test_with_unbounded_lateness_nothing_is_late_and_close_all_emits_everything(
     w = DriverWindows(10, lateness_seconds=float("inf"))
     add(w, tipped("d1", "j1", 500, 1), now=BASE)
     assert add(w, tipped("d1", "j2", 3, 2), now=BASE + 10**6) is COUNTED
-    assert w.close_due(BASE + 10**6) == [] and w.next_close() is None
+    assert w.close_due(BASE + 10**6) == [] and w.next_wakeup() is None
     assert [(s.interval_start, s.total_tips) for s in w.close_all()] == [(at(0), 2), (at(500), 1)]
 
 
@@ -121,7 +122,7 @@ def test_a_repeat_is_a_duplicate_not_late_while_its_interval_is_held():
     assert add(w, tipped("d1", "j1", 3, 1)) is DUPLICATE
     assert add(w, tipped("d1", "j3", 3, 1)).reason == LATE
     w.close_due(BASE)
-    assert add(w, tipped("d1", "j1", 3, 1)).reason == LATE  # emitted: no longer recognisable
+    assert add(w, tipped("d1", "j1", 3, 1)) is DUPLICATE  # emitted, its keys kept for the retention
 
 
 def test_a_refused_event_leaves_no_interval_no_dedupe_key_and_no_record():
@@ -137,32 +138,61 @@ def test_a_refused_event_leaves_no_interval_no_dedupe_key_and_no_record():
     assert (stats.driver_id, stats.total_tips) == ("d1", 2**32 - 1)
 
 
-def test_a_driver_is_discardable_once_its_records_are_behind_the_floor():
+def test_a_driver_is_discardable_once_its_records_are_the_retention_behind_its_clock():
     w = DriverWindows(10, lateness_seconds=0, retention_seconds=100)
-    add(w, tipped("d1", "j1", 3, 1))
+    add(w, tipped("d1", "j1", 3, 1), now=BASE)  # clock: BASE + 3 at wall BASE
     assert not w.discardable(BASE + 50)  # [0, 10) still open
     [_] = w.close_due(BASE + 50)
-    assert w.discard_at() == BASE + 110
-    assert not w.discardable(BASE + 109.9) and w.discardable(BASE + 110)
+    assert w.next_wakeup() == BASE + 107  # clock reaches 10 + 100
+    assert not w.discardable(BASE + 106.9) and w.discardable(BASE + 107)
 
 
-def test_a_late_event_for_a_discarded_driver_is_late_never_a_new_record():
+def test_a_late_event_for_a_forgotten_driver_is_late_never_a_new_record():
+    shard = DriverShard(10, lateness_seconds=0, retention_seconds=100)
+    assert add(shard, tipped("d1", "j1", 3, 1)) is COUNTED
+    [record] = shard.close_due(BASE + 50)
+    assert shard.close_due(BASE + 107) == [] and len(shard) == 0  # forgotten
+    assert shard.floor == BASE + 10
+    assert add(shard, tipped("d1", "late", 4, 1), now=BASE + 107).reason == LATE
+    assert len(shard) == 0 and shard.close_all() == []
+    # An interval the driver never had is still accepted above the floor.
+    assert add(shard, tipped("d1", "new", 11, 1), now=BASE + 107) is COUNTED
+
+
+def test_the_floor_survives_a_restart_of_the_shard():
+    shard = DriverShard(10, lateness_seconds=0, retention_seconds=100)
+    add(shard, tipped("d1", "j1", 3, 1))
+    shard.close_due(BASE + 50)
+    shard.close_due(BASE + 107)
+    add(shard, tipped("d2", "j1", 200, 1), now=BASE + 200)
+    resumed = DriverShard.resume(pickle.loads(pickle.dumps(shard.snapshot(BASE + 200))), 10, 0,
+                                 now=BASE + 9999, retention_seconds=100)
+    assert add(resumed, tipped("d1", "late", 4, 1), now=BASE + 9999).reason == LATE
+    assert add(resumed, tipped("d2", "j1", 200, 1), now=BASE + 9999) is DUPLICATE
+    assert [s.total_tips for s in resumed.close_all()] == [1]
+
+
+def test_shards_are_stable_and_bounded():
+    assert shard_of("driver-1") == shard_of("driver-1") == "2573"  # crc32, not the per-process hash()
+    assert len({shard_of(f"driver-{i}") for i in range(100_000)}) == SHARDS
+
+
+def test_a_repeat_after_its_interval_closed_is_a_duplicate_within_the_retention():
     w = DriverWindows(10, lateness_seconds=0, retention_seconds=100)
-    add(w, tipped("d1", "j1", 3, 1))
-    w.close_due(BASE + 50)
-    assert w.discardable(BASE + 110)
-    recreated = DriverWindows(10, lateness_seconds=0, retention_seconds=100)  # state forgotten
-    assert add(recreated, tipped("d1", "late", 4, 1), now=BASE + 110).reason == LATE
-    assert recreated.open == {} and recreated.close_all() == []
-    # An interval the driver never had is still accepted within the floor.
-    assert add(recreated, tipped("d1", "new", 11, 1), now=BASE + 110) is COUNTED
+    add(w, rated("d1", "j0", 0, 1))
+    add(w, finished("d1", "j0", 10))
+    assert [s.interval_start for s in w.close_due(BASE)] == [at(0)]
+    assert add(w, rated("d1", "j0", 10, 1)) is DUPLICATE  # same identity, later time
+    assert add(w, rated("d1", "j0", 0, 1)) is DUPLICATE  # a redelivery, not "late"
+    w.close_due(BASE + 200)  # clock 210: [0, 10) closed more than 100 s ago
+    assert add(w, rated("d1", "j0", 0, 1), now=BASE + 200).reason == LATE
 
 
-def test_unbounded_retention_never_discards():
+def test_unbounded_retention_never_forgets():
     w = DriverWindows(10, lateness_seconds=float("inf"))
     add(w, tipped("d1", "j1", 3, 1))
     w.close_all()
-    assert w.discard_at() is None and not w.discardable(BASE + 10**9)
+    assert w.next_wakeup() is None and not w.discardable(BASE + 10**9)
 
 
 def test_a_huge_interval_snapshots_as_one_bytes_log_and_resumes_its_dedupe():
@@ -186,14 +216,14 @@ def test_a_snapshot_written_before_the_dedupe_log_still_resumes():
     assert resumed.closed_until == float("-inf")
 
 
-def test_a_restarted_stream_clock_continues_from_the_newest_snapshot():
-    from driver_stats.core.stream_clock import StreamClock
+def test_an_event_near_year_one_gets_its_interval_exactly():
+    from datetime import datetime, timezone
 
-    wall = [5000.0]
-    clock = StreamClock(lambda: wall[0])
-    clock.resume_from(1000.0)
-    clock.resume_from(1001.0)  # the newest snapshot wins
-    clock.resume_from(900.0)
-    assert clock.now() == 1001.0
-    wall[0] = 5010.0
-    assert clock.now() == 1011.0  # downtime not counted: the retention floor did not jump
+    from driver_stats.contract import DriverTipped
+
+    just_before = datetime(1, 1, 1, 0, 9, 59, 999999, tzinfo=timezone.utc)
+    w = DriverWindows(600, lateness_seconds=float("inf"))
+    tip = DriverTipped(driver_id="d1", journey_id="j1", tipped_at=just_before, amount=1)
+    w.add(tip, just_before.timestamp(), now=BASE)
+    [stats] = w.close_all()
+    assert stats.interval_start == datetime(1, 1, 1, tzinfo=timezone.utc)

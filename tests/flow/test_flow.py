@@ -257,11 +257,14 @@ def test_a_restart_from_a_snapshot_holding_a_bad_total_comes_up_and_rejects_the_
     assert (good.driver_id, good.total_tips) == ("d2", 3)
 
 
-def test_a_discarded_driver_leaves_the_store_and_its_late_event_is_still_late(tmp_path):
+def test_a_forgotten_driver_leaves_the_store_and_its_late_event_is_still_late(tmp_path):
+    import pickle
     import sqlite3
     from datetime import timedelta
 
     from bytewax.recovery import RecoveryConfig, init_db_dir
+
+    from driver_stats.core.shards import shard_of
 
     now = [T0.timestamp()]
 
@@ -271,9 +274,9 @@ def test_a_discarded_driver_leaves_the_store_and_its_late_event_is_still_late(tm
 
     def items():
         yield at_wall(5, tipped("d1", "j1", 3, 1))
-        yield at_wall(400, tipped("d2", "j1", 395, 1))  # [0, 10) closed at 10, behind the floor at 160
+        yield at_wall(400, tipped("d2", "j1", 395, 1))  # d1: [0, 10) closed at 10, forgotten at 160
         yield at_wall(401, tipped("d2", "j2", 396, 1))
-        yield at_wall(402, tipped("d1", "late", 4, 7))  # d1 was forgotten: the floor rejects it
+        yield at_wall(402, tipped("d1", "late", 4, 7))  # d1 was forgotten: its shard's floor rejects it
 
     init_db_dir(tmp_path, 1)
     out: list = []
@@ -288,6 +291,8 @@ def test_a_discarded_driver_leaves_the_store_and_its_late_event_is_still_late(tm
     [store] = tmp_path.glob("*.sqlite3")
     with sqlite3.connect(store) as db:
         latest = dict(db.execute(
-            "SELECT state_key, ser_change IS NULL FROM snaps WHERE step_id LIKE '%dedupe_and_window'"
+            "SELECT state_key, ser_change FROM snaps WHERE step_id LIKE '%dedupe_and_window'"
             " ORDER BY snap_epoch"))
-    assert latest["d1"] == 1, "d1's state was deleted from the recovery store"
+    assert set(latest) <= {shard_of("d1"), shard_of("d2")}, "state keys are shards, not drivers"
+    floor, drivers = pickle.loads(latest[shard_of("d1")])
+    assert (floor, drivers) == (T0.timestamp() + 10, []), "d1 is gone from the store; its shard keeps the floor"

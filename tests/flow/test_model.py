@@ -28,11 +28,12 @@ any order.
 Examples: 400 per property by default, the same every run (the suite); set
 ``DRIVER_STATS_MODEL_EXAMPLES=3000`` for a long run (random, not derandomized).
 
-Two counterexamples Hypothesis found are kept as explicit tests at the end,
-and the generator of the properties avoids their two cases (the same
-identity under two drivers; a repeat with other content in a later interval
-once the original's interval has closed) so that the properties keep looking
-for anything else while those fail.
+Two counterexamples Hypothesis found are kept as explicit tests at the end:
+a repeat with other content in a later interval once the original's
+interval has closed (fixed: dedupe keys now outlive their interval by the
+state retention), and the same identity under two drivers (a known gap,
+marked xfail: dedupe is per driver). The generator keeps a journey's driver
+so that the properties keep looking for anything else.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -232,10 +234,9 @@ def new_events(draw, kind: str | None = None, drivers: int = 3, intervals: int =
 def event_sequences(draw, *, repeats_move: bool) -> list[Ev]:
     """Events with repeats of (type, journey_id): the same bytes, re-encoded, or other content.
 
-    A journey keeps its driver (the first one drawn for it), and unless
-    ``repeats_move`` a repeat with other content keeps the interval of the
-    original: the other two cases are the explicit tests below, kept apart so
-    that they do not hide everything else while they fail.
+    A journey keeps its driver (the first one drawn for it: the other case is
+    the xfail test below), and unless ``repeats_move`` a repeat with other
+    content keeps the interval of the original.
     """
     events: list[Ev] = []
     owner: dict[str, str] = {}  # journey -> its driver
@@ -283,7 +284,8 @@ def within_lateness(draw, events: list[Ev], lateness: int) -> list[Ev]:
 @given(st.data())
 def test_records_match_the_reference_when_events_arrive_within_the_lateness(data):
     lateness = data.draw(st.sampled_from([0, 3, WINDOW]), label="lateness")
-    events = data.draw(event_sequences(repeats_move=False), label="events")
+    events = data.draw(event_sequences(repeats_move=data.draw(st.booleans(), label="repeats move")),
+                       label="events")
     arrivals = within_lateness(data.draw, events, lateness)
     batch_size = data.draw(st.sampled_from([1, 2, 7, 1000]), label="batch_size")
     output = data.draw(st.sampled_from(["protobuf", "json"]), label="output format")
@@ -307,6 +309,7 @@ def at(seconds: float) -> int:
     return int(T0.timestamp()) * US + int(seconds * US)
 
 
+@pytest.mark.xfail(strict=True, reason="known gap: dedupe is per driver (README, Known limitations)")
 def test_an_identity_repeated_under_another_driver_counts_once():
     # An event is (message type, journey_id): the driver is not part of it, so
     # the second JourneyFinished of j0 is a repeat, whoever it names.
