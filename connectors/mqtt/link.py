@@ -30,13 +30,26 @@ EventHook = Callable[[str, str, str], None]
 
 @dataclass
 class MQTTLinkStats:
-    """Connection counters of one client (read them for metrics)."""
+    """Counters and current state of one client (read them for metrics and health).
+
+    Written by the client's own threads without locks: a reader sees each
+    field's last value, which is all a gauge needs.
+    """
 
     connects: int = 0
     reconnects: int = 0
     disconnects: int = 0
     session_losses: int = 0
     redeliveries_skipped: int = 0
+    connected: bool = False
+    buffered: int = 0
+    """Source: messages received, not yet taken by the dataflow."""
+    unacked: int = 0
+    """Source: messages taken (or buffered) and not yet acknowledged to the broker."""
+    pending: int = 0
+    """Sink: messages handed to the client and not yet acknowledged by the broker."""
+    last_call: float = 0.0
+    """``time.monotonic()`` of the dataflow's last call into the partition (liveness)."""
 
 
 class Link:
@@ -130,7 +143,7 @@ class Link:
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
         session_present = bool(flags.session_present)
-        self.connected = True
+        self.connected = self.stats.connected = True
         self.stats.connects += 1
         if not self._ever_connected:
             self._ever_connected = True
@@ -151,7 +164,7 @@ class Link:
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         if not self.connected:
             return
-        self.connected = False
+        self.connected = self.stats.connected = False
         if self._closing:
             log.debug("%s closed", self.label)
             return

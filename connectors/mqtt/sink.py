@@ -85,10 +85,12 @@ class _MQTTSinkPartition(StatefulSinkPartition[MQTTMessage, None]):
             self._cond.notify_all()
 
     def write_batch(self, values: List[MQTTMessage]) -> None:
-        started = time.monotonic()
+        started = self.stats.last_call = time.monotonic()
         deadline = started + self._timeout
+        self.stats.pending = len(values)
         for start in range(0, len(values), self._chunk):
             self._publish_chunk(values[start : start + self._chunk], deadline)
+            self.stats.pending = max(0, len(values) - start - self._chunk)
         if self._on_written is not None:
             self._on_written(values, time.monotonic() - started)
 

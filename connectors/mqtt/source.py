@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections import deque
 from datetime import datetime, timedelta, timezone
 from typing import Iterable, List, Optional, Tuple, Union
@@ -155,6 +156,9 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         # Called only once the epoch of the last snapshot is committed.
         self._committable = self._ack(self._committable)
         with self._cond:
+            self.stats.last_call = time.monotonic()
+            self.stats.buffered = len(self._buffer)
+            self.stats.unacked = len(self._held)
             n = min(self._batch_size, len(self._buffer))
             if n == 0:
                 return []
