@@ -12,6 +12,7 @@ variable and what it accepts (:class:`SettingsError`).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import Annotated, Literal, Mapping
 from urllib.parse import urlsplit
@@ -46,6 +47,7 @@ ACCEPTS: dict[str, str] = {
     "max_pending_messages": "a whole number from 100 to 10000000",
     "output_format": "protobuf or json",
     "metrics_port": "a TCP port 1-65535, or 0 to turn metrics off",
+    "metrics_address": "an IP address to listen on: 0.0.0.0 (all IPv4), :: (all), 127.0.0.1 (this host only)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
 
@@ -90,8 +92,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_message_bytes: Annotated[int, msgspec.Meta(ge=64, le=268435455)] = 65536
     max_pending_messages: Annotated[int, msgspec.Meta(ge=100, le=10_000_000)] = 50_000
     output_format: WireFormat = "protobuf"
-    # Operability.
+    # Operability: /metrics, /livez and /readyz on this address and port.
     metrics_port: Port = 0
+    metrics_address: str = "0.0.0.0"
     log_level: LogLevel = "INFO"
 
     def __repr__(self) -> str:
@@ -154,6 +157,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if (self.mqtt_cert_file is None) != (self.mqtt_key_file is None):
             missing = "mqtt_key_file" if self.mqtt_key_file is None else "mqtt_cert_file"
             raise SettingsError(_bad_value(missing, "(unset)"))
+        try:
+            ipaddress.ip_address(self.metrics_address)
+        except ValueError:
+            raise SettingsError(_bad_value("metrics_address", self.metrics_address)) from None
         if self.state_retention_seconds < self.allowed_lateness_seconds:
             # The floor would then reject events still within the allowed lateness.
             raise SettingsError(_bad_value("state_retention_seconds", str(self.state_retention_seconds)))

@@ -1,27 +1,37 @@
-"""The live process: settings → MQTT connection, broker check, metrics, signals.
+"""The live process: settings → MQTT connection, broker check, metrics, health, signals.
 
 :func:`start` prepares what ``python -m bytewax.run flows.driver_stats``
 runs (through :func:`flows.driver_stats.build_live_flow`): JSON logs, a
 broker check that turns a wrong URL or credential into one line, the
-metrics server, a quiet stop on SIGTERM, and the
-:class:`~connectors.mqtt.MQTTSource` and :class:`~connectors.mqtt.MQTTSink`
-whose connection events feed the metrics and the stream clock.
+metrics and health server (:mod:`flows.health`), a quiet stop on SIGTERM
+and Ctrl-C, and the :class:`~connectors.mqtt.MQTTSource` and
+:class:`~connectors.mqtt.MQTTSink` whose connection events and stats feed
+the metrics, the health checks and the stream clock.
+
+The flow is not told Bytewax's command line, but two of its options matter
+for the gauges: the recovery directory (``-r`` or
+``BYTEWAX_RECOVERY_DIRECTORY``: the snapshot age is read from its files) and
+the snapshot interval (``-s`` or ``BYTEWAX_SNAPSHOT_INTERVAL``).
+:func:`bytewax_run_options` reads them the way ``bytewax.run`` does, from
+``sys.argv`` and the environment, and only when the process was started as
+``python -m bytewax.run``.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
 import sys
 from collections import Counter
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 from connectors import mqtt
 from driver_stats.core.stream_clock import StreamClock
 from driver_stats.settings import Settings
 
-from . import logs, metrics
+from . import health, logs, metrics
 
 
 def mqtt_connection(settings: Settings) -> mqtt.MQTTConnection:
@@ -41,6 +51,8 @@ def mqtt_connection(settings: Settings) -> mqtt.MQTTConnection:
 def _count_reconnects(event: str, client_id: str, _detail: str) -> None:
     if event == "reconnected":
         metrics.RECONNECTS.labels(client_id).inc()
+    elif event == "connected":
+        metrics.RECONNECTS.labels(client_id)  # the series starts at 0, so increase() sees the first one
 
 
 def _input_events(stream_clock: StreamClock) -> Callable[[str, str, str], None]:
@@ -61,25 +73,55 @@ def _published_counter(stats_topic: str) -> Callable[[list[mqtt.MQTTMessage], fl
 
     def count_published(messages: list[mqtt.MQTTMessage], seconds: float) -> None:
         metrics.PUBLISH_LATENCY.observe(seconds)
-        kinds = Counter("stats" if m.topic == stats_topic else "rejected" for m in messages)
-        metrics.count_by(metrics.RECORDS_PUBLISHED, kinds)
+        records = [m.payload for m in messages if m.topic == stats_topic]
+        metrics.count_by(metrics.RECORDS_PUBLISHED, Counter(stats=len(records), rejected=len(messages) - len(records)))
+        metrics.observe_record_delays(records)
 
     return count_published
 
 
+def _mute_native_stderr() -> None:
+    """Drop what native code writes to file descriptor 2 from now on; keep Python's stderr and the logs.
+
+    Bytewax's single-worker run loop turns the interrupt into a Rust panic,
+    and Rust's panic hook prints ``thread '<unnamed>' panicked at
+    src/run.rs:...`` (plus a backtrace under ``RUST_BACKTRACE``) and an empty
+    line straight to fd 2; no Python hook can stop it. So on a stop signal
+    fd 2 goes to /dev/null, while ``sys.stderr`` and the log handlers move
+    to a duplicate of the real stderr.
+    """
+    if getattr(_mute_native_stderr, "done", False):
+        return
+    _mute_native_stderr.done = True
+    try:
+        sys.stderr.flush()
+        real = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="backslashreplace")
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stderr, sys.__stderr__):
+                handler.setStream(real)
+        sys.stderr = real
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    except OSError:
+        pass  # no fd 2 to begin with: nothing to mute
+
+
 def _stop_quietly_on_signals() -> None:
-    """SIGTERM (how Kubernetes stops pods) and Ctrl-C stop the flow cleanly.
+    """SIGTERM (how Kubernetes stops pods) and Ctrl-C (SIGINT) stop the flow cleanly.
 
     Both take Bytewax's interrupt path: workers stop between steps, every
     write already acknowledged by the broker, and input not yet covered by a
     committed snapshot stays unacknowledged, so the broker redelivers it on
-    restart. Bytewax reports that path as an error; we log one line and
-    exit 0 instead of a traceback.
+    restart. Bytewax reports that path as an error (and a Rust panic
+    message); stderr gets exactly two log lines instead, ``stopping on
+    SIGTERM`` (or ``SIGINT``) and ``stopped``, and the exit code is 0.
     """
     log = logging.getLogger("driver_stats")
 
-    def on_sigterm(signum, frame):
-        log.info("stopping on SIGTERM")
+    def on_signal(signum, frame):
+        log.info("stopping on %s", signal.Signals(signum).name)
+        _mute_native_stderr()
         raise KeyboardInterrupt
 
     def on_uncaught(kind, error, trace):
@@ -91,8 +133,37 @@ def _stop_quietly_on_signals() -> None:
         default_excepthook(kind, error, trace)
 
     default_excepthook = sys.excepthook
-    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     sys.excepthook = on_uncaught
+
+
+def bytewax_run_options(argv: Optional[list[str]] = None, environ=None) -> tuple[Optional[str], Optional[float]]:
+    """(recovery directory, snapshot interval in seconds) of ``python -m bytewax.run``, else (None, None).
+
+    Read as ``bytewax.run`` reads them: ``-r``/``--recovery-directory`` and
+    ``-s``/``--snapshot-interval``, defaulting to ``BYTEWAX_RECOVERY_DIRECTORY``
+    and ``BYTEWAX_SNAPSHOT_INTERVAL``. ``argv`` (for tests) stands for
+    ``sys.argv[1:]`` of a process started as ``python -m bytewax.run``.
+    """
+    environ = os.environ if environ is None else environ
+    if argv is None:
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if spec is None or spec.name != "bytewax.run":
+            return None, None
+        argv = sys.argv[1:]
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-r", "--recovery-directory", default=environ.get("BYTEWAX_RECOVERY_DIRECTORY"))
+    parser.add_argument("-s", "--snapshot-interval", default=environ.get("BYTEWAX_SNAPSHOT_INTERVAL"))
+    try:
+        options, _ = parser.parse_known_args(argv)
+    except SystemExit:
+        return None, None
+    try:
+        interval = float(options.snapshot_interval) if options.snapshot_interval is not None else None
+    except ValueError:
+        interval = None
+    return options.recovery_directory or None, interval
 
 
 class LiveIO(NamedTuple):
@@ -115,7 +186,6 @@ def start(settings: Settings) -> LiveIO:
         mqtt.check_connection(connection, settings.client_id)
     except mqtt.MQTTConnectError as err:
         raise SystemExit(f"driver-stats: {err} (DRIVER_STATS_MQTT_URL={settings.mqtt_url})") from None
-    metrics.serve(settings.metrics_port)
     _stop_quietly_on_signals()
     stream_clock = StreamClock()
     source = mqtt.MQTTSource(
@@ -132,4 +202,21 @@ def start(settings: Settings) -> LiveIO:
         on_event=_count_reconnects,
         on_written=_published_counter(settings.topic_driver_stats),
     )
+    _observe(settings, source, sink)
     return LiveIO(source, sink, stream_clock)
+
+
+def _observe(settings: Settings, source: mqtt.MQTTSource, sink: mqtt.MQTTSink) -> None:
+    """Point the gauges and the health checks at the input and output, and serve them."""
+    recovery_dir, snapshot_interval = bytewax_run_options()
+    checks = health.Health(source.stats, sink.stats)
+    metrics.WINDOW_SECONDS.set(settings.window_seconds)
+    metrics.ALLOWED_LATENESS.set(settings.allowed_lateness_seconds)
+    metrics.watch(
+        source_stats=source.stats,
+        sink_stats=sink.stats,
+        recovery_dir=recovery_dir,
+        snapshot_interval=snapshot_interval if recovery_dir else None,
+        readiness=checks.readiness,
+    )
+    health.serve(settings.metrics_address, settings.metrics_port, checks)

@@ -289,9 +289,9 @@ def test_statefulset_is_a_bytewax_cluster(rendered):
     annotations = spec["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == metrics_port
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        target = main[probe].get("httpGet") or main[probe].get("tcpSocket")
-        assert target["port"] in ("metrics", metrics_port), probe
+    for probe, path in (("startupProbe", "/livez"), ("readinessProbe", "/readyz"), ("livenessProbe", "/livez")):
+        target = main[probe]["httpGet"]
+        assert target["port"] in ("metrics", metrics_port) and target["path"] == path, probe
     assert "BYTEWAX_DATAFLOW_API_ENABLED" in env and ports["bytewax-api"] == 3030
 
     # Credentials only from the Secret.
@@ -332,6 +332,36 @@ def test_production_overlay():
     settings = configmap(docs, "driver-stats-settings")["data"]
     workers = sts["spec"]["replicas"] * int(configmap(docs, "driver-stats-bytewax")["data"]["BYTEWAX_WORKERS_PER_PROCESS"])
     assert int(settings[PREFIX + "PARTITIONS_PER_TOPIC"]) >= workers
+
+
+def test_monitoring_overlay():
+    """The production overlay plus a PodMonitor and a PrometheusRule (Prometheus Operator CRDs)."""
+    import kubernetes_validate
+
+    docs = render("k8s/overlays/monitoring")
+    production = render("k8s/overlays/production")
+    custom = [d for d in docs if d["apiVersion"] == "monitoring.coreos.com/v1"]
+    assert sorted(d["kind"] for d in custom) == ["PodMonitor", "PrometheusRule"]
+    assert [d for d in docs if d not in custom] == production
+    for doc in custom:  # no schemas offline for CRDs: the fields the operator needs
+        assert doc["metadata"]["namespace"] == "driver-stats"
+        assert doc["metadata"]["labels"]["release"]
+        kubernetes_validate.validate(
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": doc["metadata"]}, "1.28.0", strict=True
+        )
+    sts = one(docs, "StatefulSet")
+    monitor = one(docs, "PodMonitor")["spec"]
+    pod_labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert monitor["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert set(monitor) == {"jobLabel", "selector", "podMetricsEndpoints"}
+    assert pod_labels[monitor["jobLabel"]] == "driver-stats"  # the job the alert rules select
+    (endpoint,) = monitor["podMetricsEndpoints"]
+    assert endpoint["port"] in {p["name"] for p in container(sts, "dataflow")["ports"]}
+    assert endpoint["path"] == "/metrics"
+    rules = one(docs, "PrometheusRule")["spec"]
+    assert rules == yaml.safe_load((REPO / "deploy/prometheus/alerts.yml").read_text()), (
+        "k8s/overlays/monitoring/prometheusrule.yaml must hold deploy/prometheus/alerts.yml's groups"
+    )
 
 
 def test_example_secret_is_valid_and_not_deployed():
@@ -389,7 +419,9 @@ def test_compose_files_exist(compose):
 
 def test_compose_uses_only_real_settings(compose):
     known_other = bytewax_env_names()
-    for name, service in compose["services"].items():
+    ours = {name: s for name, s in compose["services"].items() if s.get("image") == "driver-stats:local"}
+    assert {"driver-stats", "recovery-init", "generator", "tail"} <= set(ours)
+    for name, service in ours.items():
         env = service.get("environment", {})
         if isinstance(env, list):
             env = dict(item.split("=", 1) for item in env)
@@ -413,7 +445,7 @@ def test_compose_services(compose):
     assert "recovery:/recovery" in flow["volumes"]
     assert flow["depends_on"]["recovery-init"]["condition"] == "service_completed_successfully"
     assert flow["depends_on"]["mosquitto"]["condition"] == "service_healthy"
-    assert str(flow["environment"][PREFIX + "METRICS_PORT"]) in " ".join(flow["healthcheck"]["test"])
+    assert f'{flow["environment"][PREFIX + "METRICS_PORT"]}/readyz' in " ".join(flow["healthcheck"]["test"])
 
     init = services["recovery-init"]
     assert "recovery:/recovery" in init["volumes"]
@@ -424,6 +456,29 @@ def test_compose_services(compose):
     assert command_of(tools["tail"]) == ["driver-stats", "tail", "output/driver_stats"]
     for name in ("mosquitto", "recovery-init", "driver-stats"):
         assert not services[name].get("profiles"), name
+
+
+def test_compose_observability_profile(compose):
+    services = compose["services"]
+    observability = {name for name, s in services.items() if "observability" in s.get("profiles", [])}
+    assert observability == {"prometheus", "grafana"}
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    assert "./deploy/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in command_of(prometheus)
+    # Prometheus scrapes the flow's metrics port, and loads the alert rules beside its config.
+    config = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    port = compose["services"]["driver-stats"]["environment"][PREFIX + "METRICS_PORT"]
+    assert job["job_name"] == "driver-stats"
+    assert job["static_configs"][0]["targets"] == [f"driver-stats:{port}"]
+    assert config["rule_files"] == ["alerts.yml"]
+    # Grafana gets the data source and the dashboard by provisioning.
+    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
+    mounted = {v.split(":")[0]: v.split(":")[1] for v in grafana["volumes"]}
+    provider = yaml.safe_load((REPO / "deploy/grafana/provisioning/dashboards/driver-stats.yml").read_text())
+    assert Path(mounted["./deploy/grafana/driver-stats.json"]).parent == Path(provider["providers"][0]["options"]["path"])
+    datasource = yaml.safe_load((REPO / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
 
 
 def test_compose_recovery_init_runs_once(tmp_path, compose):

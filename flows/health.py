@@ -1,0 +1,190 @@
+"""Health of the live process: ``/livez`` and ``/readyz`` next to ``/metrics``.
+
+Both read the MQTT clients' state (:class:`~connectors.mqtt.MQTTLinkStats`
+of this process's input and output partitions) when asked; each answer is
+HTTP 200 or 503 with one line of JSON, ``{"live": true, "reason": "..."}``.
+
+``/livez`` is false only when the process is *wedged*: the dataflow has
+polled none of this process's input partitions for :data:`WEDGED_AFTER`
+seconds although it is not waiting for the broker. Bytewax polls an idle
+input partition about every 10 ms, and, with recovery, at least once per
+epoch; it stops polling every input of the cluster as soon as any worker
+cannot finish an epoch (a step that never returns, a deadlock), so a stall
+anywhere shows on every process that has an input partition. Waiting for
+the broker (a client disconnected, or records handed to it and not yet
+acknowledged, which the output gives up on after its own timeout) is not a
+wedge: a restart would not help. Before the dataflow first polls its input
+(cluster forming, recovery loading) the process is live.
+
+``/readyz`` is false while the process cannot do its job:
+
+* no input partition opened yet on this process, or one not yet polled:
+  the flow is starting or restoring from recovery (Bytewax loads the state
+  before it polls any input);
+* an input or output client is disconnected from the broker;
+* the output holds records the broker has not acknowledged for
+  :data:`STUCK_PUBLISH_AFTER` seconds.
+
+A process that holds no input partition at all (more workers than
+``DRIVER_STATS_PARTITIONS_PER_TOPIC``) never becomes ready; that setting
+must be at least the total number of workers (see the README's Scaling).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from socketserver import ThreadingMixIn
+from typing import Callable, Mapping, Optional
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import make_wsgi_app
+
+log = logging.getLogger("driver_stats.health")
+
+WEDGED_AFTER = 180.0
+"""Seconds without an input poll after which a process that is not waiting
+for the broker is wedged. Longer than the output's publish timeout (120 s),
+so a slow broker makes the output fail first."""
+
+STUCK_PUBLISH_AFTER = 10.0
+"""Seconds records may wait for the broker's acknowledgement before the
+process reports not ready (a healthy broker takes milliseconds)."""
+
+
+class Health:
+    """Liveness and readiness from the input's and output's client stats (client id -> stats)."""
+
+    def __init__(
+        self,
+        source_stats: Mapping[str, object],
+        sink_stats: Mapping[str, object],
+        *,
+        wedged_after: float = WEDGED_AFTER,
+        stuck_publish_after: float = STUCK_PUBLISH_AFTER,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source_stats = source_stats
+        self.sink_stats = sink_stats
+        self.wedged_after = wedged_after
+        self.stuck_publish_after = stuck_publish_after
+        self.clock = clock
+
+    def _waiting_for_broker(self, now: float) -> Optional[str]:
+        for kind, stats_by_client in (("input", self.source_stats), ("output", self.sink_stats)):
+            for client, stats in list(stats_by_client.items()):
+                if not stats.connected:
+                    return f"{kind} {client} disconnected from the broker"
+        for client, stats in list(self.sink_stats.items()):
+            if stats.pending > 0:
+                waited = max(0.0, now - stats.last_call)
+                return f"output {client}: {stats.pending} messages waiting for acknowledgement for {waited:.0f}s"
+        return None
+
+    def liveness(self) -> tuple[bool, str]:
+        now = self.clock()
+        polls = [stats.last_call for stats in list(self.source_stats.values()) if stats.last_call]
+        if not polls:
+            return True, "starting: the dataflow has not polled an input partition of this process yet"
+        waiting = self._waiting_for_broker(now)
+        if waiting is not None:
+            return True, f"waiting for the broker: {waiting}"
+        age = max(0.0, now - max(polls))
+        if age > self.wedged_after:
+            return False, (f"wedged: the dataflow has not polled its input for {age:.0f}s "
+                           f"(bound {self.wedged_after:.0f}s) while connected to the broker")
+        return True, f"ok: input polled {age:.1f}s ago"
+
+    def readiness(self) -> tuple[bool, str]:
+        now = self.clock()
+        sources = list(self.source_stats.items())
+        if not sources:
+            return False, "starting: no input partition opened on this process yet"
+        for client, stats in sources:
+            if not stats.last_call:
+                return False, f"restoring: input {client} not polled yet (state loading from recovery)"
+        for kind, stats_by_client in (("input", sources), ("output", list(self.sink_stats.items()))):
+            for client, stats in stats_by_client:
+                if not stats.connected:
+                    return False, f"{kind} {client} disconnected from the broker"
+        for client, stats in list(self.sink_stats.items()):
+            waited = now - stats.last_call
+            if stats.pending > 0 and waited > self.stuck_publish_after:
+                return False, f"output {client}: {stats.pending} messages unacknowledged for {waited:.0f}s"
+        age = max(0.0, now - max(stats.last_call for _, stats in sources))
+        return True, f"ok: {len(sources)} input partition(s) connected, polled {age:.1f}s ago"
+
+
+# --------------------------------------------------------------------------
+# The HTTP server
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+        pass  # one stderr line per probe would drown the JSON logs
+
+
+def _answer(start_response, status: str, body: bytes, content_type: str) -> list[bytes]:
+    start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body))),
+                            ("Cache-Control", "no-store")])
+    return [body]
+
+
+def app(health: Optional[Health]):
+    """The WSGI app: ``/metrics`` (also ``/``), ``/livez``, ``/readyz``."""
+    metrics_app = make_wsgi_app()
+
+    def check(path: str) -> tuple[str, bool, str]:
+        key = "live" if path == "/livez" else "ready"
+        if health is None:
+            return key, True, "ok: no health checks in this process"
+        try:
+            ok, reason = health.liveness() if key == "live" else health.readiness()
+        except Exception as err:  # noqa: BLE001 - a probe must answer
+            log.exception("health check failed")
+            # A bug here must not restart the pod; it does make it unready.
+            ok, reason = key == "live", f"health check failed: {type(err).__name__}"
+        return key, ok, reason
+
+    def wsgi(environ, start_response):
+        path = environ.get("PATH_INFO") or "/"
+        if path in ("/livez", "/readyz"):
+            key, ok, reason = check(path)
+            body = json.dumps({key: ok, "reason": reason}).encode() + b"\n"
+            return _answer(start_response, "200 OK" if ok else "503 Service Unavailable", body,
+                           "application/json")
+        if path in ("/metrics", "/"):
+            return metrics_app(environ, start_response)
+        return _answer(start_response, "404 Not Found", b"not found: /metrics, /livez, /readyz\n", "text/plain")
+
+    return wsgi
+
+
+def serve(address: str, port: int, health: Optional[Health]) -> Optional[WSGIServer]:
+    """Serve /metrics, /livez and /readyz on ``address:port`` (port 0: off).
+
+    A busy port or an address this host does not have is a warning, not a crash.
+    """
+    if not port:
+        return None
+    server_class = _Server6 if ":" in address else _Server
+    try:
+        server = make_server(address, port, app(health), server_class=server_class, handler_class=_QuietHandler)
+    except OSError as err:
+        log.warning("metrics not served: %s port %d: %s", address, port, err.strerror or err)
+        return None
+    threading.Thread(target=server.serve_forever, name="metrics-server", daemon=True).start()
+    shown = f"[{address}]" if ":" in address else address
+    log.info("metrics on %s:%d/metrics, health on /livez and /readyz", shown, port)
+    return server
