@@ -6,9 +6,10 @@
     ./dev.py shell                # a shell inside the project's environment
 
 Each creates ``.venv`` on first use and reuses it; it reinstalls the project
-only when ``pyproject.toml`` changed. The tests need the mosquitto binary:
-where it is missing this installs it with apt-get (as root), or stops with one
-line saying how.
+only when ``pyproject.toml`` changed. The tests need the mosquitto binary and
+Prometheus (``prometheus`` and ``promtool``, for the alert rules and the
+dashboard): where one is missing this installs it with apt-get (as root), or
+stops with one line saying how.
 """
 
 from __future__ import annotations
@@ -48,24 +49,37 @@ def ensure_environment() -> None:
     STAMP.write_text(wanted)
 
 
-def ensure_mosquitto() -> None:
-    """The tests start private mosquitto brokers; install the binary if it is missing."""
-    if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists():
+# Debian package -> the binaries the tests run from it.
+TEST_PACKAGES = {
+    "mosquitto": ["mosquitto"],  # private brokers
+    "prometheus": ["prometheus", "promtool"],  # scrapes a live flow; checks and unit-tests the alert rules
+}
+
+
+def _installed(binary: str) -> bool:
+    return bool(shutil.which(binary)) or any(Path(d, binary).exists() for d in ("/usr/sbin", "/usr/bin"))
+
+
+def ensure_test_tools() -> None:
+    """Install the Debian packages the tests need with apt-get (as root), once; or say how in one line."""
+    missing = [pkg for pkg, binaries in TEST_PACKAGES.items() if not all(_installed(b) for b in binaries)]
+    if not missing:
         return
     if shutil.which("apt-get") and os.geteuid() == 0:
-        say("mosquitto not found: installing it with apt-get")
+        say(f"{' and '.join(missing)} not found: installing with apt-get")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "mosquitto"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=True, env=env)
         return
-    sys.exit("dev.py: mosquitto not found: install it (Debian/Ubuntu: sudo apt-get install -y mosquitto), then run again")
+    sys.exit(f"dev.py: {' and '.join(missing)} not found: install (Debian/Ubuntu: "
+             f"sudo apt-get install -y {' '.join(missing)}), then run again")
 
 
 def main(argv: list[str]) -> int:
     command, args = (argv[0], argv[1:]) if argv else ("help", [])
     if command == "test":
         ensure_environment()
-        ensure_mosquitto()
+        ensure_test_tools()
         # Keep /usr/sbin on PATH: Debian installs mosquitto there.
         env = dict(os.environ, PATH=f"{os.environ.get('PATH', '')}:/usr/sbin")
         return subprocess.run([str(PYTHON), "-m", "pytest", *args], cwd=ROOT, env=env).returncode

@@ -31,6 +31,8 @@ def test_values_are_converted_from_strings():
     ("CLIENT_ID", "has space", "characters"),
     ("MQTT_CA_FILE", "/no/such/file", "readable PEM"),
     ("TOPIC_DRIVER_RATED", "input/#", "valid value"),
+    ("METRICS_ADDRESS", "localhost", "an IP address"),
+    ("METRICS_ADDRESS", "10.0.0.300", "an IP address"),
 ])
 def test_a_wrong_value_names_the_variable_and_what_it_accepts(name, value, accepts):
     with pytest.raises(SettingsError) as err:
