@@ -97,13 +97,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, Mosquitto(tmp) as broker:
         conn = MQTTConnection(host=broker.host, port=broker.port)
 
-        bare = _Counted(args.n, conn, topics, client_id="bare", protocol=args.protocol, max_pending=50_000)
+        bare = _Counted(args.n, conn, topics, client_id="bare", protocol=args.protocol, max_unacked=50_000)
         queue_events(broker, bare, messages)
         flow = Dataflow("bare_input")
         op.inspect("drop", op.filter("none", op.input("in", flow, bare), lambda _m: False))
         bare_seconds = timed(flow)
 
-        full = _Counted(args.n, conn, topics, client_id="full", protocol=args.protocol, max_pending=50_000)
+        full = _Counted(args.n, conn, topics, client_id="full", protocol=args.protocol, max_unacked=50_000)
         queue_events(broker, full, messages)
         published: list[int] = [0]
         sink = MQTTSink(conn, client_id="full", on_written=lambda batch, _s: published.__setitem__(

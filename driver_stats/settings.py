@@ -44,7 +44,7 @@ ACCEPTS: dict[str, str] = {
     "client_id": "1 to 40 characters from A-Z a-z 0-9 _ -",
     "partitions_per_topic": "a whole number from 1 to 64",
     "max_message_bytes": "a whole number of bytes from 64 to 268435455",
-    "max_pending_messages": "a whole number from 100 to 10000000",
+    "max_unacked_messages": "a whole number from 100 to 65000",
     "output_format": "protobuf or json",
     "metrics_port": "a TCP port 1-65535, or 0 to turn metrics off",
     "metrics_address": "an IP address to listen on: 0.0.0.0 (all IPv4), :: (all), 127.0.0.1 (this host only)",
@@ -90,7 +90,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Scaling and limits.
     partitions_per_topic: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     max_message_bytes: Annotated[int, msgspec.Meta(ge=64, le=268435455)] = 65536
-    max_pending_messages: Annotated[int, msgspec.Meta(ge=100, le=10_000_000)] = 50_000
+    # Per input partition: held unacknowledged until the epoch commits, so
+    # also the most messages a partition reads per epoch (MQTT 5 Receive
+    # Maximum, below the 16-bit packet-id space).
+    max_unacked_messages: Annotated[int, msgspec.Meta(ge=100, le=65_000)] = 50_000
     output_format: WireFormat = "protobuf"
     # Operability: /metrics, /livez and /readyz on this address and port.
     metrics_port: Port = 0

@@ -193,7 +193,7 @@ def start(settings: Settings) -> LiveIO:
         settings.input_topics,
         client_id=settings.client_id,
         partitions=settings.partitions_per_topic,
-        max_pending=settings.max_pending_messages,
+        max_unacked=settings.max_unacked_messages,
         on_event=_input_events(stream_clock),
     )
     sink = mqtt.MQTTSink(

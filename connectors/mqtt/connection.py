@@ -237,16 +237,21 @@ def _stop(client: paho.Client) -> None:
     client.loop_stop()
 
 
-def connect_preferring_v5(open_with: Callable[[Protocol], T]) -> tuple[T, Protocol]:
+def connect_preferring_v5(
+    open_with: Callable[[Protocol], T], protocol: Optional[Protocol] = None
+) -> tuple[T, Protocol]:
     """``open_with("5")``, or ``open_with("3.1.1")`` if the broker lacks MQTT 5.
 
     A broker without MQTT 5 (e.g. the demo's embedded amqtt) refuses the v5
     CONNECT with a protocol error, or drops it without a CONNACK: only then
-    is 3.1.1 tried. Everything else (and a failing 3.1.1) raises.
+    is 3.1.1 tried. Everything else (and a failing 3.1.1) raises. A given
+    ``protocol`` is used alone.
 
     Returns:
         What ``open_with`` returned, and the protocol it used.
     """
+    if protocol is not None:
+        return open_with(protocol), protocol
     try:
         return open_with("5"), "5"
     except MQTTConnectError as err:

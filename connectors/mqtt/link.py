@@ -48,6 +48,8 @@ class MQTTLinkStats:
     """Source: messages taken (or buffered) and not yet acknowledged to the broker."""
     pending: int = 0
     """Sink: messages handed to the client and not yet acknowledged by the broker."""
+    inflight_cap: int = 0
+    """Source: the Receive Maximum the broker was asked to keep to (MQTT 5; 0 with 3.1.1)."""
     last_call: float = 0.0
     """``time.monotonic()`` of the dataflow's last call into the partition (liveness)."""
 
@@ -65,6 +67,8 @@ class Link:
         resume_first: Resume a session left by an earlier process (MQTT 5:
             clean start off on the first connection too).
         session_expiry: MQTT 5 session expiry interval, seconds.
+        receive_maximum: MQTT 5: the most unacknowledged QoS 1 messages the
+            broker may send this client at a time.
         manual_ack: Acknowledge QoS 1 messages only on ``client.ack``.
         stats: Counters to update (default: its own).
         on_event: Called on each change of state; its errors are logged.
@@ -81,6 +85,7 @@ class Link:
         persistent: bool = False,
         resume_first: bool = False,
         session_expiry: int = 0,
+        receive_maximum: Optional[int] = None,
         manual_ack: bool = False,
         stats: Optional[MQTTLinkStats] = None,
         on_event: Optional[EventHook] = None,
@@ -93,8 +98,10 @@ class Link:
         self._partition = partition
         self._resume_first = resume_first
         self._session_expiry = session_expiry
+        self._receive_maximum = receive_maximum
         self._on_event = on_event
         self._v5 = protocol == "5"
+        self.protocol = protocol
         self.client = connection.client(
             client_id, protocol=protocol, persistent=persistent, manual_ack=manual_ack
         )
@@ -126,9 +133,11 @@ class Link:
         props = None
         clean_start = paho.MQTT_CLEAN_START_FIRST_ONLY
         if self._v5:
+            props = Properties(PacketTypes.CONNECT)
             if self.persistent or not self._resume_first:
-                props = Properties(PacketTypes.CONNECT)
                 props.SessionExpiryInterval = self._session_expiry
+            if self._receive_maximum:
+                props.ReceiveMaximum = self._receive_maximum
             if self._resume_first:
                 clean_start = False
         connect(self.client, self.connection, label=self.client_id, properties=props, clean_start=clean_start)

@@ -58,9 +58,9 @@ def input(  # noqa: A001
     client_id: str,
     partitions: int = 1,
     max_message_bytes: Optional[int] = None,
-    max_pending: int = 10_000,
+    max_unacked: int = 50_000,
     batch_size: int = 1000,
-    protocol: Protocol = "3.1.1",
+    protocol: Optional[Protocol] = None,
     on_event: Optional[EventHook] = None,
 ) -> MQTTSourceOut:
     """Subscribe to ``topics``: ``oks`` are messages, ``errs`` oversized ones.
@@ -73,7 +73,7 @@ def input(  # noqa: A001
         topics,
         client_id=client_id,
         partitions=partitions,
-        max_pending=max_pending,
+        max_unacked=max_unacked,
         batch_size=batch_size,
         max_message_bytes=max_message_bytes,
         protocol=protocol,

@@ -3,11 +3,17 @@
 Each partition is one client with a persistent session and QoS 1
 subscriptions to all the topics; a message is PUBACKed only once Bytewax has
 committed the epoch it was emitted in (see the package documentation for the
-delivery guarantees). At most about ``max_pending`` received messages wait
-to be emitted: when the buffer is full the network thread stops reading the
-socket (TCP pushes back to the broker), waking every ``keepalive/4`` s (at
-most 1 s) to take one message so keepalive pings still flow; the bound is
-therefore soft by one message per wait. ``next_batch`` never blocks.
+delivery guarantees). At most ``max_unacked`` messages are held
+unacknowledged at a time, so one partition reads at most that many per
+epoch: with MQTT 5 the broker is asked to keep to it (Receive Maximum; a
+broker's own in-flight limit then does not throttle), and in any case the
+network thread stops reading the socket at the bound (TCP pushes back),
+waking every ``keepalive/4`` s (at most 1 s) to take one message so
+keepalive pings still flow. Mosquitto 2.0.11 keeps to the Receive Maximum
+for the first window only and may then reuse packet ids still in flight:
+a message is therefore skipped as a redelivery only when the broker marks it
+DUP and its id is held, never for a reused id alone. ``next_batch`` never
+blocks.
 """
 
 from __future__ import annotations
@@ -16,13 +22,13 @@ import logging
 import re
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from datetime import datetime, timedelta, timezone
 from typing import Iterable, List, Optional, Tuple, Union
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from .connection import PROTOCOLS, MQTTConnection, Protocol
+from .connection import PROTOCOLS, MQTTConnection, Protocol, connect_preferring_v5
 from .link import EventHook, Link, MQTTLinkStats
 from .message import MQTTError, MQTTMessage
 
@@ -33,6 +39,7 @@ _IDLE_POLL = timedelta(milliseconds=10)
 _CLIENT_ID = re.compile(r"[A-Za-z0-9_-]+")
 
 _Entry = Tuple[int, int, int]  # (mid, qos, session generation)
+MAX_RECEIVE_MAXIMUM = 65_535  # MQTT 5's limit, the 16-bit packet-id space
 
 
 def check_client_id(client_id: str) -> None:
@@ -44,31 +51,49 @@ def check_client_id(client_id: str) -> None:
 class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError], None]):
     def __init__(self, source: MQTTSource, index: int) -> None:
         self._batch_size = source.batch_size
-        self._max_pending = source.max_pending
+        self._max_unacked = source.max_unacked
         self._max_bytes = source.max_message_bytes
-        self._v5 = source.protocol == "5"
         self._cond = threading.Condition()
         # Received, not yet emitted: (entry, item).
         self._buffer: deque[Tuple[_Entry, Union[MQTTMessage, MQTTError]]] = deque()
         # Emitted in the current epoch / before the last snapshot.
         self._emitted: List[_Entry] = []
         self._committable: List[_Entry] = []
-        # (mid, generation) of every QoS>0 message held and not yet acked,
-        # to skip the broker's redeliveries after a reconnect.
-        self._held: set[Tuple[int, int]] = set()
+        # (mid, generation) -> how many QoS>0 messages with it are received
+        # and not yet acked (a broker may reuse an id while it is in flight,
+        # as mosquitto 2.0 does past 65535), to recognise redeliveries (DUP).
+        self._held: Counter[Tuple[int, int]] = Counter()
+        self._unacked = 0  # the sum of _held
         self._closing = False
         self._block_s = min(1.0, max(0.05, source.connection.keepalive / 4))
+        self._index = index
+        self._subscribed = threading.Event()
         client_id = source.client_id_for(index)
         self.stats = source.stats.setdefault(client_id, MQTTLinkStats())
-        self._link = Link(
+        self._link, protocol = connect_preferring_v5(
+            lambda p: self._open(source, client_id, p), source.protocol
+        )
+        if self._v5:
+            self.stats.inflight_cap = self._max_unacked
+        if not self._subscribed.wait(source.connection.connect_timeout):
+            log.warning("%s: no SUBACK within %gs", self._link.label, source.connection.connect_timeout)
+
+    def _open(self, source: MQTTSource, client_id: str, protocol: Protocol) -> Link:
+        index = self._index
+        link = Link(
             source.connection,
             client_id,
-            protocol=source.protocol,
+            protocol=protocol,
             label=f"mqtt input #{index}",
             partition=f"in-{index}",
             persistent=True,
             resume_first=True,
             session_expiry=source.session_expiry,
+            # The broker then never has more unacknowledged deliveries for
+            # us than this, however long the commit takes: packet ids (16
+            # bits) are never reused while in flight, and a broker's own
+            # in-flight limit (mosquitto: 20 by default) does not throttle.
+            receive_maximum=self._max_unacked,
             manual_ack=True,
             stats=self.stats,
             on_event=source.on_event,
@@ -79,13 +104,15 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         # it was published instead of one topic after the other.
         plain = [(topic, 1) for topic in source.topics]
         shared = [(f"$share/{source.client_id}/{topic}", 1) for topic in source.topics]
-        client = self._link.client
+        client = link.client
         if source.partitions == 1:
             # Plain subscriptions: restored with the session by a restarted
             # broker. Drop shared ones left by a run with more partitions
             # (UNSUBSCRIBE of an unknown filter is harmless).
             def after_connect(session_present: bool) -> None:
-                if not session_present:
+                if session_present:
+                    self._subscribed.set()
+                else:
                     client.subscribe(plain)
                 client.unsubscribe([f for f, _ in shared])
         else:
@@ -97,24 +124,32 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
                 client.unsubscribe([f for f, _ in plain])
                 client.subscribe(shared)
 
-        self._link.after_connect = after_connect
-        self._link.client.on_message = self._on_message
-        self._link.start()
+        link.after_connect = after_connect
+        client.on_subscribe = lambda *args: self._subscribed.set()
+        client.on_message = self._on_message
+        # Before start: a resumed session's messages come at once.
+        self._link, self._v5 = link, protocol == "5"
+        link.start()
+        return link
 
     # Paho's network thread.
     def _on_message(self, client, userdata, msg) -> None:
         gen = self._link.session_gen
         key = (msg.mid, gen)
         with self._cond:
-            if msg.qos > 0 and key in self._held:
+            # Only a DUP copy of a message still held is a redelivery: a
+            # packet id alone may be reused by the broker once acked.
+            if msg.qos > 0 and msg.dup and key in self._held:
                 self.stats.redeliveries_skipped += 1
                 return
-            # Stop reading the socket while the buffer is full, waking
-            # now and then so paho can keep the connection alive.
-            if len(self._buffer) >= self._max_pending and not self._closing:
+            # Without a Receive Maximum (MQTT 3.1.1), stop reading the
+            # socket at the bound, waking now and then so paho can keep the
+            # connection alive.
+            if self._unacked >= self._max_unacked and not self._closing:
                 self._cond.wait(self._block_s)
             if msg.qos > 0:
-                self._held.add(key)
+                self._held[key] += 1
+                self._unacked += 1
             self._buffer.append(((msg.mid, msg.qos, gen), self._convert(msg)))
 
     def _convert(self, msg) -> Union[MQTTMessage, MQTTError]:
@@ -142,8 +177,14 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         client = self._link.client
         with self._cond:
             for mid, qos, egen in entries:
-                if qos > 0:
-                    self._held.discard((mid, egen))
+                if qos == 0:
+                    continue
+                key = (mid, egen)
+                self._unacked -= 1
+                if self._held[key] > 1:
+                    self._held[key] -= 1
+                else:
+                    del self._held[key]
         acked = 0
         for mid, qos, egen in entries:
             if qos > 0 and egen == gen:
@@ -158,7 +199,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         with self._cond:
             self.stats.last_call = time.monotonic()
             self.stats.buffered = len(self._buffer)
-            self.stats.unacked = len(self._held)
+            self.stats.unacked = self._unacked
             n = min(self._batch_size, len(self._buffer))
             if n == 0:
                 return []
@@ -202,11 +243,16 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
             subscription group.
         partitions: 1 for plain subscriptions (publish order); more for
             shared subscriptions ``$share/<client_id>/<topic>``.
-        max_pending: Received messages a partition buffers before it stops
-            reading the socket.
+        max_unacked: Most messages a partition holds unacknowledged (received,
+            and not yet covered by a committed snapshot). With MQTT 5 it is
+            the Receive Maximum the broker must respect, at most 65535 (the
+            packet-id space); with 3.1.1 the partition stops reading at it.
+            It is therefore the most messages one partition reads per epoch.
         batch_size: Most messages per ``next_batch``.
         max_message_bytes: Larger payloads come out as :class:`MQTTError`.
-        protocol: ``"3.1.1"`` (faster) or ``"5"`` (to receive user properties).
+        protocol: ``"5"`` or ``"3.1.1"``; default: 5, or 3.1.1 where the
+            broker lacks 5 (then nothing bounds the broker's in-flight
+            deliveries, and a broker cap is only detected and logged).
         session_expiry: MQTT 5 session expiry interval, seconds.
         on_event: ``on_event(event, client_id, detail)`` on each change of
             connection state.
@@ -219,10 +265,10 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         *,
         client_id: str,
         partitions: int = 1,
-        max_pending: int = 10_000,
+        max_unacked: int = 50_000,
         batch_size: int = 1000,
         max_message_bytes: Optional[int] = None,
-        protocol: Protocol = "3.1.1",
+        protocol: Optional[Protocol] = None,
         session_expiry: int = _SESSION_EXPIRY_S,
         on_event: Optional[EventHook] = None,
     ) -> None:
@@ -230,7 +276,7 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         self.topics = list(topics)
         self.client_id = client_id
         self.partitions = partitions
-        self.max_pending = max_pending
+        self.max_unacked = max_unacked
         self.batch_size = batch_size
         self.max_message_bytes = max_message_bytes
         self.protocol = protocol
@@ -239,10 +285,12 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         self.stats: dict[str, MQTTLinkStats] = {}
         """Counters per client id, filled as partitions start on this process."""
         check_client_id(client_id)
-        if protocol not in PROTOCOLS:
+        if protocol is not None and protocol not in PROTOCOLS:
             raise ValueError(f"protocol {protocol!r}: use '3.1.1' or '5'")
-        if partitions < 1 or max_pending < 1 or batch_size < 1:
-            raise ValueError("partitions, max_pending and batch_size must be >= 1")
+        if partitions < 1 or batch_size < 1:
+            raise ValueError("partitions and batch_size must be >= 1")
+        if not 1 <= max_unacked <= MAX_RECEIVE_MAXIMUM:
+            raise ValueError(f"max_unacked must be 1..{MAX_RECEIVE_MAXIMUM}")
         if not self.topics:
             raise ValueError("no topics")
         for topic in self.topics:

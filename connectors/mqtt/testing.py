@@ -100,6 +100,8 @@ class Mosquitto:
         tls: Make the listener TLS-only.
         extra_conf: Lines appended to the configuration.
         autosave_interval: Seconds between saves of the persistence file.
+        default_limits: Keep mosquitto's default queue and in-flight limits
+            (20 in flight, 1000 queued) instead of lifting them.
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class Mosquitto:
         tls: TlsFiles | None = None,
         extra_conf: str = "",
         autosave_interval: int = 1,
+        default_limits: bool = False,
     ) -> None:
         binary = find_mosquitto()
         if binary is None:
@@ -130,9 +133,7 @@ class Mosquitto:
             f"persistence_location {self.workdir}/",
             "persistence_file mosquitto.db",
             f"autosave_interval {autosave_interval}",
-            "max_queued_messages 0",
-            "max_inflight_messages 0",
-            "max_queued_bytes 0",
+            *(() if default_limits else ("max_queued_messages 0", "max_inflight_messages 0", "max_queued_bytes 0")),
             f"log_dest file {self.log_file}",
             "log_type error",
             "log_type warning",
@@ -287,7 +288,17 @@ class Publisher:
         self.client.loop_start()
 
     def publish(self, topic: str, payloads, wait: bool = True) -> None:
-        infos = [self.client.publish(topic, p, qos=1) for p in payloads]
+        """Publish with QoS 1; ``wait``: until every PUBACK is back.
+
+        Waits every 10,000 messages regardless: paho keys its outgoing
+        messages by packet id, so more than 65,535 unacknowledged would
+        overwrite one another and be lost before reaching the broker.
+        """
+        infos = []
+        for n, payload in enumerate(payloads, 1):
+            infos.append(self.client.publish(topic, payload, qos=1))
+            if n % 10_000 == 0:
+                wait_for(infos[-1].is_published, 30, "PUBACK")
         if wait:
             for info in infos:
                 wait_for(info.is_published, 10, "PUBACK")

@@ -71,7 +71,7 @@ def problem(
             return _invalid("started_at", "started_at is after ended_at")
     seconds = timestamp_parts(event_time)[0]
     start = seconds // window_seconds * window_seconds
-    if start < TIMESTAMP_MIN_SECONDS or start + window_seconds > TIMESTAMP_MAX_SECONDS + 1:
+    if start < TIMESTAMP_MIN_SECONDS or start + window_seconds > TIMESTAMP_MAX_SECONDS:
         return _invalid(time_field, f"its {window_seconds}s interval is outside years 0001..9999")
     ahead = event_time.timestamp() - now
     if ahead > max_future_seconds:

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
 
 from connectors.mqtt import (
@@ -32,6 +33,7 @@ FLOW = textwrap.dedent(
     import logging, os
     from bytewax import operators as op
     from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink
     from connectors import mqtt
     from connectors.mqtt import operators as mop
 
@@ -44,9 +46,12 @@ FLOW = textwrap.dedent(
                     client_id="flow", max_message_bytes=int(env["T_MAX"]))
     seen = open(env["T_SEEN"], "a", buffering=1)
     op.inspect("seen", inp.oks, lambda _s, m: seen.write(m.payload.decode() + "\\n"))
-    out = op.map("echo", inp.oks, lambda m: mqtt.MQTTMessage("out/" + m.topic, m.payload))
-    rej = op.map("reject", inp.errs, lambda e: e.message.rejected("too large", e.reason))
-    mop.output("out", op.merge("all", out, rej), connection=conn, client_id="flow")
+    if env.get("T_ECHO", "1") == "1":
+        out = op.map("echo", inp.oks, lambda m: mqtt.MQTTMessage("out/" + m.topic, m.payload))
+        rej = op.map("reject", inp.errs, lambda e: e.message.rejected("too large", e.reason))
+        mop.output("out", op.merge("all", out, rej), connection=conn, client_id="flow")
+    else:  # read only
+        op.output("discard", inp.oks, TestingSink([]))
     """
 )
 
@@ -55,11 +60,12 @@ class Flow:
     """The echo flow above, as a `python -m bytewax.run` subprocess."""
 
     def __init__(self, tmp: Path, broker: Mosquitto, topics, *, max_bytes=1000,
-                 recovery: Path | None = None, epoch_s: int = 1) -> None:
+                 recovery: Path | None = None, epoch_s: int = 1, echo: bool = True) -> None:
         (tmp / "echo_flow.py").write_text(FLOW)
         self.tmp, self.seen, self.log = tmp, tmp / "seen.txt", tmp / "flow.log"
         self.env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{tmp}", T_PORT=str(broker.port),
-                        T_TOPICS=",".join(topics), T_MAX=str(max_bytes), T_SEEN=str(self.seen))
+                        T_TOPICS=",".join(topics), T_MAX=str(max_bytes), T_SEEN=str(self.seen),
+                        T_ECHO="1" if echo else "0")
         self.recovery = recovery
         if recovery is not None and not recovery.exists():
             recovery.mkdir()
@@ -308,25 +314,32 @@ def test_unreachable_broker_is_one_clear_line():
     )
 
 
-def test_buffer_is_bounded_and_acks_wait_for_the_epoch(mosquitto, clients):
-    pub = clients(Publisher)
-    conn = MQTTConnection(host="127.0.0.1", port=mosquitto.port, keepalive=4)
-    src = MQTTSource(conn, ["in/b"], client_id="bound", max_pending=10, batch_size=7)
+def test_mqtt5_receive_maximum_bounds_unacked_deliveries_and_acks_wait_for_the_epoch(tmp_path):
+    # Mosquitto at its default in-flight limit (20): the Receive Maximum we send rules instead
+    # (mosquitto 2.0.11 keeps to it for the first window only; later ones it floods).
+    broker = Mosquitto(tmp_path, default_limits=True).start()
+    pub = Publisher(broker)
+    conn = MQTTConnection(host="127.0.0.1", port=broker.port)
+    src = MQTTSource(conn, ["in/b"], client_id="bound", max_unacked=30, batch_size=7)
     part = src.build_part("in", "in-0", None)
+    got: list = []
     try:
+        assert part.stats.inflight_cap == 30
         pub.publish("in/b", nums("b", 0, 100))
-        wait_for(lambda: len(part._buffer) >= 10, 10, "buffer full")
-        full_at = time.monotonic()
-        time.sleep(1.5)
-        # Full, the network thread takes one message per wake-up (1 s here).
-        wake_ups = (time.monotonic() - full_at) / part._block_s
-        assert len(part._buffer) <= 10 + int(wake_ups) + 1 < 100
-        got = drain(part, 100)
+        wait_for(lambda: got.extend(part.next_batch()) or len(got) >= 30, 10, "the first window")
+        time.sleep(0.5)
+        got.extend(part.next_batch())
+        assert len(got) == 30 and part._unacked == 30, "nothing acknowledged before a commit"
+
+        def one_epoch() -> bool:
+            part.snapshot()  # end of the epoch; the next next_batch means it committed: ack
+            got.extend(part.next_batch())
+            return len(got) >= 100
+
+        wait_for(one_epoch, 20, "all 100")
         assert [m.payload for m in got] == nums("b", 0, 100)
-        # Nothing acknowledged yet (no snapshot): a reconnect redelivers all.
         part.snapshot()
-        assert part._held and len(part._committable) == 100
-        part.next_batch()  # the epoch of the snapshot is committed: ack
+        part.next_batch()
         assert not part._held and not part._committable
     finally:
         part.close()
@@ -335,6 +348,86 @@ def test_buffer_is_bounded_and_acks_wait_for_the_epoch(mosquitto, clients):
     try:
         pub.publish("in/b", [b"fresh"])
         assert [m.payload for m in drain(part, 1)] == [b"fresh"]
+    finally:
+        part.close()
+        pub.close()
+        broker.stop()
+
+
+def test_a_reused_packet_id_is_a_new_message_only_a_dup_copy_is_a_redelivery(mosquitto):
+    # A broker with more than 65,535 deliveries in flight (mosquitto 2.0 with
+    # max_inflight_messages 0) reuses packet ids that are still held here.
+    conn = MQTTConnection(host="127.0.0.1", port=mosquitto.port)
+    part = MQTTSource(conn, ["in/r"], client_id="reuse").build_part("in", "in-0", None)
+
+    def delivery(mid: int, payload: bytes, dup: bool = False):
+        msg = paho.MQTTMessage(mid, b"in/r")
+        msg.payload, msg.qos, msg.dup = payload, 1, dup
+        return msg
+
+    try:
+        for msg in (delivery(7, b"first"), delivery(7, b"second"), delivery(7, b"first", dup=True)):
+            part._on_message(part._link.client, None, msg)
+        assert [m.payload for m in part.next_batch()] == [b"first", b"second"]
+        assert part.stats.redeliveries_skipped == 1 and part._unacked == 2
+    finally:
+        part.close()
+
+
+def test_a_burst_of_150000_with_the_default_epoch_is_read_exactly_once(mosquitto, clients, tmp_path):
+    # Acknowledgements wait for each 10 s epoch's commit: the burst crosses
+    # several epochs, at most max_unacked (50,000) read per epoch.
+    pub = clients(Publisher)
+    flow = Flow(tmp_path, mosquitto, ["in/burst"], recovery=tmp_path / "recovery", epoch_s=10, echo=False)
+    flow.start()
+    try:
+        burst = nums("p", 0, 150_000)
+        pub.publish("in/burst", burst, wait=False)
+        wait_for(lambda: time.sleep(0.5) or len(flow.seen_lines()) >= len(burst), 120, "150,000 messages")
+        time.sleep(1)
+        seen = flow.seen_lines()
+        assert len(seen) == len(burst) and set(seen) == {b.decode() for b in burst}
+    finally:
+        flow.kill()
+
+
+def test_a_broker_at_its_default_limits_does_not_throttle_the_flow(tmp_path):
+    # Mosquitto's default max_inflight_messages 20 would mean 20 messages
+    # per epoch while acknowledgements wait for commits (250 s for 5,000).
+    broker = Mosquitto(tmp_path / "broker", default_limits=True).start()
+    pub = Publisher(broker)
+    flow = Flow(tmp_path, broker, ["in/d"], recovery=tmp_path / "recovery", epoch_s=1, echo=False).start()
+    try:
+        pub.publish("in/d", nums("d", 0, 5000))
+        wait_for(lambda: time.sleep(0.2) or len(flow.seen_lines()) >= 5000, 20, "5,000 messages at full speed")
+    finally:
+        flow.kill()
+        pub.close()
+        broker.stop()
+
+
+def test_mqtt311_stops_reading_at_the_unacked_bound(mosquitto, clients):
+    pub = clients(Publisher)
+    conn = MQTTConnection(host="127.0.0.1", port=mosquitto.port, keepalive=4)
+    src = MQTTSource(conn, ["in/b"], client_id="bound311", max_unacked=10, batch_size=7, protocol="3.1.1")
+    part = src.build_part("in", "in-0", None)
+    try:
+        pub.publish("in/b", nums("b", 0, 100))
+        wait_for(lambda: len(part._held) >= 10, 10, "bound reached")
+        full_at = time.monotonic()
+        time.sleep(1.5)
+        # At the bound, the network thread takes one message per wake-up (1 s here).
+        wake_ups = (time.monotonic() - full_at) / part._block_s
+        assert len(part._held) <= 10 + int(wake_ups) + 1 < 100
+        got: list = []
+
+        def one_epoch() -> bool:
+            got.extend(part.next_batch())  # acks what the last snapshot covered
+            part.snapshot()
+            return len(got) >= 100
+
+        wait_for(one_epoch, 30, "100 messages, a bounded number per epoch")
+        assert [m.payload for m in got] == nums("b", 0, 100)
     finally:
         part.close()
 

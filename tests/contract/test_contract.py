@@ -149,7 +149,8 @@ def tip_json(**fields) -> bytes:
     ({"amount": 5.5}, "undecodable"),
     ({"tippedAt": "0000-12-31T23:59:59Z"}, "invalid: tipped_at"),
     ({"tippedAt": "10000-01-01T00:00:00Z"}, "invalid: tipped_at"),
-    ({"tippedAt": "9999-12-31T23:59:59.999999999Z"}, "accepted"),
+    ({"tippedAt": "9999-12-31T23:49:59.999999999Z"}, "accepted"),  # the last 600 s interval that ends by 9999
+    ({"tippedAt": "9999-12-31T23:59:59.999999999Z"}, "invalid: tipped_at"),  # its interval would end in 10000
     ({"tippedAt": "9999-12-31T23:59:59-00:01"}, "invalid: tipped_at"),
     ({"tippedAt": "0001-01-01T00:00:00+00:01"}, "invalid: tipped_at"),
     ({"tippedAt": "2024-02-30T00:00:00Z"}, "undecodable"),
@@ -184,7 +185,8 @@ def test_a_negative_protobuf_enum_number_is_invalid_not_the_last_value():
     (2**62, 0, "invalid: tipped_at"),
     (0, -1, "invalid: tipped_at"),
     (0, 1_000_000_000, "invalid: tipped_at"),
-    (253_402_300_799, 999_999_999, "accepted"),
+    (253_402_300_199, 999_999_999, "accepted"),
+    (253_402_300_799, 999_999_999, "invalid: tipped_at"),
 ])
 def test_protobuf_timestamps_outside_the_json_range_are_invalid(seconds, nanos, reason):
     message = events_pb2.DriverTipped(driver_id="d1", journey_id="j1", amount=1)
@@ -232,3 +234,10 @@ def test_protobuf_and_json_of_the_same_event_get_the_same_verdict(amount, when, 
     if json_verdict == "accepted":
         decoder = EventDecoder(DriverTipped)
         assert decoder.decode(json_payload) == decoder.decode(protobuf_payload)  # same instant, same interval
+
+
+def test_an_interval_whose_end_is_past_year_9999_is_invalid():
+    # The record's interval_end must itself be a Timestamp.
+    result = Intake(Settings(max_future_seconds=10**12))(
+        "input/driver_tipped", tip_json(tippedAt="9999-12-31T23:59:00Z"), now=NOW)
+    assert result.reason == "invalid: tipped_at"
