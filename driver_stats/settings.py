@@ -46,6 +46,7 @@ ACCEPTS: dict[str, str] = {
     "max_message_bytes": "a whole number of bytes from 64 to 268435455",
     "max_unacked_messages": "a whole number from 100 to 65000",
     "output_format": "protobuf or json",
+    "publish_timeout_seconds": "a whole number of seconds >= 0 (0: wait as long as the broker is away)",
     "metrics_port": "a TCP port 1-65535, or 0 to turn metrics off",
     "metrics_address": "an IP address to listen on: 0.0.0.0 (all IPv4), :: (all), 127.0.0.1 (this host only)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
@@ -95,6 +96,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Maximum, below the 16-bit packet-id space).
     max_unacked_messages: Annotated[int, msgspec.Meta(ge=100, le=65_000)] = 50_000
     output_format: WireFormat = "protobuf"
+    # How long a batch of output may wait for the broker's acknowledgements
+    # before the process exits; 0: as long as the broker is away (nothing is
+    # lost either way, but an exit needs something to restart the process).
+    publish_timeout_seconds: Seconds = 0
     # Operability: /metrics, /livez and /readyz on this address and port.
     metrics_port: Port = 0
     metrics_address: str = "0.0.0.0"

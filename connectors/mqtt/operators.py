@@ -90,7 +90,7 @@ def output(
     connection: MQTTConnection,
     client_id: str,
     partitions: int = 1,
-    timeout: float = 120.0,
+    timeout: Optional[float] = None,
     on_event: Optional[EventHook] = None,
 ) -> None:
     """Publish each :class:`MQTTMessage` with QoS 1, keyed by topic (so a topic keeps its order).

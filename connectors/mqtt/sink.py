@@ -5,9 +5,11 @@ speaks MQTT 5 (so user properties go out) and falls back to MQTT 3.1.1 for a
 broker without MQTT 5, which then drops user properties. ``write_batch``
 returns only once the broker acknowledged every message of the batch; if the
 connection drops, paho re-sends the unacknowledged ones after reconnecting
-and the batch keeps waiting, up to ``timeout`` seconds, then raises
-:class:`MQTTPublishError`. Being a ``FixedPartitionedSink`` matters for
-recovery: its snapshot is taken after its writes.
+and the batch keeps waiting: by default as long as the broker is away
+(logging the wait after 10 s and then every minute), or up to ``timeout``
+seconds, then raises :class:`MQTTPublishError`. Being a
+``FixedPartitionedSink`` matters for recovery: its snapshot is taken after
+its writes.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class _MQTTSinkPartition(StatefulSinkPartition[MQTTMessage, None]):
         self._on_written = sink.on_written
         self._cond = threading.Condition()
         self._acked: dict[int, object] = {}
+        self._waiting_since: Optional[float] = None
+        self._next_wait_log = 0.0
         client_id = f"{sink.client_id}-out-{index}"
         self.stats = sink.stats.setdefault(client_id, MQTTLinkStats())
         self._link = self._open(sink, client_id, index)
@@ -49,7 +53,7 @@ class _MQTTSinkPartition(StatefulSinkPartition[MQTTMessage, None]):
         during a broker outage: wait for it as a write would.
         """
         label = f"mqtt output #{index}"
-        deadline = time.monotonic() + sink.timeout
+        deadline = time.monotonic() + (sink.timeout if sink.timeout is not None else float("inf"))
         delay = 0.5
         while True:
             try:
@@ -86,7 +90,7 @@ class _MQTTSinkPartition(StatefulSinkPartition[MQTTMessage, None]):
 
     def write_batch(self, values: List[MQTTMessage]) -> None:
         started = self.stats.last_call = time.monotonic()
-        deadline = started + self._timeout
+        deadline = started + (self._timeout if self._timeout is not None else float("inf"))
         self.stats.pending = len(values)
         for start in range(0, len(values), self._chunk):
             self._publish_chunk(values[start : start + self._chunk], deadline)
@@ -121,14 +125,28 @@ class _MQTTSinkPartition(StatefulSinkPartition[MQTTMessage, None]):
                             f"for {topic!r}: {reason}"
                         )
                 if not mids:
+                    self._waiting_since = None
                     return
-                left = deadline - time.monotonic()
+                now = time.monotonic()
+                left = deadline - now
                 if left <= 0:
                     raise MQTTPublishError(
                         f"{len(mids)} messages not acknowledged by "
                         f"{self._link.connection.address} within {self._timeout:g}s"
                     )
+                self._log_wait(len(mids), now)
                 self._cond.wait(min(left, 1.0))
+
+    def _log_wait(self, pending: int, now: float) -> None:
+        """One line after 10 s without the PUBACKs a batch waits for, then one a minute."""
+        if self._waiting_since is None:
+            self._waiting_since, self._next_wait_log = now, now + 10.0
+        elif now >= self._next_wait_log:
+            self._next_wait_log = now + 60.0
+            state = "connected" if self._link.connected else "disconnected"
+            log.warning("%s: %d messages waiting %.0fs for the broker's acknowledgement (%s); waiting on",
+                        self._link.label, pending, now - self._waiting_since, state,
+                        extra={"partition": self._link.label, "state": state})
 
     def snapshot(self) -> None:
         return None
@@ -150,7 +168,10 @@ class MQTTSink(FixedPartitionedSink[MQTTMessage, None]):
         connection: The broker.
         client_id: Partition ``i`` is client ``<client_id>-out-<i>``.
         partitions: Number of partitions (clients).
-        timeout: Seconds a batch (and the first connection) may wait for the broker.
+        timeout: Seconds a batch (and the first connection) may wait for the
+            broker; ``None`` (default): as long as it takes. Waiting is what
+            the guarantee needs: the dataflow stops at the sink (its input
+            too, by backpressure) and nothing is lost or repeated.
         max_inflight: Messages published before waiting for their PUBACKs.
         session_expiry: MQTT 5 session expiry interval, seconds.
         on_event: ``on_event(event, client_id, detail)`` on each change of
@@ -164,14 +185,14 @@ class MQTTSink(FixedPartitionedSink[MQTTMessage, None]):
         *,
         client_id: str,
         partitions: int = 1,
-        timeout: float = 120.0,
+        timeout: Optional[float] = None,
         max_inflight: int = 1000,
         session_expiry: int = 300,
         on_event: Optional[EventHook] = None,
         on_written: Optional[Callable[[List[MQTTMessage], float], None]] = None,
     ) -> None:
         check_client_id(client_id)
-        if partitions < 1 or max_inflight < 1 or timeout <= 0:
+        if partitions < 1 or max_inflight < 1 or (timeout is not None and timeout <= 0):
             raise ValueError("partitions, max_inflight and timeout must be > 0")
         self.connection = connection
         self.client_id = client_id

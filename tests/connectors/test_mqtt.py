@@ -19,6 +19,7 @@ from connectors.mqtt import (
     MQTTConnection,
     MQTTConnectError,
     MQTTMessage,
+    MQTTPublishError,
     MQTTSink,
     MQTTSource,
 )
@@ -483,3 +484,24 @@ def test_sink_built_during_a_broker_outage_waits_for_the_broker(mosquitto, clien
         assert [m.user_properties for m in out.messages] == [(("reason", "r"),)]  # still MQTT 5
     finally:
         part.close()
+
+
+def test_the_sink_waits_out_a_broker_outage_by_default(mosquitto, clients):
+    # The old sink gave up after a fixed timeout and the process exited.
+    out = clients(Collector, "out/#", client_id="outage-collector")
+    conn = MQTTConnection(host="127.0.0.1", port=mosquitto.port)
+    impatient = MQTTSink(conn, client_id="impatient", timeout=2).build_part("out", "0", None)
+    patient = MQTTSink(conn, client_id="patient").build_part("out", "0", None)
+    try:
+        mosquitto.stop()
+        with pytest.raises(MQTTPublishError, match="within 2s"):
+            impatient.write_batch([MQTTMessage("out/gone", b"x")])
+        threading.Timer(6, mosquitto.start).start()
+        started = time.monotonic()
+        patient.write_batch([MQTTMessage("out/x", b"%d" % i) for i in range(50)])
+        assert time.monotonic() - started >= 5, "it waited for the broker"
+        wait_for(lambda: len(out.payloads("out/x")) >= 50, 20, "all 50 after the outage")
+        assert sorted(out.payloads("out/x")) == sorted(b"%d" % i for i in range(50))
+    finally:
+        impatient.close()
+        patient.close()
