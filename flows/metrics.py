@@ -9,11 +9,12 @@ to Bytewax's own operator metrics.
 Nothing here costs anything per event:
 
 * counters are incremented once per batch;
-* the window step keeps three numbers per shard up to date per batch
-  (:class:`ShardGauges`, written by :class:`flows.steps.DriverShardLogic`);
+* the window step marks a shard's gauges stale when a batch changed it
+  (:class:`ShardGauges`, kept by :class:`flows.steps.DriverShardLogic`);
 * everything else is read when Prometheus scrapes (:class:`_StateCollector`):
-  the shards' numbers summed per worker, the MQTT clients' state
-  (:class:`~connectors.mqtt.MQTTLinkStats`), the age of the recovery store.
+  the stale shards are recounted and all summed per worker, the MQTT
+  clients' state (:class:`~connectors.mqtt.MQTTLinkStats`), the age of the
+  recovery store.
 
 What ``/metrics`` reveals: counts, durations and sizes, labelled with topic
 names, rejection reasons, MQTT client ids and worker numbers. It never shows
@@ -136,22 +137,33 @@ def observe_record_delays(payloads: Iterable[bytes], now: Optional[float] = None
 
 
 class ShardGauges:
-    """What one shard of the window step reports, kept current per batch by its owner.
+    """What one shard of the window step reports: recounted on scrape when its owner marked it stale.
 
     ``drivers``: drivers tracked; ``open_intervals``: their open intervals;
     ``oldest_end``: the end (Unix seconds) of the oldest open interval, or
-    ``inf`` when none is open; ``now``: the stream clock the shard runs on.
-    Each is a plain attribute written by the worker thread that owns the shard
-    and read (never written) by the scrape thread.
+    ``inf`` when none is open; ``now``: the stream clock the shard runs on;
+    ``count()``: those three numbers counted from the shard, safe to call
+    from the scrape thread. The shard's worker only ever sets ``stale``.
     """
 
-    __slots__ = ("drivers", "open_intervals", "oldest_end", "now", "__weakref__")
+    __slots__ = ("drivers", "open_intervals", "oldest_end", "stale", "now", "count", "__weakref__")
 
-    def __init__(self, now: Callable[[], float]):
+    def __init__(self, now: Callable[[], float], count: Callable[[], tuple[int, int, float]]):
         self.drivers = 0
         self.open_intervals = 0
         self.oldest_end = math.inf
+        self.stale = True
         self.now = now
+        self.count = count
+
+    def refresh(self) -> None:
+        if not self.stale:
+            return
+        self.stale = False  # before counting: a batch meanwhile marks it again
+        try:
+            self.drivers, self.open_intervals, self.oldest_end = self.count()
+        except (RuntimeError, ValueError):  # changed while counted: next scrape
+            self.stale = True
 
 
 class _Workers:
@@ -182,9 +194,9 @@ class _Workers:
 _workers = _Workers()
 
 
-def shard_gauges(now: Callable[[], float]) -> ShardGauges:
+def shard_gauges(now: Callable[[], float], count: Callable[[], tuple[int, int, float]]) -> ShardGauges:
     """A :class:`ShardGauges` for a shard of the calling worker thread, counted on scrape."""
-    gauges = ShardGauges(now)
+    gauges = ShardGauges(now, count)
     _workers.register(gauges)
     return gauges
 
@@ -298,6 +310,8 @@ class _StateCollector:
     @staticmethod
     def _shards(families: dict) -> None:
         for worker, shards in sorted(_workers.by_worker().items()):
+            for shard in shards:
+                shard.refresh()
             oldest = min((s.oldest_end for s in shards), default=math.inf)
             lag = max(0.0, shards[0].now() - oldest) if oldest != math.inf else 0.0
             families["lag"].add_metric([worker], lag)

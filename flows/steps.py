@@ -12,6 +12,7 @@ Counters are incremented once per batch, not per event (:mod:`flows.metrics`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections import Counter
@@ -51,11 +52,11 @@ class DriverShardLogic(StatefulBatchLogic):
     def __init__(self, shard: DriverShard, clock: StreamClock):
         self.shard = shard
         self.clock = clock
-        # Drivers, open intervals and the oldest one's end, for the gauges:
-        # updated per batch from the drivers the batch touched, recounted
-        # over the shard only when intervals close.
-        self.gauges = metrics.shard_gauges(clock.now)
-        self._recount()
+        # The gauges' view of this shard (drivers, open intervals, the oldest
+        # one's end): marked stale per batch, recounted when scraped. Bytewax
+        # calls on_batch once per shard key of a batch, so in practice about
+        # once per event or two: counting here would be per-event work.
+        self.gauges = metrics.shard_gauges(clock.now, functools.partial(count_state, shard))
 
     @classmethod
     def builder(cls, settings: Settings, lateness: float, retention: float, clock: StreamClock):
@@ -75,8 +76,6 @@ class DriverShardLogic(StatefulBatchLogic):
     def on_batch(self, values: list[Accepted]) -> tuple[Iterable[DriverStats | Rejection], bool]:
         now = self.clock.now()
         add = self.shard.add
-        touched = {accepted.event.driver_id for accepted in values}
-        open_before = self._open_of(touched)[0]
         out: list[DriverStats | Rejection] = []
         duplicates = 0
         for accepted in values:
@@ -94,36 +93,9 @@ class DriverShardLogic(StatefulBatchLogic):
             metrics.DUPLICATES.inc(duplicates)
         if out:
             metrics.count_by(metrics.REJECTED, Counter(r.reason for r in out))
-        records = self._close(self.shard.close_due(now, touched))
-        if records:
-            self._recount()
-        else:
-            # Only the touched drivers changed, and no interval closed: the
-            # oldest open interval can only have got older.
-            open_after, oldest_start = self._open_of(touched)
-            gauges = self.gauges
-            gauges.drivers = len(self.shard)
-            gauges.open_intervals += open_after - open_before
-            gauges.oldest_end = min(gauges.oldest_end, oldest_start + self.shard.window)
-        return out + records, self.RETAIN
-
-    def _open_of(self, driver_ids: Iterable[str]) -> tuple[int, float]:
-        """Open intervals of these drivers, and the start of the oldest (inf if none)."""
-        drivers = self.shard.drivers
-        count, oldest = 0, math.inf
-        for driver_id in driver_ids:
-            windows = drivers.get(driver_id)
-            if windows is not None and windows.open:
-                count += len(windows.open)
-                oldest = min(oldest, min(windows.open))
-        return count, oldest
-
-    def _recount(self) -> None:
-        count, oldest = self._open_of(self.shard.drivers.keys())
-        gauges = self.gauges
-        gauges.drivers = len(self.shard)
-        gauges.open_intervals = count
-        gauges.oldest_end = oldest + self.shard.window
+        touched = {accepted.event.driver_id for accepted in values}
+        self.gauges.stale = True
+        return out + self._close(self.shard.close_due(now, touched)), self.RETAIN
 
     @staticmethod
     def _close(records: list[DriverStats]) -> list[DriverStats]:
@@ -132,16 +104,14 @@ class DriverShardLogic(StatefulBatchLogic):
         return records
 
     def on_notify(self) -> tuple[Iterable[DriverStats], bool]:
-        records = self._close(self.shard.close_due(self.clock.now()))
-        self._recount()
-        return records, self.RETAIN
+        self.gauges.stale = True
+        return self._close(self.shard.close_due(self.clock.now())), self.RETAIN
 
     def on_eof(self) -> tuple[Iterable[DriverStats], bool]:
         # A finite input (tests, replay) is complete: close every interval.
         # The clocks are kept, so the guard against late events stays.
-        records = self._close(self.shard.close_all())
-        self._recount()
-        return records, self.RETAIN
+        self.gauges.stale = True
+        return self._close(self.shard.close_all()), self.RETAIN
 
     def notify_at(self) -> Optional[datetime]:
         at = self.shard.next_wakeup()
@@ -154,6 +124,24 @@ class DriverShardLogic(StatefulBatchLogic):
 
     def snapshot(self) -> tuple:
         return self.shard.snapshot(self.clock.now())
+
+
+def count_state(shard: DriverShard) -> tuple[int, int, float]:
+    """(drivers, open intervals, end of the oldest open interval or inf) of ``shard``.
+
+    Called by the scrape thread while the shard's worker may be changing it:
+    each read below is one C-level operation under the GIL (copying the
+    drivers, the size and the smallest key of an open-interval dict), so it
+    sees every dict whole; the totals may mix moments of one scrape, which a
+    gauge can afford.
+    """
+    count, oldest = 0, math.inf
+    for windows in list(shard.drivers.values()):
+        starts = windows.open
+        if starts:
+            count += len(starts)
+            oldest = min(oldest, min(starts, default=math.inf))
+    return len(shard.drivers), count, oldest + shard.window
 
 
 def _error_detail(err: Exception) -> str:

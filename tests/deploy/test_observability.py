@@ -210,8 +210,11 @@ def test_a_real_prometheus_scrapes_a_live_flow(mosquitto, tmp_path):
         # The real Prometheus loaded and evaluates the alert rules without errors.
         rules = [r for group in prometheus.api("rules")["groups"] for r in group["rules"]]
         assert len(rules) == 8 and all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
-        ready = prometheus.query('driver_stats_ready{job="driver-stats"}')
-        assert ready and ready[0]["value"][1] == "1"
+        try:
+            wait_for(lambda: [r["value"][1] for r in prometheus.query("driver_stats_ready")] == ["1"], 15,
+                     "Prometheus to see the flow ready")
+        except AssertionError:
+            raise AssertionError(f"/readyz: {get(port, '/readyz')}; {flow.logs()[-3000:]}") from None
 
         # What /metrics reveals: counts and sizes by topic, reason, kind, client and worker.
         _, text = get(port, "/metrics")

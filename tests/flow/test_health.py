@@ -206,7 +206,7 @@ def full_count(logic: DriverShardLogic) -> tuple[int, int, float]:
     return len(logic.shard), len(starts), (min(starts) + logic.shard.window if starts else float("inf"))
 
 
-def test_shard_gauges_kept_per_batch_match_a_full_count():
+def test_shard_gauges_marked_per_batch_and_counted_on_scrape_match_a_full_count():
     rng = random.Random(4)
     wall = Clock(T0.timestamp())
     logic = DriverShardLogic(DriverShard(10, 5, retention_seconds=30), StreamClock(wall))
@@ -223,8 +223,12 @@ def test_shard_gauges_kept_per_batch_match_a_full_count():
                 batch.append(accepted(f"d{rng.randrange(6)}", f"j{journeys}", second))
             logic.on_batch(batch)
         gauges = logic.gauges
+        assert gauges.stale
+        gauges.refresh()
+        assert not gauges.stale
         assert (gauges.drivers, gauges.open_intervals, gauges.oldest_end) == full_count(logic)
     logic.on_eof()
+    logic.gauges.refresh()
     assert (logic.gauges.open_intervals, logic.gauges.oldest_end) == (0, float("inf"))
 
 
@@ -271,3 +275,36 @@ def test_broker_inflight_cap_is_absent_until_detected():
     assert [s.value for s in samples()] == [20]
     metrics.set_broker_inflight_cap("x-in-0", None)
     assert samples() == []
+
+
+def test_scraping_while_the_flow_runs(caplog):
+    """The scrape thread counts shards the worker is changing: no error, and the end state is exact."""
+    import threading
+
+    from bytewax.testing import TestingSink, TestingSource, run_main
+
+    from connectors.mqtt import MQTTMessage
+    from flows.driver_stats import build_flow
+
+    gc.collect()
+    messages = [MQTTMessage(*wire(rated(f"d{i % 500}", f"j{i}", i * 0.01, 4))) for i in range(6_000)]
+    flow = build_flow(Settings(window_seconds=10, allowed_lateness_seconds=5), TestingSource(messages, batch_size=100),
+                      TestingSink([]), clock=lambda: T0.timestamp() + 100)
+    done = threading.Event()
+    scrapes = []
+
+    def scrape():
+        while not done.is_set():
+            scrapes.append(sum(s.value for f in metrics.REGISTRY.collect() for s in f.samples
+                               if s.name == "driver_stats_tracked_drivers"))
+            time.sleep(0.005)
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    try:
+        run_main(flow)
+    finally:
+        done.set()
+        scraper.join()
+    assert "collecting gauges failed" not in caplog.text
+    assert len(scrapes) > 3 and max(scrapes) == 500
