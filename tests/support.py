@@ -3,6 +3,9 @@ the seed scenario and a record's totals."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from datetime import datetime, timedelta, timezone
 
 from driver_stats.contract import DriverRated, DriverTipped, FinishReason, JourneyFinished, encode_event
@@ -67,3 +70,16 @@ def seed_events():
         finished("driver-1", "j4", 15, FinishReason.DROP_OFF, distance=1, price=10),
         rated("driver-2", "j5", 8, 5),
     ]
+
+
+def stop_process_groups(*procs: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM each process's group (started with ``start_new_session=True``); SIGKILL what lingers."""
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

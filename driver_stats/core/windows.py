@@ -48,7 +48,7 @@ from typing import Iterable, Union
 
 import msgspec
 
-from ..contract import DriverRated, DriverStats, DriverTipped, Event, FinishReason, JourneyFinished, Reason, float32
+from ..contract import DriverStats, DriverTipped, Event, FinishReason, JourneyFinished, Reason, float32
 from ..contract.limits import UINT32_MAX, timestamp_parts
 from .dedupe import SeenKeys, dedupe_key
 

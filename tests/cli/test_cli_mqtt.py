@@ -23,7 +23,7 @@ from paho.mqtt.properties import Properties
 from driver_stats.contract import DriverStats, EventDecoder, decode_stats, encode_stats, to_json
 from driver_stats.contract import INPUTS
 from driver_stats.cli.demo import flow_subscribed
-from tests.support import at, rated
+from tests.support import at, rated, stop_process_groups
 
 pytestmark = pytest.mark.mqtt
 
@@ -183,16 +183,6 @@ def test_generate_publishes_count_messages_and_writes_the_truth(mosquitto, tmp_p
 # -- the live flow against replay ------------------------------------------------------
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def test_parity_the_live_flow_publishes_what_replay_computes_from_the_truth(mosquitto, tmp_path):
     window, lateness = 3, 1
     env = clean_env(mqtt_url=f"mqtt://{mosquitto.host}:{mosquitto.port}", window_seconds=window,
@@ -220,7 +210,7 @@ def test_parity_the_live_flow_publishes_what_replay_computes_from_the_truth(mosq
         collector.wait_quiet(1.5, 10)
     finally:
         collector.stop()
-        _stop(flow)
+        stop_process_groups(flow)
     assert not [m for m in collector.messages if m[0] != "output/driver_stats"], "nothing may be rejected"
     live = sorted(to_json(decode_stats(p)) for t, p, _ in collector.messages)
     run = subprocess.run([*CLI, "replay", str(truth), "--quiet"], capture_output=True, text=True, timeout=60, env=env)

@@ -44,6 +44,7 @@ import yaml
 
 from driver_stats.settings import PREFIX, Settings
 from connectors.mqtt.testing import NOT_FOUND, Mosquitto, find_mosquitto, free_port
+from tests.support import stop_process_groups
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "k8s" / "README.md"
@@ -780,15 +781,7 @@ def test_shipped_file_runs_from_the_layout_like_the_chart_runs_it(layout, broker
         assert "driver_stats_" in scraped["ours"]
         assert all(p.poll() is None for p in pods), logs()[-4000:]
     finally:
-        for p in pods:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in pods:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        stop_process_groups(*pods, timeout=15)
 
 
 def test_flows_driver_stats_py_cannot_be_shipped_as_it_is(layout, tmp_path):

@@ -40,7 +40,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -221,6 +220,14 @@ def hostile_traffic(seed: int = 7, *, huge: int = TEN_MB, offset: float = 0.0):
 # -- live -------------------------------------------------------------------------
 
 
+def arrived(collector, expected: dict, wanted: set) -> bool:
+    """Every expected record and every wanted rejection has been published."""
+    with collector.lock:
+        messages = list(collector.messages)
+    got, _, _ = published_stats(messages)
+    return set(expected) <= set(got) and wanted <= set(rejected_by_key(collector))
+
+
 def wait_alive(flow: LiveFlow, predicate, timeout: float, what: str) -> None:
     """Wait for ``predicate``; fail at once, with the log tail, if the flow died."""
     deadline = time.monotonic() + timeout
@@ -306,13 +313,7 @@ def test_live_flow_survives_hostile_input_on_all_topics(mosquitto, tmp_path, rec
         expected = expected_stats(valid, WINDOW)
         wanted = {(topic, payload) for _, topic, payload, _ in hostile}
 
-        def done():
-            with collector.lock:
-                messages = list(collector.messages)
-            got, _, _ = published_stats(messages)
-            return set(expected) <= set(got) and wanted <= set(rejected_by_key(collector))
-
-        wait_alive(flow, done, 60, f"{len(expected)} records and {len(hostile)} rejections")
+        wait_alive(flow, lambda: arrived(collector, expected, wanted), 60, f"{len(expected)} records and {len(hostile)} rejections")
         time.sleep(1.0)  # let wrong extra records or rejections show up too
         assert all(p.poll() is None for p in flow.procs), flow.logs()[-3000:]
         check_rejections(rejected_by_key(collector), hostile, exactly_once=True)
@@ -345,13 +346,7 @@ def test_live_flow_survives_hostile_input_on_all_topics(mosquitto, tmp_path, rec
             expected_all = expected_stats(all_valid, WINDOW)
             wanted_all = {(topic, payload) for _, topic, payload, _ in all_hostile}
 
-            def counted():
-                with collector.lock:
-                    messages = list(collector.messages)
-                got, _, _ = published_stats(messages)
-                return set(expected_all) <= set(got) and wanted_all <= set(rejected_by_key(collector))
-
-            wait_alive(flow, counted, 40, "the restarted flow's records for the new events")
+            wait_alive(flow, lambda: arrived(collector, expected_all, wanted_all), 40, "the restarted flow's records for the new events")
             time.sleep(1.0)
             # A crash may repeat output since the last snapshot, byte-identical: repeats allowed.
             check_rejections(rejected_by_key(collector), all_hostile, exactly_once=False)
