@@ -12,9 +12,9 @@ epoch; it stops polling every input of the cluster as soon as any worker
 cannot finish an epoch (a step that never returns, a deadlock), so a stall
 anywhere shows on every process that has an input partition. Waiting for
 the broker (a client disconnected, or records handed to it and not yet
-acknowledged, which the output gives up on after its own timeout) is not a
-wedge: a restart would not help. Before the dataflow first polls its input
-(cluster forming, recovery loading) the process is live.
+acknowledged) is not a wedge: a restart would not help. Before the dataflow
+first polls its input (cluster forming, recovery loading) the process is
+live.
 
 ``/readyz`` is false while the process cannot do its job:
 
@@ -47,8 +47,8 @@ log = logging.getLogger("driver_stats.health")
 
 WEDGED_AFTER = 180.0
 """Seconds without an input poll after which a process that is not waiting
-for the broker is wedged. Longer than the output's publish timeout (120 s),
-so a slow broker makes the output fail first."""
+for the broker is wedged: far beyond any pause of a healthy dataflow (an
+epoch, a batch, a snapshot take well under a second to a few seconds)."""
 
 STUCK_PUBLISH_AFTER = 10.0
 """Seconds records may wait for the broker's acknowledgement before the

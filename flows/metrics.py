@@ -82,11 +82,6 @@ WINDOW_SECONDS = Gauge("driver_stats_window_seconds", "DRIVER_STATS_WINDOW_SECON
 ALLOWED_LATENESS = Gauge(
     "driver_stats_allowed_lateness_seconds", "DRIVER_STATS_ALLOWED_LATENESS_SECONDS"
 )
-BROKER_INFLIGHT_CAP = Gauge(
-    "driver_stats_broker_inflight_cap",
-    "Messages the broker sends a client before waiting for acknowledgements, when detected",
-    ["client"],
-)
 
 LAST_RECORD.set(time.time())
 
@@ -97,18 +92,22 @@ def count_by(counter: Counter, labels: _Tally) -> None:
         counter.labels(label).inc(amount)
 
 
-def set_broker_inflight_cap(client_id: str, cap: Optional[int]) -> None:
-    """Report the broker's in-flight cap for ``client_id`` (None: unknown, the gauge disappears).
+_inflight_caps: dict[str, int] = {}
 
-    For the MQTT connector's callbacks: until called, the gauge is absent.
+
+def set_broker_inflight_cap(client_id: str, cap: Optional[int]) -> None:
+    """Report the broker's in-flight cap for ``client_id`` (None: forget it).
+
+    For the MQTT connector's callbacks, when a cap is detected otherwise than
+    through the input's stats (whose ``inflight_cap``, the MQTT 5 Receive
+    Maximum the broker was asked to keep to, is read on scrape); this value
+    wins. ``driver_stats_broker_inflight_cap{client}`` is absent for a client
+    without either.
     """
     if cap is None:
-        try:
-            BROKER_INFLIGHT_CAP.remove(client_id)
-        except KeyError:
-            pass
+        _inflight_caps.pop(client_id, None)
     else:
-        BROKER_INFLIGHT_CAP.labels(client_id).set(cap)
+        _inflight_caps[client_id] = cap
 
 
 def observe_record_delays(payloads: Iterable[bytes], now: Optional[float] = None) -> int:
@@ -273,6 +272,9 @@ _FAMILIES = {
                 "(acknowledged once their snapshot is committed)", ("client",)),
     "poll_age": ("driver_stats_input_poll_age_seconds",
                  "Seconds since the dataflow last polled the input partition", ("client",)),
+    "inflight_cap": ("driver_stats_broker_inflight_cap",
+                     "Messages the broker may send an input client before waiting for its acknowledgements "
+                     "(MQTT 5 Receive Maximum); absent when unknown", ("client",)),
     "pending": ("driver_stats_output_pending_messages",
                 "Handed to an output client and not yet acknowledged by the broker", ("client",)),
     "snapshot_age": ("driver_stats_snapshot_age_seconds",
@@ -327,6 +329,11 @@ class _StateCollector:
             families["unacked"].add_metric([client], stats.unacked)
             if stats.last_call:
                 families["poll_age"].add_metric([client], max(0.0, now - stats.last_call))
+        caps = {client: getattr(stats, "inflight_cap", 0) for client, stats in list(_watched.source_stats.items())}
+        caps.update(_inflight_caps)
+        for client, cap in sorted(caps.items()):
+            if cap:
+                families["inflight_cap"].add_metric([client], cap)
         for client, stats in list(_watched.sink_stats.items()):
             families["connected"].add_metric([client], 1.0 if stats.connected else 0.0)
             families["pending"].add_metric([client], stats.pending)

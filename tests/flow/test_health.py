@@ -36,6 +36,7 @@ class Stats:
     buffered: int = 0
     unacked: int = 0
     pending: int = 0
+    inflight_cap: int = 0
     last_call: float = 0.0
 
 
@@ -266,15 +267,22 @@ def test_record_delay_is_read_from_acknowledged_records():
     assert metrics.LAST_RECORD.collect()[0].samples[0].value == T0.timestamp() + 12
 
 
-def test_broker_inflight_cap_is_absent_until_detected():
-    def samples():
-        return [s for s in metrics.BROKER_INFLIGHT_CAP.collect()[0].samples if s.labels.get("client") == "x-in-0"]
+def test_broker_inflight_cap_is_absent_until_known():
+    def caps():
+        return {s.labels["client"]: s.value for f in metrics.REGISTRY.collect() for s in f.samples
+                if s.name == "driver_stats_broker_inflight_cap"}
 
-    assert samples() == []
-    metrics.set_broker_inflight_cap("x-in-0", 20)
-    assert [s.value for s in samples()] == [20]
-    metrics.set_broker_inflight_cap("x-in-0", None)
-    assert samples() == []
+    sources = {"x-in-0": Stats(), "x-in-1": Stats()}
+    sources["x-in-1"].inflight_cap = 500  # asked for with MQTT 5
+    metrics.watch(source_stats=sources, sink_stats={})
+    try:
+        assert caps() == {"x-in-1": 500}
+        metrics.set_broker_inflight_cap("x-in-0", 20)  # detected by a connector callback
+        assert caps() == {"x-in-0": 20, "x-in-1": 500}
+        metrics.set_broker_inflight_cap("x-in-0", None)
+        assert caps() == {"x-in-1": 500}
+    finally:
+        metrics.watch(source_stats={}, sink_stats={})
 
 
 def test_scraping_while_the_flow_runs(caplog):
