@@ -76,3 +76,34 @@ def test_wrong_setting_and_unreachable_broker_stop_with_one_line(mosquitto, tmp_
         assert proc.returncode != 0
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith("driver-stats: ") and line in last, proc.stderr[-2000:]
+
+
+def test_a_late_event_for_a_forgotten_driver_is_late_live(mosquitto, tmp_path):
+    # A 2 s state retention: d1 is forgotten seconds after its record, and
+    # the late event must still be "late", never a second record.
+    import re
+    import urllib.request
+
+    from connectors.mqtt.testing import free_port
+
+    port = free_port()
+
+    def tracked_drivers() -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        return sum(float(v) for v in re.findall(r"^driver_stats_tracked_drivers\{[^}]*\} (\S+)$", text, re.M))
+
+    collector = Collector(mosquitto, "output/#", "rejected/#")
+    publisher = Publisher(mosquitto)
+    first, late = tipped("d1", "j1", 3, 5), tipped("d1", "j9", 4, 100)
+    with LiveFlow(mosquitto, tmp_path, client_id="e2e-forgotten", window=10, lateness=1,
+                  state_retention_seconds=2, metrics_port=port):
+        publish(publisher, [first])
+        wait_for_records(collector, expected_stats([first], 10), timeout=30)
+        wait_for(lambda: tracked_drivers() == 0, 20, "d1 forgotten")
+        publish(publisher, [late])
+        wait_for(lambda: collector.payloads("rejected/input/driver_tipped"), 10, "late rejection")
+        [message] = [m for m in collector.messages if m.topic == "rejected/input/driver_tipped"]
+        assert dict(message.user_properties)["reason"] == "late"
+    got, repeats, conflicts = published_stats(collector.messages)
+    assert got == expected_stats([first], 10) and conflicts == 0 and repeats == 0
+    collector.close(), publisher.close()
