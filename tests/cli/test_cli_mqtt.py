@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import queue
@@ -277,6 +278,11 @@ def test_demo_shows_stats_for_several_drivers_and_ctrl_c_leaves_no_process(tmp_p
         err = proc.stderr.read()
     finally:
         if proc.poll() is None:
+            # The demo's children run in sessions of their own: a failed
+            # stop must not leave a broker, flow or generator behind.
+            for pid in _descendants(proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 0, err
