@@ -114,20 +114,10 @@ def _wire_type(field_type: Any) -> Any:
 _OUT_OF_RANGE = re.compile(r"Integer value out of range - at `\$\.(\w+)`")
 
 
-def _out_of_range_field(message: str) -> str | None:
-    match = _OUT_OF_RANGE.match(message)
-    return _snake_case(match.group(1)) if match else None
-
-
-def _snake_case(camel: str) -> str:
-    """``totalTips`` -> ``total_tips``: the contract's field name for a JSON key."""
-    return re.sub(r"(?<!^)([A-Z])", r"_\1", camel).lower()
-
-
 class JsonEventDecoder:
     """Reads one event type's JSON through its wire struct and applies the ranges."""
 
-    __slots__ = ("_event_type", "_decoder", "_fields")
+    __slots__ = ("_event_type", "_decoder", "_fields", "_name_of_key")
 
     def __init__(self, event_type: type):
         fields = msgspec.structs.fields(event_type)
@@ -143,6 +133,7 @@ class JsonEventDecoder:
         self._event_type = event_type
         self._decoder = msgspec.json.Decoder(wire)
         self._fields = [(f.name, f.type) for f in fields]
+        self._name_of_key = {f.encode_name: f.name for f in fields}  # "tippedAt" -> "tipped_at"
 
     def decode(self, payload: bytes):
         if nesting_exceeds(payload):
@@ -154,7 +145,8 @@ class JsonEventDecoder:
         try:
             wire = self._decoder.decode(payload)
         except msgspec.ValidationError as err:
-            field = _out_of_range_field(str(err))
+            match = _OUT_OF_RANGE.match(str(err))
+            field = self._name_of_key.get(match.group(1)) if match else None
             if field:  # an integer too long even to parse: out of uint32 range all the same
                 raise invalid(field, f"{field} is not a uint32 (0..{UINT32_MAX})") from None
             raise DecodeError(f"bad JSON: {str(err)[:200]}") from None

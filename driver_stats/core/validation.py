@@ -33,7 +33,7 @@ def _time_problem(field: str, value: datetime | None) -> tuple[str, str] | None:
 
 
 def problem(
-    event: Event, *, now: float, max_future_seconds: float, window_seconds: int = 1
+    event: Event, *, now: float, max_future_seconds: float, window_seconds: int
 ) -> tuple[str, str] | None:
     """Why ``event`` cannot be counted, or ``None`` when it can.
 

@@ -309,7 +309,10 @@ def at(seconds: float) -> int:
     return int(T0.timestamp()) * US + int(seconds * US)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: dedupe is per driver (README, Known limitations)")
+@pytest.mark.xfail(strict=True, reason=(
+    "known gap, documented in the README's Known limitations: dedupe state lives per driver, so one "
+    "journey_id sent under two drivers counts for both; closing it needs a journey-keyed dedupe step. "
+    "strict: this test fails the suite as soon as the gap is closed, so the marker gets removed"))
 def test_an_identity_repeated_under_another_driver_counts_once():
     # An event is (message type, journey_id): the driver is not part of it, so
     # the second JourneyFinished of j0 is a repeat, whoever it names.
