@@ -52,13 +52,18 @@ def test_kill_9_at_random_points_loses_nothing_and_never_conflicts(mosquitto, tm
 def test_broker_outage_mid_stream_loses_nothing_and_the_flow_reconnects(mosquitto, tmp_path):
     collector = Collector(mosquitto, "output/driver_stats", "rejected/#", client_id="outage-collector")
     publisher = Publisher(mosquitto)
-    with LiveFlow(mosquitto, tmp_path, client_id="outage", window=WINDOW, lateness=LATENESS,
+    # The outage (8 s) is longer than window + lateness, so the flow must not count
+    # it as stream time; the lateness (4 s) leaves room for the publisher to flush
+    # its queue after the flow's input is back, even on a loaded machine (with 2 s,
+    # an event from the outage's first moment was once rejected as late in CI).
+    lateness = 4
+    with LiveFlow(mosquitto, tmp_path, client_id="outage", window=WINDOW, lateness=lateness,
                   recovery=True) as flow:
-        traffic = PacedTraffic(publisher, count=400, rate=40, drivers=8, window=WINDOW, lateness=LATENESS)
+        traffic = PacedTraffic(publisher, count=600, rate=40, drivers=8, window=WINDOW, lateness=lateness)
         traffic.start()
         time.sleep(3)
         mosquitto.stop()
-        time.sleep(4)  # the publisher queues meanwhile, as a real producer's client would
+        time.sleep(8)  # the publisher queues meanwhile, as a real producer's client would
         mosquitto.start()
         expected = traffic.expected()
         finish(traffic, collector, expected)
