@@ -20,8 +20,9 @@ The pipeline, top to bottom (:func:`build_flow`):
    per-driver state as the intervals because its keys follow the intervals'
    lifetimes; fusing them also spares one exchange between workers per event;
 4. ``encode_stats`` / ``encode_rejected`` — contract bytes for
-   ``output/driver_stats`` and ``rejected/<source topic>`` (with the
-   ``reason`` user property), both published by one sink.
+   ``output/driver_stats`` (keyed by driver) and ``rejected/<source
+   topic>`` (with the ``reason`` user property), both published by one
+   sink; with MQTT, each record once its epoch's snapshot is committed.
 
 The steps' Bytewax side and metrics are in :mod:`flows.steps`; the live
 process (MQTT, broker check, signals, metrics server) in :mod:`flows.live`,
@@ -42,6 +43,8 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
+from connectors.mqtt import MQTTSink
+from connectors.mqtt import operators as mop
 from driver_stats.contract import DriverStats
 from driver_stats.core.intake import Accepted, Intake
 from driver_stats.core.shards import shard_of
@@ -59,15 +62,19 @@ def build_flow(
     clock: Callable[[], float] = time.time,
     stream_clock: StreamClock | None = None,
     complete_input: bool = False,
+    input_done: Callable[[], bool] | None = None,
 ) -> Dataflow:
     """The dataflow over any ``source`` of messages with ``.topic`` and ``.payload``.
 
-    ``sink`` receives ``(topic, MQTTMessage)`` items: stats on
+    ``sink`` receives ``(key, MQTTMessage)`` items: stats (keyed by driver) on
     ``settings.topic_driver_stats``, rejections on ``rejected/<source topic>``.
     ``complete_input=True`` (history replay) waits for the end of the input
     to close intervals, so no event is late however the input is ordered.
     ``clock`` is wall-clock time (for the ``future`` rule); ``stream_clock``
     drives the drivers' clocks (default: ``clock``, never paused).
+    An :class:`~connectors.mqtt.MQTTSink` publishes commit-gated
+    (:func:`connectors.mqtt.operators.publish`); with a finite input over
+    MQTT (benchmarks), ``input_done`` says when it is exhausted.
     """
     stream_clock = stream_clock or StreamClock(clock)
     lateness = math.inf if complete_input else settings.allowed_lateness_seconds
@@ -86,12 +93,18 @@ def build_flow(
     closed = op.branch(
         "split_stats", op.key_rm("unkey", windowed), lambda item: isinstance(item, DriverStats)
     )
-    stats_out = op.map("encode_stats", closed.trues, stats_encoder(settings))
+    # Keyed by driver: the sink's partitions keep each driver's records in order.
+    stats_by_driver = op.key_on("key_stats_by_driver", closed.trues, lambda stats: stats.driver_id)
+    stats_out = op.map_value("encode_stats", stats_by_driver, stats_encoder(settings))
     rejected = op.merge("all_rejected", valid.falses, closed.falses)
-    rejected_out = op.map("encode_rejected", rejected, rejected_encoder(settings))
+    rejected_out = op.key_on("key_rejected_by_topic", op.map("encode_rejected", rejected, rejected_encoder(settings)),
+                             lambda message: message.topic)
     outgoing = op.merge("all_out", stats_out, rejected_out)
-    # Keyed by topic: the sink's partitions keep each topic's order.
-    op.output("publish", op.key_on("key_by_topic", outgoing, lambda m: m.topic), sink)
+    if isinstance(sink, MQTTSink):
+        # Each record goes out once the snapshot of its epoch is committed.
+        mop.publish("publish", outgoing, sink, until=input_done)
+    else:
+        op.output("publish", outgoing, sink)
     return flow
 
 

@@ -79,8 +79,8 @@ class Health:
                 if not stats.connected:
                     return f"{kind} {client} disconnected from the broker"
         for client, stats in list(self.sink_stats.items()):
-            if stats.pending > 0:
-                waited = max(0.0, now - stats.last_call)
+            if stats.pending > 0 and stats.oldest_pending_since:
+                waited = max(0.0, now - stats.oldest_pending_since)
                 return f"output {client}: {stats.pending} messages waiting for acknowledgement for {waited:.0f}s"
         return None
 
@@ -111,8 +111,8 @@ class Health:
                 if not stats.connected:
                     return False, f"{kind} {client} disconnected from the broker"
         for client, stats in list(self.sink_stats.items()):
-            waited = now - stats.last_call
-            if stats.pending > 0 and waited > self.stuck_publish_after:
+            waited = now - stats.oldest_pending_since
+            if stats.pending > 0 and stats.oldest_pending_since and waited > self.stuck_publish_after:
                 return False, f"output {client}: {stats.pending} messages unacknowledged for {waited:.0f}s"
         age = max(0.0, now - max(stats.last_call for _, stats in sources))
         return True, f"ok: {len(sources)} input partition(s) connected, polled {age:.1f}s ago"

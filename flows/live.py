@@ -199,6 +199,7 @@ def start(settings: Settings) -> LiveIO:
     sink = mqtt.MQTTSink(
         connection,
         client_id=settings.client_id,
+        partitions=settings.partitions_per_topic,
         timeout=settings.publish_timeout_seconds or None,
         on_event=_count_reconnects,
         on_written=_published_counter(settings.topic_driver_stats),

@@ -48,6 +48,8 @@ class MQTTLinkStats:
     """Source: messages taken (or buffered) and not yet acknowledged to the broker."""
     pending: int = 0
     """Sink: messages handed to the client and not yet acknowledged by the broker."""
+    oldest_pending_since: float = 0.0
+    """Sink: ``time.monotonic()`` when the oldest of them was handed over (0 if none)."""
     inflight_cap: int = 0
     """Source: the Receive Maximum the broker was asked to keep to (MQTT 5; 0 with 3.1.1)."""
     last_call: float = 0.0

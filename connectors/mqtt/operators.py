@@ -1,4 +1,5 @@
-"""Operators for MQTT: :func:`input` splits its output into ``oks`` and ``errs``.
+"""Operators for MQTT: :func:`input` splits its output into ``oks`` and ``errs``;
+:func:`publish` feeds an :class:`~connectors.mqtt.sink.MQTTSink` its commit ticks.
 
 ```python
 from bytewax.dataflow import Dataflow
@@ -13,18 +14,20 @@ mop.output("out", inp.oks, connection=MQTTConnection(), client_id="example")
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Union
+from datetime import datetime, timedelta, timezone
+from typing import Callable, List, Optional, Tuple, Union
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream, operator
+from bytewax.inputs import DynamicSource, StatelessSourcePartition
 
 from .connection import MQTTConnection, Protocol
 from .link import EventHook
 from .message import MQTTError, MQTTMessage
-from .sink import MQTTSink
+from .sink import COMMIT_TICK, MQTTSink, _CommitTick
 from .source import MQTTSource
 
-__all__ = ["MQTTSourceOut", "input", "output"]
+__all__ = ["MQTTSourceOut", "input", "output", "publish"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,55 @@ def input(  # noqa: A001
     return op.input("mqtt_input", flow, source).then(_split, "split")
 
 
+class _CommitTicksPartition(StatelessSourcePartition[Tuple[str, _CommitTick]]):
+    def __init__(self, keys: List[str], interval: timedelta, until: Optional[Callable[[], bool]]) -> None:
+        self._ticks = [(key, COMMIT_TICK) for key in keys]
+        self._interval = interval
+        self._until = until
+
+    def next_batch(self) -> List[Tuple[str, _CommitTick]]:
+        if self._until is not None and self._until():
+            raise StopIteration
+        return self._ticks
+
+    def next_awake(self) -> Optional[datetime]:
+        return datetime.now(timezone.utc) + self._interval
+
+
+class _CommitTicks(DynamicSource[Tuple[str, _CommitTick]]):
+    """A tick per sink partition every ``interval``, from worker 0 only.
+
+    Bytewax calls an input's ``next_batch`` in epoch E only once epoch E-1
+    is committed, so a tick's arrival at the sink proves that.
+    """
+
+    def __init__(self, keys: List[str], interval: timedelta, until: Optional[Callable[[], bool]]) -> None:
+        self.keys, self.interval, self.until = keys, interval, until
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _CommitTicksPartition:
+        return _CommitTicksPartition(self.keys if worker_index == 0 else [], self.interval, self.until)
+
+
+@operator
+def publish(
+    step_id: str,
+    up: Stream[Tuple[str, MQTTMessage]],
+    sink: MQTTSink,
+    *,
+    tick_interval: timedelta = timedelta(milliseconds=100),
+    until: Optional[Callable[[], bool]] = None,
+) -> None:
+    """Publish ``(key, MQTTMessage)`` items once their epoch is committed (see :mod:`.sink`).
+
+    Merges the commit ticks into ``up``; items with the same key go to the
+    same partition, in order. ``until``: for a dataflow with finite input,
+    a test that is true once that input is done (the ticks then stop, so
+    the dataflow can end; the sink publishes what is left on closing).
+    """
+    ticks = op.input("commit_ticks", up.flow(), _CommitTicks(sink.tick_keys(), tick_interval, until))
+    op.output("mqtt_output", op.merge("with_commit_ticks", up, ticks), sink)
+
+
 @operator
 def output(
     step_id: str,
@@ -95,10 +147,11 @@ def output(
 ) -> None:
     """Publish each :class:`MQTTMessage` with QoS 1, keyed by topic (so a topic keeps its order).
 
-    The arguments are those of :class:`~connectors.mqtt.sink.MQTTSink`.
+    The arguments are those of :class:`~connectors.mqtt.sink.MQTTSink`;
+    publishing is commit-gated as :func:`publish` says.
     """
     keyed = op.key_on("key_on_topic", up, lambda m: m.topic)
     sink = MQTTSink(
         connection, client_id=client_id, partitions=partitions, timeout=timeout, on_event=on_event
     )
-    return op.output("mqtt_output", keyed, sink)
+    publish("publish", keyed, sink)

@@ -82,7 +82,7 @@ def test_a_disconnected_client_is_not_ready_but_live(side):
 
 
 def test_records_the_broker_does_not_acknowledge():
-    sinks = {"c-out-0": Stats(pending=12, last_call=995.0)}
+    sinks = {"c-out-0": Stats(pending=12, oldest_pending_since=995.0, last_call=1000.0)}
     check, clock = checks({"c-in-0": Stats(last_call=995.0)}, sinks)
     assert check.readiness()[0] is True  # 5 s: still publishing
     clock.now = 1006.0

@@ -237,7 +237,7 @@ def wait_alive(flow: LiveFlow, predicate, timeout: float, what: str) -> None:
         if predicate():
             return
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}:\n{flow.logs()[-3000:]}")
 
 
 def publish_all(publisher: Publisher, order) -> None:
