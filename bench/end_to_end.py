@@ -13,11 +13,20 @@ bench/dataflow.py) while the flow is down, then, in the same run:
 Each stops after N messages (records of open intervals are published at that
 end). Times run from flow start, so connecting is included. The last line is
 the ratio of the two rates.
+
+    .venv/bin/python bench/end_to_end.py [N] --scale
+
+instead runs the full flow with 2 input and 2 output partitions as 1
+process and as 2 processes (one worker each, the same broker, the same
+queued events), timed from starting the processes until both exit; the
+last line is ``2-process/1-process ratio``.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import socket
 import sys
 import tempfile
 import time
@@ -29,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import paho.mqtt.client as paho  # noqa: E402
 from bytewax import operators as op  # noqa: E402
 from bytewax.dataflow import Dataflow  # noqa: E402
-from bytewax.testing import run_main  # noqa: E402
+from bytewax.testing import cluster_main, run_main  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from bench.dataflow import TOPICS, synthetic_events  # noqa: E402
@@ -41,22 +50,30 @@ from flows.driver_stats import build_flow  # noqa: E402
 
 
 class _Counted(MQTTSource):
-    """Stops (EOF) after `n` messages: a bench-only wrapper."""
+    """Stops (EOF) once `n` messages were taken, by all processes together: a bench-only wrapper."""
 
     def __init__(self, n: int, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.n = n
-        self.got = 0
+        self.taken = multiprocessing.Value("q", 0)
+
+    @property
+    def got(self) -> int:
+        return self.taken.value
+
+    def done(self) -> bool:
+        return self.taken.value >= self.n
 
     def build_part(self, step_id, for_part, resume_state):
         part = super().build_part(step_id, for_part, resume_state)
         inner, source = part.next_batch, self
 
         def next_batch():
-            if source.got >= source.n:
+            if source.done():
                 raise StopIteration
             batch = inner()
-            source.got += len(batch)
+            with source.taken.get_lock():
+                source.taken.value += len(batch)
             return batch
 
         part.next_batch = next_batch
@@ -64,8 +81,9 @@ class _Counted(MQTTSource):
 
 
 def queue_events(broker: Mosquitto, source: MQTTSource, messages: list[tuple[str, bytes]]) -> None:
-    """Create the source's session, then publish everything while it is away."""
-    source.build_part("in", "in-0", None).close()
+    """Create the source's sessions, then publish everything while they are away."""
+    for part in source.list_parts():
+        source.build_part("in", part, None).close()
     pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-pub")
     pub.max_inflight_messages_set(1000)
     pub.connect(broker.host, broker.port)
@@ -85,16 +103,67 @@ def timed(flow: Dataflow) -> float:
     return time.perf_counter() - start
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cluster_process(flow_of, addresses: list[str], proc_id: int) -> None:
+    cluster_main(flow_of(), addresses, proc_id, epoch_interval=timedelta(seconds=1), worker_count_per_proc=1)
+
+
+def scaled(broker: Mosquitto, settings: Settings, messages, n: int, processes: int, protocol: str) -> tuple[float, int]:
+    """Seconds for `processes` processes to take all `n` queued messages and publish every record."""
+    conn = MQTTConnection(host=broker.host, port=broker.port)
+    name = f"scale{processes}"
+    source = _Counted(n, conn, sorted(set(TOPICS.values())), client_id=name, partitions=2,
+                      protocol=protocol, max_unacked=50_000)
+    queue_events(broker, source, messages)
+    published = multiprocessing.Value("q", 0)
+
+    def count(batch, _seconds) -> None:
+        with published.get_lock():
+            published.value += len(batch)
+
+    sink = MQTTSink(conn, client_id=name, partitions=2, on_written=count)
+    addresses = [f"127.0.0.1:{_free_port()}" for _ in range(processes)]
+    fork = multiprocessing.get_context("fork")
+    procs = [fork.Process(target=_cluster_process,
+                          args=(lambda: build_flow(settings, source, sink, input_done=source.done), addresses, i))
+             for i in range(processes)]
+    start = time.perf_counter()
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    seconds = time.perf_counter() - start
+    if any(proc.exitcode for proc in procs) or source.got < n:
+        raise SystemExit(f"{processes}-process run failed: exit codes {[p.exitcode for p in procs]}, "
+                         f"{source.got} of {n} taken")
+    return seconds, published.value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("n", type=int, nargs="?", default=100_000, help="events (default 100000)")
     parser.add_argument("--protocol", default="3.1.1", choices=["3.1.1", "5"], help="input MQTT version")
+    parser.add_argument("--scale", action="store_true", help="1 process against 2 processes instead")
     args = parser.parse_args()
     events = synthetic_events(args.n, drivers=10_000)
     messages = [(TOPICS[type(e)], encode_event(e)) for e in events]
     topics = sorted(set(TOPICS.values()))
     settings = Settings(max_future_seconds=10**10)
     with tempfile.TemporaryDirectory() as tmp, Mosquitto(tmp) as broker:
+        if args.scale:
+            rates = {}
+            for processes in (1, 2):
+                seconds, published = scaled(broker, settings, messages, args.n, processes, args.protocol)
+                rates[processes] = args.n / seconds
+                print(f"{processes} process(es), 2+2 partitions: {rates[processes]:10,.0f} events/s "
+                      f"({args.n} in {seconds:.2f}s, {published} messages published and acked)", flush=True)
+            print(f"2-process/1-process ratio: {rates[2] / rates[1]:.2f}")
+            return
         conn = MQTTConnection(host=broker.host, port=broker.port)
 
         bare = _Counted(args.n, conn, topics, client_id="bare", protocol=args.protocol, max_unacked=50_000)
@@ -108,7 +177,7 @@ def main() -> None:
         published: list[int] = [0]
         sink = MQTTSink(conn, client_id="full", on_written=lambda batch, _s: published.__setitem__(
             0, published[0] + len(batch)))
-        full_seconds = timed(build_flow(settings, full, sink))
+        full_seconds = timed(build_flow(settings, full, sink, input_done=full.done))
 
     bare_rate, full_rate = bare.got / bare_seconds, full.got / full_seconds
     print(f"MQTT input only ({args.protocol}): {bare_rate:10,.0f} events/s ({bare.got} in {bare_seconds:.2f}s)")

@@ -120,10 +120,11 @@ from .connection import MQTTConnectError, MQTTConnection, MQTTPublishError, Prot
 from .link import EventHook, MQTTLinkStats, check_connection
 from .message import MQTTError, MQTTMessage
 from .operators import MQTTSourceOut
-from .sink import MQTTSink
+from .sink import COMMIT_TICK, MQTTSink
 from .source import MQTTSource
 
 __all__ = [
+    "COMMIT_TICK",
     "EventHook",
     "MQTTConnectError",
     "MQTTConnection",

@@ -16,6 +16,7 @@ import paho.mqtt.client as paho
 import pytest
 
 from connectors.mqtt import (
+    COMMIT_TICK,
     MQTTConnection,
     MQTTConnectError,
     MQTTMessage,
@@ -89,10 +90,12 @@ class Flow:
         return self
 
     def connected(self) -> bool:
-        # The input partition (one for all topics) logs one "connected" line;
-        # the output connects lazily.
+        # The input partition (one for all topics) logs one "connected" line
+        # and subscribes before the dataflow runs; the output connects at the
+        # first commit tick, once the dataflow runs.
         text = self.log.read_text() if self.log.exists() else ""
-        return text.count("mqtt input ") and text.count(" connected (") >= self.starts + 1
+        lines = 2 if self.env["T_ECHO"] == "1" else 1
+        return text.count("mqtt input ") and text.count(" connected (") >= self.starts + lines
 
     def seen_lines(self) -> list[str]:
         return self.seen.read_text().split() if self.seen.exists() else []
@@ -262,6 +265,13 @@ def make_certs(tmp: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
+def publish_committed(part, messages: list) -> None:
+    """What the dataflow does: the messages come in an epoch, the epoch ends, a commit tick follows."""
+    part.write_batch(messages)
+    part.snapshot()
+    part.write_batch([COMMIT_TICK])
+
+
 def drain(part, n: int, timeout: float = 10.0) -> list:
     got: list = []
     wait_for(lambda: got.extend(part.next_batch()) or len(got) >= n, timeout, f"{n} messages")
@@ -279,7 +289,7 @@ def test_tls_and_password(tmp_path):
         part = src.build_part("in", "in-0", None)
         sink_part = MQTTSink(good, client_id="tls").build_part("out", "0", None)
         try:
-            sink_part.write_batch([MQTTMessage("in/t", b"over tls", (("reason", "r"),))])
+            publish_committed(sink_part, [MQTTMessage("in/t", b"over tls", (("reason", "r"),))])
             assert [m.payload for m in drain(part, 1)] == [b"over tls"]
         finally:
             part.close()
@@ -479,7 +489,7 @@ def test_sink_built_during_a_broker_outage_waits_for_the_broker(mosquitto, clien
     threading.Timer(1.5, mosquitto.start).start()
     part = MQTTSink(conn, client_id="late-sink", timeout=30).build_part("out", "0", None)
     try:
-        part.write_batch([MQTTMessage("out/x", b"after", (("reason", "r"),))])
+        publish_committed(part, [MQTTMessage("out/x", b"after", (("reason", "r"),))])
         wait_for(lambda: out.payloads("out/x") == [b"after"], 15, "message after the outage")
         assert [m.user_properties for m in out.messages] == [(("reason", "r"),)]  # still MQTT 5
     finally:
@@ -490,18 +500,65 @@ def test_the_sink_waits_out_a_broker_outage_by_default(mosquitto, clients):
     # The old sink gave up after a fixed timeout and the process exited.
     out = clients(Collector, "out/#", client_id="outage-collector")
     conn = MQTTConnection(host="127.0.0.1", port=mosquitto.port)
-    impatient = MQTTSink(conn, client_id="impatient", timeout=2).build_part("out", "0", None)
-    patient = MQTTSink(conn, client_id="patient").build_part("out", "0", None)
+    # With more than max_inflight records unacknowledged, the worker waits.
+    impatient = MQTTSink(conn, client_id="impatient", timeout=2, max_inflight=1).build_part("out", "0", None)
+    patient = MQTTSink(conn, client_id="patient", max_inflight=10).build_part("out", "0", None)
     try:
         mosquitto.stop()
         with pytest.raises(MQTTPublishError, match="within 2s"):
-            impatient.write_batch([MQTTMessage("out/gone", b"x")])
+            publish_committed(impatient, [MQTTMessage("out/gone", b"x"), MQTTMessage("out/gone", b"y")])
         threading.Timer(6, mosquitto.start).start()
         started = time.monotonic()
-        patient.write_batch([MQTTMessage("out/x", b"%d" % i) for i in range(50)])
+        publish_committed(patient, [MQTTMessage("out/x", b"%d" % i) for i in range(50)])
         assert time.monotonic() - started >= 5, "it waited for the broker"
         wait_for(lambda: len(out.payloads("out/x")) >= 50, 20, "all 50 after the outage")
         assert sorted(out.payloads("out/x")) == sorted(b"%d" % i for i in range(50))
     finally:
         impatient.close()
         patient.close()
+
+
+def crash(part) -> None:
+    """Drop the partition as kill -9 would: no close(), nothing more published."""
+    part._link.client.loop_stop()
+    part._link.client._sock_close()
+
+
+def test_sink_publishes_a_record_once_its_epoch_is_committed_and_once_only_after_a_crash(mosquitto, clients):
+    out = clients(Collector, "out/#", client_id="gated-collector")
+    conn = MQTTConnection(host="127.0.0.1", port=mosquitto.port)
+    sink = MQTTSink(conn, client_id="gated")
+    msgs = [MQTTMessage("out/x", b"m%d" % i) for i in range(6)]
+
+    part = sink.build_part("out", "0", None)
+    part.write_batch(msgs[:2])
+    time.sleep(0.5)
+    assert out.payloads("out/x") == [], "published before its epoch ended"
+    committed_1 = part.snapshot()  # the end of epoch 1 (say it commits)
+    part.write_batch([msgs[2]])  # epoch 2, before the commit of 1 is proven
+    time.sleep(0.5)
+    assert out.payloads("out/x") == [], "published before its epoch was committed"
+    part.write_batch([COMMIT_TICK])  # epoch 1 is committed
+    wait_for(lambda: out.payloads("out/x") == [b"m0", b"m1"], 10, "epoch 1's records")
+    wait_for(lambda: part.snapshot().records == [(2, msgs[2])], 10, "m0, m1 acknowledged")
+    part.write_batch([msgs[3]])
+    committed_2 = part.snapshot()  # epoch 2 ends holding m2 and m3; it commits, and then
+    crash(part)  # the process dies before the tick
+
+    # Resumed from epoch 1's snapshot (as if 2 had not committed): m0 and m1 are
+    # on the broker already (its progress marker says so); nothing is repeated.
+    again = sink.build_part("out", "0", committed_1)
+    time.sleep(0.5)
+    assert out.payloads("out/x") == [b"m0", b"m1"]
+    again.close()
+
+    # Resumed from epoch 2's snapshot: its committed records go out, once.
+    resumed = sink.build_part("out", "0", committed_2)
+    wait_for(lambda: out.payloads("out/x") == [b"m0", b"m1", b"m2", b"m3"], 10, "epoch 2's records")
+    resumed.write_batch([msgs[4]])
+    resumed.snapshot()
+    resumed.write_batch([COMMIT_TICK, msgs[5]])
+    resumed.close()  # the dataflow ended: what is left goes out
+    wait_for(lambda: len(out.payloads("out/x")) >= 6, 10, "all six")
+    time.sleep(0.3)
+    assert out.payloads("out/x") == [m.payload for m in msgs]
