@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
+import resource
 import socket
 import sys
 import tempfile
@@ -109,6 +111,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cpu_seconds(broker: Mosquitto) -> float:
+    fields = Path(f"/proc/{broker.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _cluster_process(flow_of, addresses: list[str], proc_id: int) -> None:
     cluster_main(flow_of(), addresses, proc_id, epoch_interval=timedelta(seconds=1), worker_count_per_proc=1)
 
@@ -132,12 +144,16 @@ def scaled(broker: Mosquitto, settings: Settings, messages, n: int, processes: i
     procs = [fork.Process(target=_cluster_process,
                           args=(lambda: build_flow(settings, source, sink, input_done=source.done), addresses, i))
              for i in range(processes)]
+    broker_cpu, flows_cpu = _cpu_seconds(broker), _children_cpu_seconds()
     start = time.perf_counter()
     for proc in procs:
         proc.start()
     for proc in procs:
         proc.join()
     seconds = time.perf_counter() - start
+    broker_cpu, flows_cpu = _cpu_seconds(broker) - broker_cpu, _children_cpu_seconds() - flows_cpu
+    print(f"  CPU seconds: flow processes {flows_cpu:.1f}, broker {broker_cpu:.1f}, "
+          f"in {seconds:.1f}s on {os.cpu_count()} cores", flush=True)
     if any(proc.exitcode for proc in procs) or source.got < n:
         raise SystemExit(f"{processes}-process run failed: exit codes {[p.exitcode for p in procs]}, "
                          f"{source.got} of {n} taken")

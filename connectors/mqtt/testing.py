@@ -164,6 +164,11 @@ class Mosquitto:
 
     # -- lifecycle ---------------------------------------------------------
 
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs (for CPU figures in benchmarks)."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
     def start(self, timeout: float = 10.0) -> Mosquitto:
         """Start (or restart) the broker on the same port and data; wait until it listens."""
         if self.running:
