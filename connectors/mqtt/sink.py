@@ -52,7 +52,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .connection import MQTTConnection, MQTTConnectError, MQTTPublishError, Protocol, connect_preferring_v5
-from .link import EventHook, Link, MQTTLinkStats
+from .link import EventHook, Link, MQTTLinkStats, one_wake_up
 from .message import MQTTMessage
 from .source import check_client_id
 
@@ -251,19 +251,20 @@ class _MQTTSinkPartition(StatefulSinkPartition[Union[MQTTMessage, _CommitTick], 
             return
         client = self._link.client
         now = time.monotonic()
-        for record in records:
-            _seq, item = record
-            props = None
-            if item.user_properties and self._v5:
-                props = Properties(PacketTypes.PUBLISH)
-                props.UserProperty = [tuple(kv) for kv in item.user_properties]
-            info = client.publish(item.topic, item.payload, qos=1, properties=props)
-            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
-                raise MQTTPublishError(
-                    f"cannot publish to {item.topic!r} on {self._link.connection.address}: "
-                    f"{paho.error_string(info.rc)}"
-                )
-            self._unacked[info.mid] = (record, now)
+        with one_wake_up(client):
+            for record in records:
+                _seq, item = record
+                props = None
+                if item.user_properties and self._v5:
+                    props = Properties(PacketTypes.PUBLISH)
+                    props.UserProperty = [tuple(kv) for kv in item.user_properties]
+                info = client.publish(item.topic, item.payload, qos=1, properties=props)
+                if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+                    raise MQTTPublishError(
+                        f"cannot publish to {item.topic!r} on {self._link.connection.address}: "
+                        f"{paho.error_string(info.rc)}"
+                    )
+                self._unacked[info.mid] = (record, now)
         marker = json.dumps({"run": self._run, "seq": records[-1][0]}).encode()
         self._unacked[client.publish(self._progress_topic, marker, qos=1, retain=True).mid] = (None, now)
         self._take_pubacks()

@@ -29,7 +29,7 @@ from typing import Iterable, List, Optional, Tuple, Union
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from .connection import PROTOCOLS, MQTTConnection, Protocol, connect_preferring_v5
-from .link import EventHook, Link, MQTTLinkStats
+from .link import EventHook, Link, MQTTLinkStats, one_wake_up
 from .message import MQTTError, MQTTMessage
 
 log = logging.getLogger("connectors.mqtt")
@@ -186,10 +186,11 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
                 else:
                     del self._held[key]
         acked = 0
-        for mid, qos, egen in entries:
-            if qos > 0 and egen == gen:
-                client.ack(mid, qos)
-                acked += 1
+        with one_wake_up(client):
+            for mid, qos, egen in entries:
+                if qos > 0 and egen == gen:
+                    client.ack(mid, qos)
+                    acked += 1
         log.debug("%s acknowledged %d messages", self._link.label, acked)
         return []
 
