@@ -86,18 +86,28 @@ call of that partition.
 
 * **With recovery** (``-r DIR -s N -b 0``) the probe follows the recovery
   committer: an epoch is passed once every worker has durably written the
-  snapshots of that epoch (all stateful steps, and :class:`MQTTSink`, which
-  is a ``FixedPartitionedSink`` for exactly this reason: its snapshot is
-  taken after its writes, which are PUBACKed). A message is acknowledged
-  only once its effect (state and outputs) is in the recovery store:
-  **at-least-once end to end**. A crash redelivers every message of the
-  uncommitted epochs (duplicates, never losses). Restoring an *older* copy
-  of the recovery directory loses what was acked since.
-* **Without recovery** the probe follows the outputs: a message is
-  acknowledged once every output of its epoch was written (PUBACKed). State
-  held in memory (e.g. an open window) is lost on a crash although its
-  messages were acknowledged: at-least-once only for what a message
-  produces in the epoch it arrives; **at-most-once for aggregated state**.
+  snapshots of that epoch. A message is acknowledged only once its effect
+  (state, and the outputs it caused, held in :class:`MQTTSink`'s snapshot)
+  is in the recovery store: **at-least-once input**. A crash redelivers every
+  message of the uncommitted epochs (duplicates, never losses). Restoring an
+  *older* copy of the recovery directory loses what was acked since.
+* **Without recovery** the probe follows the outputs. State held in memory
+  (e.g. an open window) is lost on a crash although its messages were
+  acknowledged: **at-most-once for aggregated state**.
+
+## When a message is published
+
+:func:`operators.publish` (and :func:`operators.output`) publish an item
+only once the snapshot of its epoch is committed (the same gate in the other
+direction): the sink partition learns it from a commit tick that a small
+input of its own emits, because Bytewax polls an input in epoch E only once
+E-1 is committed. Published records stay in the partition's snapshot until
+PUBACKed; a resumed partition skips those its retained progress marker
+(``<progress_prefix>/<client_id>-out-<i>``) says the broker holds. So a
+record is published once, also across crashes, except for a group being
+written at the instant of a kill (see :mod:`.sink`). Publishing is
+pipelined: the worker waits only when ``max_inflight`` records are
+unacknowledged. Latency: about one epoch plus the commit.
 
 ## Broker settings this relies on (mosquitto 2)
 

@@ -248,6 +248,8 @@ class Collector:
 
     def __init__(self, broker: Mosquitto, *topics: str, client_id: str = "collector") -> None:
         self.messages: list[MQTTMessage] = []
+        self.arrived_at: list[float] = []
+        """``time.time()`` at which each of ``messages`` arrived."""
         self.lock = threading.Lock()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=paho.MQTTv5)
@@ -273,6 +275,7 @@ class Collector:
         props = tuple(getattr(msg.properties, "UserProperty", ()) or ())
         with self.lock:
             self.messages.append(MQTTMessage(msg.topic, msg.payload, props))
+            self.arrived_at.append(time.time())
 
     def payloads(self, topic: str) -> list[bytes]:
         with self.lock:

@@ -224,7 +224,7 @@ def test_broker_restart_mid_stream_loses_nothing(mosquitto, clients, tmp_path):
             print(flow.log.read_text()[-3000:])
             print(mosquitto.log_tail(40))
             raise
-        assert "reconnected" in flow.log.read_text()
+        wait_for(lambda: flow.log.read_text().count("reconnected") >= 2, 20, "input and output reconnected")
 
 
 # -- partitions driven directly (cheaper than a flow) ----------------------------
