@@ -87,7 +87,7 @@ def queue_events(broker: Mosquitto, source: MQTTSource, messages: list[tuple[str
     for part in source.list_parts():
         source.build_part("in", part, None).close()
     pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-pub")
-    pub.max_inflight_messages_set(1000)
+    pub.max_inflight_messages_set(0)  # paho re-scans its whole queue per PUBACK when bounded
     pub.connect(broker.host, broker.port)
     pub.loop_start()
     while not pub.is_connected():
