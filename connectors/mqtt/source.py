@@ -22,15 +22,18 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections import Counter, deque
 from datetime import datetime, timedelta, timezone
-from typing import Iterable, List, Optional, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from .connection import PROTOCOLS, MQTTConnection, Protocol, connect_preferring_v5
+from .connection import PROTOCOLS, MQTTConnectError, MQTTConnection, Protocol, connect, connect_preferring_v5
 from .link import EventHook, Link, MQTTLinkStats
 from .message import MQTTError, MQTTMessage
+from .partitions import (Marker, control_prefix, counts_at_start, marker_index, marker_topic, takes,
+                         transition_over)
 
 log = logging.getLogger("connectors.mqtt")
 
@@ -38,31 +41,53 @@ _SESSION_EXPIRY_S = 7 * 24 * 3600
 _IDLE_POLL = timedelta(milliseconds=10)
 _CLIENT_ID = re.compile(r"[A-Za-z0-9_-]+")
 
-_Entry = Tuple[int, int, int]  # (mid, qos, session generation)
+_Entry = Tuple[int, int, int, int]  # (session number, mid, qos, session generation)
 MAX_RECEIVE_MAXIMUM = 65_535  # MQTT 5's limit, the 16-bit packet-id space
 
 
 def check_client_id(client_id: str) -> None:
-    """Refuse a client id that cannot name MQTT clients and share groups."""
+    """Refuse a client id that cannot name MQTT clients and topic levels."""
     if not _CLIENT_ID.fullmatch(client_id):
         raise ValueError(f"client_id {client_id!r}: use 1 or more of A-Z a-z 0-9 _ -")
 
 
+class _Session:
+    """One broker session a partition reads: its own, or one it drains."""
+
+    def __init__(self, number: int, index: int, counts: frozenset[int]) -> None:
+        self.number = number  # its place in the partition's list: entries name it
+        self.index = index  # the session of partition ``in-<index>``
+        self.counts = counts  # the partition counts it takes by (partitions.takes)
+        self.over = False  # the change of count is over in its stream
+        self.proven: set[int] = set()  # partitions whose marker with the new count it has seen
+        self.taken = 0  # taken and not yet acknowledged
+        self.link: Optional[Link] = None  # None once a drained session is deleted
+
+    @property
+    def drained(self) -> bool:
+        return self.number > 0
+
+
 class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError], None]):
     def __init__(self, source: MQTTSource, index: int) -> None:
+        self._source = source
         self._batch_size = source.batch_size
         self._max_unacked = source.max_unacked
         self._max_bytes = source.max_message_bytes
+        self._partitions = source.partitions
+        self._control = control_prefix(source.client_id)
+        self._control_b = (self._control + "/").encode()
         self._cond = threading.Condition()
         # Received, not yet emitted: (entry, item).
         self._buffer: deque[Tuple[_Entry, Union[MQTTMessage, MQTTError]]] = deque()
         # Emitted in the current epoch / before the last snapshot.
         self._emitted: List[_Entry] = []
         self._committable: List[_Entry] = []
-        # (mid, generation) -> how many QoS>0 messages with it are received
-        # and not yet acked (a broker may reuse an id while it is in flight,
-        # as mosquitto 2.0 does past 65535), to recognise redeliveries (DUP).
-        self._held: Counter[Tuple[int, int]] = Counter()
+        # (session, mid, generation) -> how many QoS>0 messages with it are
+        # taken and not yet acked (a broker may reuse an id while it is in
+        # flight, as mosquitto 2.0 does past 65535), to recognise
+        # redeliveries (DUP).
+        self._held: Counter[Tuple[int, int, int]] = Counter()
         self._unacked = 0  # the sum of _held
         self._closing = False
         self._block_s = min(1.0, max(0.05, source.connection.keepalive / 4))
@@ -70,22 +95,33 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         self._subscribed = threading.Event()
         client_id = source.client_id_for(index)
         self.stats = source.stats.setdefault(client_id, MQTTLinkStats())
+        # The markers as they are before this partition says anything: its own
+        # names the count its session ran under, others name sessions to drain.
+        markers = read_markers(source.connection, source.client_id, source.connection.connect_timeout)
+        self._own_marker = markers.get(index)
+        self._sessions = [_Session(0, index, frozenset({source.partitions}))]
         self._link, protocol = connect_preferring_v5(
-            lambda p: self._open(source, client_id, p), source.protocol
+            lambda p: self._open(self._sessions[0], p), source.protocol
         )
         if self._v5:
             self.stats.inflight_cap = self._max_unacked
         if not self._subscribed.wait(source.connection.connect_timeout):
             log.warning("%s: no SUBACK within %gs", self._link.label, source.connection.connect_timeout)
+        for j, marker in sorted(markers.items()):
+            if j >= self._partitions and j % self._partitions == index:
+                self._open_drain(j, marker, protocol)
 
-    def _open(self, source: MQTTSource, client_id: str, protocol: Protocol) -> Link:
-        index = self._index
+    # -- sessions --------------------------------------------------------------
+
+    def _open(self, session: _Session, protocol: Protocol) -> Link:
+        source, own = self._source, not session.drained
+        client_id = source.client_id_for(session.index)
         link = Link(
             source.connection,
             client_id,
             protocol=protocol,
-            label=f"mqtt input #{index}",
-            partition=f"in-{index}",
+            label=f"mqtt input #{self._index}" if own else f"mqtt drain of in-{session.index} by #{self._index}",
+            partition=f"in-{self._index}",
             persistent=True,
             resume_first=True,
             session_expiry=source.session_expiry,
@@ -95,53 +131,126 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
             # in-flight limit (mosquitto: 20 by default) does not throttle.
             receive_maximum=self._max_unacked,
             manual_ack=True,
-            stats=self.stats,
-            on_event=source.on_event,
+            stats=self.stats if own else MQTTLinkStats(),
+            on_event=source.on_event if own else None,
         )
         # One session for all topics: the broker queues a disconnected
         # client's messages in one queue, in publish order across topics, so
         # a backlog (after an outage or a restart) comes back interleaved as
-        # it was published instead of one topic after the other.
-        plain = [(topic, 1) for topic in source.topics]
-        shared = [(f"$share/{source.client_id}/{topic}", 1) for topic in source.topics]
-        client = link.client
-        if source.partitions == 1:
-            # Plain subscriptions: restored with the session by a restarted
-            # broker. Drop shared ones left by a run with more partitions
-            # (UNSUBSCRIBE of an unknown filter is harmless).
-            def after_connect(session_present: bool) -> None:
-                if session_present:
-                    self._subscribed.set()
-                else:
-                    client.subscribe(plain)
-                client.unsubscribe([f for f, _ in shared])
-        else:
-            # Mosquitto 2.0 does not restore shared subscriptions from its
-            # persistence file although it reports the session present:
-            # subscribe again on every connection (no retained messages
-            # are sent for shared subscriptions, so this is harmless).
-            def after_connect(session_present: bool) -> None:
-                client.unsubscribe([f for f, _ in plain])
-                client.subscribe(shared)
+        # it was published instead of one topic after the other. The marker
+        # filter is subscribed on every connection: the retained markers come
+        # each time, in this session's stream.
+        data = [(topic, 1) for topic in source.topics]
+        control = [(self._control + "/+", 1)]
+        shared = [f"$share/{source.client_id}/{topic}" for topic in source.topics]
+        client, first = link.client, [True]
+
+        def after_connect(session_present: bool) -> None:
+            if first[0]:
+                first[0] = False
+                if own:
+                    session.counts = counts_at_start(self._own_marker, self._partitions, session_present)
+                elif not session_present:
+                    session.counts = frozenset()  # nothing left to drain
+                session.over = session.counts <= {self._partitions}
+                if session.over and session.drained:
+                    return  # an empty session: deleted at the next call
+            if own:
+                # Shared subscriptions of a version before markers (UNSUBSCRIBE
+                # of an unknown filter is harmless).
+                client.unsubscribe(shared)
+            client.subscribe(control if session_present or session.drained else data + control)
+
+        def on_subscribe(*_args) -> None:
+            if own:
+                self._publish_marker()
+                self._subscribed.set()
 
         link.after_connect = after_connect
-        client.on_subscribe = lambda *args: self._subscribed.set()
-        client.on_message = self._on_message
+        client.on_subscribe = on_subscribe
+        client.on_message = lambda _c, _u, msg: self._on_message(session, msg)
+        session.link = link
+        if own:
+            self._link, self._v5 = link, protocol == "5"
         # Before start: a resumed session's messages come at once.
-        self._link, self._v5 = link, protocol == "5"
         link.start()
         return link
 
-    # Paho's network thread.
-    def _on_message(self, client, userdata, msg) -> None:
-        gen = self._link.session_gen
-        key = (msg.mid, gen)
+    def _open_drain(self, j: int, marker: Marker, protocol: Protocol) -> None:
+        session = _Session(len(self._sessions), j, marker.counts())
+        log.info("mqtt input #%d drains in-%d, left by %d partitions (now %d)",
+                 self._index, j, marker.partitions, self._partitions)
+        try:
+            self._open(session, protocol)
+        except MQTTConnectError as err:
+            log.warning("mqtt input #%d cannot drain in-%d now (%s); the next start will", self._index, j, err)
+            return
+        self._sessions.append(session)
+
+    def _publish_marker(self) -> None:
+        own = self._sessions[0]
+        old = tuple(sorted(own.counts - {self._partitions}))
+        own.link.client.publish(marker_topic(self._source.client_id, self._index),
+                                  Marker(self._partitions, old).encode(), qos=1, retain=True)
+
+    def _on_marker(self, session: _Session, topic: str, payload: bytes) -> None:
+        k = marker_index(topic, self._source.client_id)
+        marker = Marker.decode(payload)
+        if session.over or k is None or marker is None or not marker.proves(self._partitions):
+            return
+        session.proven.add(k)
+        if not transition_over(session.proven, self._partitions):
+            return
+        session.over = True
+        if session.drained:
+            session.counts = frozenset()
+            log.info("mqtt input #%d: in-%d drained, deleted once committed", self._index, session.index)
+        else:
+            session.counts = frozenset({self._partitions})
+            self._publish_marker()
+            log.info("mqtt input #%d: change to %d partitions complete", self._index, self._partitions)
+
+    def _finish_drains(self) -> None:
+        """Delete each drained session whose taken messages are all acknowledged."""
+        for session in self._sessions[1:]:
+            if not session.over or session.taken or session.link is None:
+                continue
+            link, session.link = session.link, None  # type: ignore[assignment]
+            topic = marker_topic(self._source.client_id, session.index)
+            try:
+                link.client.publish(topic, Marker(self._partitions, retired=True).encode(),
+                                    qos=1, retain=True).wait_for_publish(5)
+                link.stop()
+                delete_session(self._source.connection, link.client_id, clear=topic)
+                log.info("mqtt input #%d deleted the drained session in-%d", self._index, session.index)
+            except (MQTTConnectError, RuntimeError, ValueError) as err:
+                link.stop()
+                log.warning("mqtt input #%d could not delete in-%d (%s); the next start will",
+                            self._index, session.index, err)
+
+    # Paho's network threads (one per session).
+    def _on_message(self, session: _Session, msg) -> None:
+        client = session.link.client
+        if msg._topic.startswith(self._control_b):
+            self._on_marker(session, msg._topic.decode("utf-8", "replace"), msg.payload)
+            if msg.qos > 0:
+                client.ack(msg.mid, msg.qos)
+            return
+        gen = session.link.session_gen
+        key = (session.number, msg.mid, gen)
         with self._cond:
             # Only a DUP copy of a message still held is a redelivery: a
             # packet id alone may be reused by the broker once acked.
             if msg.qos > 0 and msg.dup and key in self._held:
                 self.stats.redeliveries_skipped += 1
                 return
+        if not takes(msg.payload, session.index, session.counts):
+            # Another partition takes it, from its own copy: done with ours.
+            if msg.qos > 0:
+                client.ack(msg.mid, msg.qos)
+            self.stats.passed_on += 1
+            return
+        with self._cond:
             # Without a Receive Maximum (MQTT 3.1.1), stop reading the
             # socket at the bound, waking now and then so paho can keep the
             # connection alive.
@@ -150,7 +259,8 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
             if msg.qos > 0:
                 self._held[key] += 1
                 self._unacked += 1
-            self._buffer.append(((msg.mid, msg.qos, gen), self._convert(msg)))
+                session.taken += 1
+            self._buffer.append(((session.number, msg.mid, msg.qos, gen), self._convert(msg)))
 
     def _convert(self, msg) -> Union[MQTTMessage, MQTTError]:
         try:
@@ -171,31 +281,42 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         """PUBACK ``entries`` in order; return those that must wait for a connection."""
         if not entries:
             return entries
-        if not self._link.connected:
-            return entries  # acks queued now would be dropped by paho's reconnect
-        gen = self._link.session_gen
-        client = self._link.client
-        with self._cond:
-            for mid, qos, egen in entries:
-                if qos == 0:
-                    continue
-                key = (mid, egen)
-                self._unacked -= 1
-                if self._held[key] > 1:
-                    self._held[key] -= 1
-                else:
-                    del self._held[key]
-        acked = 0
-        for mid, qos, egen in entries:
-            if qos > 0 and egen == gen:
-                client.ack(mid, qos)
-                acked += 1
-        log.debug("%s acknowledged %d messages", self._link.label, acked)
-        return []
+        waiting: List[_Entry] = []
+        for session in self._sessions:
+            mine = entries if len(self._sessions) == 1 else [e for e in entries if e[0] == session.number]
+            if not mine:
+                continue
+            link = session.link
+            if link is None:
+                continue  # a deleted drained session: only QoS 0 entries are left
+            if not link.connected:
+                waiting += mine  # acks queued now would be dropped by paho's reconnect
+                continue
+            gen = link.session_gen
+            with self._cond:
+                for number, mid, qos, egen in mine:
+                    if qos == 0:
+                        continue
+                    key = (number, mid, egen)
+                    self._unacked -= 1
+                    session.taken -= 1
+                    if self._held[key] > 1:
+                        self._held[key] -= 1
+                    else:
+                        del self._held[key]
+            acked = 0
+            for _, mid, qos, egen in mine:
+                if qos > 0 and egen == gen:
+                    link.client.ack(mid, qos)
+                    acked += 1
+            log.debug("%s acknowledged %d messages", link.label, acked)
+        return waiting
 
     def next_batch(self) -> List[Union[MQTTMessage, MQTTError]]:
         # Called only once the epoch of the last snapshot is committed.
         self._committable = self._ack(self._committable)
+        if len(self._sessions) > 1:
+            self._finish_drains()
         with self._cond:
             self.stats.last_call = time.monotonic()
             self.stats.buffered = len(self._buffer)
@@ -224,7 +345,56 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._link.stop()
+        for session in self._sessions:
+            if session.link is not None:
+                session.link.stop()
+
+
+def read_markers(connection: MQTTConnection, client_id: str, timeout: float) -> Dict[int, Marker]:
+    """The retained markers of ``client_id``'s partitions, by partition index.
+
+    A short clean-session client subscribes to them, then publishes a
+    message to a topic of its own under the same filter: once that comes
+    back, every retained marker (sent on the SUBSCRIBE, before it) is here.
+    """
+    reader_id = f"{client_id}-markers-{uuid.uuid4().hex[:8]}"
+    client = connection.client(reader_id)
+    barrier = f"{control_prefix(client_id)}/barrier/{reader_id}"
+    markers: Dict[int, Marker] = {}
+    done = threading.Event()
+
+    def on_message(_c, _u, msg) -> None:
+        if msg.topic == barrier:
+            done.set()
+            return
+        k, marker = marker_index(msg.topic, client_id), Marker.decode(msg.payload)
+        if k is not None and marker is not None:
+            markers[k] = marker
+
+    client.on_connect = lambda c, *_: c.subscribe(control_prefix(client_id) + "/#", qos=1)
+    client.on_subscribe = lambda c, *_: c.publish(barrier, b"", qos=1)
+    client.on_message = on_message
+    connect(client, connection, label=reader_id)
+    try:
+        if not done.wait(timeout):
+            raise MQTTConnectError(f"MQTT broker {connection.address}: partition markers not read "
+                                   f"within {timeout:g}s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return markers
+
+
+def delete_session(connection: MQTTConnection, client_id: str, clear: Optional[str] = None) -> None:
+    """Delete the broker session of ``client_id`` (a clean-session connection), and clear the retained ``clear`` topic."""
+    client = connection.client(client_id)  # 3.1.1, clean session: the old one is discarded
+    connect(client, connection, label=client_id)
+    try:
+        if clear is not None:
+            client.publish(clear, b"", qos=1, retain=True).wait_for_publish(connection.connect_timeout)
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
