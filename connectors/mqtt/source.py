@@ -41,7 +41,7 @@ _SESSION_EXPIRY_S = 7 * 24 * 3600
 _IDLE_POLL = timedelta(milliseconds=10)
 _CLIENT_ID = re.compile(r"[A-Za-z0-9_-]+")
 
-_Entry = Tuple[int, int, int, int]  # (session number, mid, qos, session generation)
+_Entry = Tuple[int, int, int]  # (mid, qos, session generation)
 MAX_RECEIVE_MAXIMUM = 65_535  # MQTT 5's limit, the 16-bit packet-id space
 
 
@@ -51,76 +51,60 @@ def check_client_id(client_id: str) -> None:
         raise ValueError(f"client_id {client_id!r}: use 1 or more of A-Z a-z 0-9 _ -")
 
 
-class _Session:
-    """One broker session a partition reads: its own, or one it drains."""
-
-    def __init__(self, number: int, index: int, counts: frozenset[int]) -> None:
-        self.number = number  # its place in the partition's list: entries name it
-        self.index = index  # the session of partition ``in-<index>``
-        self.counts = counts  # the partition counts it takes by (partitions.takes)
-        self.over = False  # the change of count is over in its stream
-        self.proven: set[int] = set()  # partitions whose marker with the new count it has seen
-        self.taken = 0  # taken and not yet acknowledged
-        self.link: Optional[Link] = None  # None once a drained session is deleted
-
-    @property
-    def drained(self) -> bool:
-        return self.number > 0
-
-
 class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError], None]):
+    """Partition ``in-<index>``: its own session (``index < partitions``), or one left to drain."""
+
     def __init__(self, source: MQTTSource, index: int) -> None:
         self._source = source
         self._batch_size = source.batch_size
         self._max_unacked = source.max_unacked
         self._max_bytes = source.max_message_bytes
         self._partitions = source.partitions
-        self._control = control_prefix(source.client_id)
-        self._control_b = (self._control + "/").encode()
+        self._control_b = (control_prefix(source.client_id) + "/").encode()
         self._cond = threading.Condition()
         # Received, not yet emitted: (entry, item).
         self._buffer: deque[Tuple[_Entry, Union[MQTTMessage, MQTTError]]] = deque()
         # Emitted in the current epoch / before the last snapshot.
         self._emitted: List[_Entry] = []
         self._committable: List[_Entry] = []
-        # (session, mid, generation) -> how many QoS>0 messages with it are
-        # taken and not yet acked (a broker may reuse an id while it is in
-        # flight, as mosquitto 2.0 does past 65535), to recognise
-        # redeliveries (DUP).
-        self._held: Counter[Tuple[int, int, int]] = Counter()
+        # (mid, generation) -> how many QoS>0 messages with it are taken and
+        # not yet acked (a broker may reuse an id while it is in flight, as
+        # mosquitto 2.0 does past 65535), to recognise redeliveries (DUP).
+        self._held: Counter[Tuple[int, int]] = Counter()
         self._unacked = 0  # the sum of _held
         self._closing = False
         self._block_s = min(1.0, max(0.05, source.connection.keepalive / 4))
         self._index = index
+        self._drain = index >= source.partitions
+        self._done = False  # a drained session is deleted: end of input
         self._subscribed = threading.Event()
         client_id = source.client_id_for(index)
-        self.stats = source.stats.setdefault(client_id, MQTTLinkStats())
-        # The markers as they are before this partition says anything: its own
-        # names the count its session ran under, others name sessions to drain.
-        markers = read_markers(source.connection, source.client_id, source.connection.connect_timeout)
-        self._own_marker = markers.get(index)
-        self._sessions = [_Session(0, index, frozenset({source.partitions}))]
-        self._link, protocol = connect_preferring_v5(
-            lambda p: self._open(self._sessions[0], p), source.protocol
-        )
+        # Before this partition says anything: its own marker names the
+        # count(s) its session ran under (partitions.py).
+        self._marker = read_markers(source.connection, source.client_id, label=client_id).get(index)
+        self._counts = frozenset({source.partitions})  # set from the marker on connecting
+        self._over = True  # the change of count is over in this session's stream
+        self._proven: set[int] = set()  # partitions whose marker with the new count came
+        self.stats = MQTTLinkStats() if self._drain else source.stats.setdefault(client_id, MQTTLinkStats())
+        if self._drain and (self._marker is None or self._marker.retired):
+            # Drained already (possibly deleted already): make sure, and end.
+            delete_session(source.connection, client_id)
+            self._link: Optional[Link] = None
+            self._done = True
+            return
+        self._link, protocol = connect_preferring_v5(lambda p: self._open(client_id, p), source.protocol)
         if self._v5:
             self.stats.inflight_cap = self._max_unacked
         if not self._subscribed.wait(source.connection.connect_timeout):
             log.warning("%s: no SUBACK within %gs", self._link.label, source.connection.connect_timeout)
-        for j, marker in sorted(markers.items()):
-            if j >= self._partitions and j % self._partitions == index:
-                self._open_drain(j, marker, protocol)
 
-    # -- sessions --------------------------------------------------------------
-
-    def _open(self, session: _Session, protocol: Protocol) -> Link:
-        source, own = self._source, not session.drained
-        client_id = source.client_id_for(session.index)
+    def _open(self, client_id: str, protocol: Protocol) -> Link:
+        source = self._source
         link = Link(
             source.connection,
             client_id,
             protocol=protocol,
-            label=f"mqtt input #{self._index}" if own else f"mqtt drain of in-{session.index} by #{self._index}",
+            label=f"mqtt drain in-{self._index}" if self._drain else f"mqtt input #{self._index}",
             partition=f"in-{self._index}",
             persistent=True,
             resume_first=True,
@@ -131,120 +115,101 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
             # in-flight limit (mosquitto: 20 by default) does not throttle.
             receive_maximum=self._max_unacked,
             manual_ack=True,
-            stats=self.stats if own else MQTTLinkStats(),
-            on_event=source.on_event if own else None,
+            stats=self.stats,
+            on_event=None if self._drain else source.on_event,
         )
         # One session for all topics: the broker queues a disconnected
         # client's messages in one queue, in publish order across topics, so
         # a backlog (after an outage or a restart) comes back interleaved as
         # it was published instead of one topic after the other. The marker
-        # filter is subscribed on every connection: the retained markers come
-        # each time, in this session's stream.
+        # filter is subscribed on every connection, so the retained markers
+        # come each time, in this session's stream.
         data = [(topic, 1) for topic in source.topics]
-        control = [(self._control + "/+", 1)]
+        control = [(control_prefix(source.client_id) + "/+", 1)]
         shared = [f"$share/{source.client_id}/{topic}" for topic in source.topics]
         client, first = link.client, [True]
 
         def after_connect(session_present: bool) -> None:
             if first[0]:
                 first[0] = False
-                if own:
-                    session.counts = counts_at_start(self._own_marker, self._partitions, session_present)
-                elif not session_present:
-                    session.counts = frozenset()  # nothing left to drain
-                session.over = session.counts <= {self._partitions}
-                if session.over and session.drained:
-                    return  # an empty session: deleted at the next call
-            if own:
-                # Shared subscriptions of a version before markers (UNSUBSCRIBE
-                # of an unknown filter is harmless).
+                if self._drain:  # nothing to drain from a session the broker no longer had
+                    self._counts = self._marker.counts() if session_present else frozenset()
+                else:
+                    self._counts = counts_at_start(self._marker, self._partitions, session_present)
+                self._over = self._counts <= {self._partitions}
+            if not self._drain:
+                # Shared subscriptions left by a version before markers
+                # (UNSUBSCRIBE of an unknown filter is harmless).
                 client.unsubscribe(shared)
-            client.subscribe(control if session_present or session.drained else data + control)
+            client.subscribe(control if session_present or self._drain else data + control)
 
         def on_subscribe(*_args) -> None:
-            if own:
+            if not self._drain:
                 self._publish_marker()
-                self._subscribed.set()
+            self._subscribed.set()
 
         link.after_connect = after_connect
         client.on_subscribe = on_subscribe
-        client.on_message = lambda _c, _u, msg: self._on_message(session, msg)
-        session.link = link
-        if own:
-            self._link, self._v5 = link, protocol == "5"
+        client.on_message = self._on_message
         # Before start: a resumed session's messages come at once.
+        self._link, self._v5 = link, protocol == "5"
         link.start()
         return link
 
-    def _open_drain(self, j: int, marker: Marker, protocol: Protocol) -> None:
-        session = _Session(len(self._sessions), j, marker.counts())
-        log.info("mqtt input #%d drains in-%d, left by %d partitions (now %d)",
-                 self._index, j, marker.partitions, self._partitions)
-        try:
-            self._open(session, protocol)
-        except MQTTConnectError as err:
-            log.warning("mqtt input #%d cannot drain in-%d now (%s); the next start will", self._index, j, err)
-            return
-        self._sessions.append(session)
-
     def _publish_marker(self) -> None:
-        own = self._sessions[0]
-        old = tuple(sorted(own.counts - {self._partitions}))
-        own.link.client.publish(marker_topic(self._source.client_id, self._index),
+        old = tuple(sorted(self._counts - {self._partitions}))
+        self._link.client.publish(marker_topic(self._source.client_id, self._index),
                                   Marker(self._partitions, old).encode(), qos=1, retain=True)
 
-    def _on_marker(self, session: _Session, topic: str, payload: bytes) -> None:
+    def _on_marker(self, topic: str, payload: bytes) -> None:
         k = marker_index(topic, self._source.client_id)
         marker = Marker.decode(payload)
-        if session.over or k is None or marker is None or not marker.proves(self._partitions):
+        if self._over or k is None or marker is None or not marker.proves(self._partitions):
             return
-        session.proven.add(k)
-        if not transition_over(session.proven, self._partitions):
+        self._proven.add(k)
+        if not transition_over(self._proven, self._partitions):
             return
-        session.over = True
-        if session.drained:
-            session.counts = frozenset()
-            log.info("mqtt input #%d: in-%d drained, deleted once committed", self._index, session.index)
+        self._over = True
+        if self._drain:
+            self._counts = frozenset()
+            log.info("%s: every message it must take is taken; deleted once committed", self._link.label)
         else:
-            session.counts = frozenset({self._partitions})
+            self._counts = frozenset({self._partitions})
             self._publish_marker()
-            log.info("mqtt input #%d: change to %d partitions complete", self._index, self._partitions)
+            log.info("%s: change to %d partitions complete", self._link.label, self._partitions)
 
-    def _finish_drains(self) -> None:
-        """Delete each drained session whose taken messages are all acknowledged."""
-        for session in self._sessions[1:]:
-            if not session.over or session.taken or session.link is None:
-                continue
-            link, session.link = session.link, None  # type: ignore[assignment]
-            topic = marker_topic(self._source.client_id, session.index)
-            try:
-                link.client.publish(topic, Marker(self._partitions, retired=True).encode(),
-                                    qos=1, retain=True).wait_for_publish(5)
-                link.stop()
-                delete_session(self._source.connection, link.client_id, clear=topic)
-                log.info("mqtt input #%d deleted the drained session in-%d", self._index, session.index)
-            except (MQTTConnectError, RuntimeError, ValueError) as err:
-                link.stop()
-                log.warning("mqtt input #%d could not delete in-%d (%s); the next start will",
-                            self._index, session.index, err)
+    def _finish_drain(self) -> None:
+        """Retire the marker, delete the drained session (its taken messages are all acknowledged)."""
+        link, topic = self._link, marker_topic(self._source.client_id, self._index)
+        try:
+            # Retired, not cleared: list_parts keeps naming this partition,
+            # whose key may still be in a Bytewax recovery store.
+            retired = Marker(self._marker.partitions, retired=True).encode()
+            link.client.publish(topic, retired, qos=1, retain=True).wait_for_publish(5)
+            link.stop()
+            delete_session(self._source.connection, link.client_id)
+            log.info("%s: drained; session deleted", link.label)
+        except (MQTTConnectError, RuntimeError, ValueError) as err:
+            link.stop()
+            log.warning("%s: could not delete the drained session (%s); the next start will", link.label, err)
+        self._done = True
 
-    # Paho's network threads (one per session).
-    def _on_message(self, session: _Session, msg) -> None:
-        client = session.link.client
+    # Paho's network thread.
+    def _on_message(self, client, userdata, msg) -> None:
         if msg._topic.startswith(self._control_b):
-            self._on_marker(session, msg._topic.decode("utf-8", "replace"), msg.payload)
+            self._on_marker(msg._topic.decode("utf-8", "replace"), msg.payload)
             if msg.qos > 0:
                 client.ack(msg.mid, msg.qos)
             return
-        gen = session.link.session_gen
-        key = (session.number, msg.mid, gen)
+        gen = self._link.session_gen
+        key = (msg.mid, gen)
         with self._cond:
             # Only a DUP copy of a message still held is a redelivery: a
             # packet id alone may be reused by the broker once acked.
             if msg.qos > 0 and msg.dup and key in self._held:
                 self.stats.redeliveries_skipped += 1
                 return
-        if not takes(msg.payload, session.index, session.counts):
+        if not takes(msg.payload, self._index, self._counts):
             # Another partition takes it, from its own copy: done with ours.
             if msg.qos > 0:
                 client.ack(msg.mid, msg.qos)
@@ -259,8 +224,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
             if msg.qos > 0:
                 self._held[key] += 1
                 self._unacked += 1
-                session.taken += 1
-            self._buffer.append(((session.number, msg.mid, msg.qos, gen), self._convert(msg)))
+            self._buffer.append(((msg.mid, msg.qos, gen), self._convert(msg)))
 
     def _convert(self, msg) -> Union[MQTTMessage, MQTTError]:
         try:
@@ -279,44 +243,38 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
 
     def _ack(self, entries: List[_Entry]) -> List[_Entry]:
         """PUBACK ``entries`` in order; return those that must wait for a connection."""
-        if not entries:
-            return entries
-        waiting: List[_Entry] = []
-        for session in self._sessions:
-            mine = entries if len(self._sessions) == 1 else [e for e in entries if e[0] == session.number]
-            if not mine:
-                continue
-            link = session.link
-            if link is None:
-                continue  # a deleted drained session: only QoS 0 entries are left
-            if not link.connected:
-                waiting += mine  # acks queued now would be dropped by paho's reconnect
-                continue
-            gen = link.session_gen
-            with self._cond:
-                for number, mid, qos, egen in mine:
-                    if qos == 0:
-                        continue
-                    key = (number, mid, egen)
-                    self._unacked -= 1
-                    session.taken -= 1
-                    if self._held[key] > 1:
-                        self._held[key] -= 1
-                    else:
-                        del self._held[key]
-            acked = 0
-            for _, mid, qos, egen in mine:
-                if qos > 0 and egen == gen:
-                    link.client.ack(mid, qos)
-                    acked += 1
-            log.debug("%s acknowledged %d messages", link.label, acked)
-        return waiting
+        if not entries or self._link is None:
+            return []
+        if not self._link.connected:
+            return entries  # acks queued now would be dropped by paho's reconnect
+        gen = self._link.session_gen
+        client = self._link.client
+        with self._cond:
+            for mid, qos, egen in entries:
+                if qos == 0:
+                    continue
+                key = (mid, egen)
+                self._unacked -= 1
+                if self._held[key] > 1:
+                    self._held[key] -= 1
+                else:
+                    del self._held[key]
+        acked = 0
+        for mid, qos, egen in entries:
+            if qos > 0 and egen == gen:
+                client.ack(mid, qos)
+                acked += 1
+        log.debug("%s acknowledged %d messages", self._link.label, acked)
+        return []
 
     def next_batch(self) -> List[Union[MQTTMessage, MQTTError]]:
         # Called only once the epoch of the last snapshot is committed.
         self._committable = self._ack(self._committable)
-        if len(self._sessions) > 1:
-            self._finish_drains()
+        if self._drain:
+            if self._done:
+                raise StopIteration  # Bytewax discards this partition's recovery state
+            if self._over and not self._unacked and not self._buffer and not self._committable:
+                self._finish_drain()
         with self._cond:
             self.stats.last_call = time.monotonic()
             self.stats.buffered = len(self._buffer)
@@ -345,17 +303,17 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        for session in self._sessions:
-            if session.link is not None:
-                session.link.stop()
+        if self._link is not None:
+            self._link.stop()
 
 
-def read_markers(connection: MQTTConnection, client_id: str, timeout: float) -> Dict[int, Marker]:
+def read_markers(connection: MQTTConnection, client_id: str, *, label: Optional[str] = None) -> Dict[int, Marker]:
     """The retained markers of ``client_id``'s partitions, by partition index.
 
     A short clean-session client subscribes to them, then publishes a
     message to a topic of its own under the same filter: once that comes
     back, every retained marker (sent on the SUBSCRIBE, before it) is here.
+    ``label`` names it in errors (default: its own client id).
     """
     reader_id = f"{client_id}-markers-{uuid.uuid4().hex[:8]}"
     client = connection.client(reader_id)
@@ -374,7 +332,8 @@ def read_markers(connection: MQTTConnection, client_id: str, timeout: float) -> 
     client.on_connect = lambda c, *_: c.subscribe(control_prefix(client_id) + "/#", qos=1)
     client.on_subscribe = lambda c, *_: c.publish(barrier, b"", qos=1)
     client.on_message = on_message
-    connect(client, connection, label=reader_id)
+    connect(client, connection, label=label or reader_id)
+    timeout = connection.connect_timeout
     try:
         if not done.wait(timeout):
             raise MQTTConnectError(f"MQTT broker {connection.address}: partition markers not read "
@@ -385,16 +344,12 @@ def read_markers(connection: MQTTConnection, client_id: str, timeout: float) -> 
     return markers
 
 
-def delete_session(connection: MQTTConnection, client_id: str, clear: Optional[str] = None) -> None:
-    """Delete the broker session of ``client_id`` (a clean-session connection), and clear the retained ``clear`` topic."""
-    client = connection.client(client_id)  # 3.1.1, clean session: the old one is discarded
+def delete_session(connection: MQTTConnection, client_id: str) -> None:
+    """Delete the broker session of ``client_id``: connect with a clean session, disconnect."""
+    client = connection.client(client_id)  # MQTT 3.1.1, clean session: the broker discards the old one
     connect(client, connection, label=client_id)
-    try:
-        if clear is not None:
-            client.publish(clear, b"", qos=1, retain=True).wait_for_publish(connection.connect_timeout)
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    client.disconnect()
+    client.loop_stop()
 
 
 class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
@@ -472,7 +427,10 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         return f"{self.client_id}-in-{index}"
 
     def list_parts(self) -> List[str]:
-        return [f"in-{i}" for i in range(self.partitions)]
+        """``in-0`` … ``in-<partitions-1>``, and ``in-<j>`` for each session a larger count left (to drain)."""
+        left = read_markers(self.connection, self.client_id, label=f"{self.client_id}-in")
+        return [f"in-{i}" for i in range(self.partitions)] + [
+            f"in-{j}" for j in sorted(left) if j >= self.partitions]
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: None

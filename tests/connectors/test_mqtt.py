@@ -368,7 +368,7 @@ def test_a_reused_packet_id_is_a_new_message_only_a_dup_copy_is_a_redelivery(mos
 
     try:
         for msg in (delivery(7, b"first"), delivery(7, b"second"), delivery(7, b"first", dup=True)):
-            part._on_message(part._sessions[0], msg)
+            part._on_message(part._link.client, None, msg)
         assert [m.payload for m in part.next_batch()] == [b"first", b"second"]
         assert part.stats.redeliveries_skipped == 1 and part._unacked == 2
     finally:
