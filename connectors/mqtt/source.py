@@ -1,19 +1,26 @@
 """QoS 1 subscriptions as a partitioned Bytewax source, acknowledged after commit.
 
-Each partition is one client with a persistent session and QoS 1
-subscriptions to all the topics; a message is PUBACKed only once Bytewax has
-committed the epoch it was emitted in (see the package documentation for the
-delivery guarantees). At most ``max_unacked`` messages are held
-unacknowledged at a time, so one partition reads at most that many per
-epoch: with MQTT 5 the broker is asked to keep to it (Receive Maximum; a
-broker's own in-flight limit then does not throttle), and in any case the
-network thread stops reading the socket at the bound (TCP pushes back),
-waking every ``keepalive/4`` s (at most 1 s) to take one message so
-keepalive pings still flow. Mosquitto 2.0.11 keeps to the Receive Maximum
-for the first window only and may then reuse packet ids still in flight:
-a message is therefore skipped as a redelivery only when the broker marks it
-DUP and its id is held, never for a reused id alone. ``next_batch`` never
-blocks.
+Each partition ``in-<i>`` of ``N`` is one client (``<client_id>-in-<i>``)
+with its own persistent session and plain QoS 1 subscriptions to all the
+topics, so it receives the whole stream; it takes the messages whose payload
+hash assigns them to it (``crc32(payload) % N == i``) and PUBACKs the others
+at once from paho's callback (their owner has its own copy). Why not shared
+subscriptions (mosquitto 2.0 does not persist them), the cost, the order and
+how a change of ``N`` loses nothing: the package documentation, "Partitions
+and order", and :mod:`.partitions` for the rules.
+
+A message it takes is PUBACKed only once Bytewax has committed the epoch it
+was emitted in (see the package documentation for the delivery
+guarantees). At most ``max_unacked`` taken messages are held unacknowledged
+at a time, so one partition takes at most that many per epoch: with MQTT 5
+the broker is asked to keep to it (Receive Maximum; a broker's own in-flight
+limit then does not throttle), and in any case the network thread stops
+reading the socket at the bound (TCP pushes back), waking every
+``keepalive/4`` s (at most 1 s) to take one message so keepalive pings still
+flow. Mosquitto 2.0.11 keeps to the Receive Maximum for the first window
+only and may then reuse packet ids still in flight: a message is therefore
+skipped as a redelivery only when the broker marks it DUP and its id is
+held, never for a reused id alone. ``next_batch`` never blocks.
 """
 
 from __future__ import annotations
@@ -142,6 +149,10 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
                 # (UNSUBSCRIBE of an unknown filter is harmless).
                 client.unsubscribe(shared)
             client.subscribe(control if session_present or self._drain else data + control)
+            if session_present:
+                # Subscribed already; the SUBACK may wait behind the backlog
+                # (with 3.1.1, behind max_unacked messages not yet committed).
+                self._subscribed.set()
 
         def on_subscribe(*_args) -> None:
             if not self._drain:
@@ -203,12 +214,13 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
             return
         gen = self._link.session_gen
         key = (msg.mid, gen)
-        with self._cond:
-            # Only a DUP copy of a message still held is a redelivery: a
-            # packet id alone may be reused by the broker once acked.
-            if msg.qos > 0 and msg.dup and key in self._held:
-                self.stats.redeliveries_skipped += 1
-                return
+        if msg.dup and msg.qos > 0:
+            with self._cond:
+                # Only a DUP copy of a message still held is a redelivery: a
+                # packet id alone may be reused by the broker once acked.
+                if key in self._held:
+                    self.stats.redeliveries_skipped += 1
+                    return
         if not takes(msg.payload, self._index, self._counts):
             # Another partition takes it, from its own copy: done with ours.
             if msg.qos > 0:
@@ -352,22 +364,40 @@ def delete_session(connection: MQTTConnection, client_id: str) -> None:
     client.loop_stop()
 
 
+def has_session(connection: MQTTConnection, client_id: str) -> bool:
+    """Whether the broker holds a session for ``client_id`` (to check that none is left behind).
+
+    Connects as ``client_id`` with MQTT 5, clean start off and no session
+    expiry, so the probe itself leaves no session. Never probe the client id
+    of a running partition: the broker would disconnect it.
+    """
+    client = connection.client(client_id, protocol="5")
+    present: List[bool] = []
+    client.on_connect = lambda _c, _u, flags, *_: present.append(bool(flags.session_present))
+    connect(client, connection, label=client_id, clean_start=False)
+    client.disconnect()
+    client.loop_stop()
+    return present[0]
+
+
 class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
     """QoS 1 subscriptions as a partitioned Bytewax source.
 
     Emits :class:`MQTTMessage`, or :class:`MQTTError` for a message larger
     than ``max_message_bytes`` (or with a topic that is not UTF-8). Partition
-    keys are ``"in-<i>"``; each partition subscribes to every topic. The
-    resume state is ``None``: the broker session is the resume state.
+    keys are ``"in-<i>"``; each partition subscribes to every topic and takes
+    its share by payload hash; :meth:`list_parts` adds ``"in-<j>"`` for each
+    session a larger count left behind (drained, then deleted). The resume
+    state is ``None``: the broker session is the resume state.
 
     Args:
         connection: The broker.
         topics: Plain topic names (no wildcards, not ``$...``).
         client_id: Stable identity: partition ``i`` is client
-            ``<client_id>-in-<i>``, and ``<client_id>`` names the shared
-            subscription group.
-        partitions: 1 for plain subscriptions (publish order); more for
-            shared subscriptions ``$share/<client_id>/<topic>``.
+            ``<client_id>-in-<i>``; its marker is the retained topic
+            ``connectors-mqtt/partitions/<client_id>/in-<i>``.
+        partitions: How many partitions take a share of every topic (any
+            count keeps every message; each partition receives them all).
         max_unacked: Most messages a partition holds unacknowledged (received,
             and not yet covered by a committed snapshot). With MQTT 5 it is
             the Receive Maximum the broker must respect, at most 65535 (the

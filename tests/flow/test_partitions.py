@@ -11,16 +11,13 @@ queueing on the broker. Traffic is paced with event times = now
 from __future__ import annotations
 
 import signal
-import threading
 import time
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from connectors.mqtt import MQTTConnection
 from connectors.mqtt.partitions import Marker
-from connectors.mqtt.source import read_markers
+from connectors.mqtt.source import has_session, read_markers
 from connectors.mqtt.testing import Collector, Publisher, wait_for
 from driver_stats.testing.live_flow import LiveFlow, wait_for_records
 from driver_stats.testing.paced import PacedTraffic, compare
@@ -51,27 +48,7 @@ def markers(broker, client_id: str) -> dict[int, Marker]:
 
 
 def session_present(broker, client_id: str) -> bool:
-    """Connect with MQTT 5, clean start off: does the broker hold a session for ``client_id``?
-
-    No session expiry is sent, so the probe's own session ends when it disconnects.
-    """
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
-    answer: list[bool] = []
-    done = threading.Event()
-
-    def on_connect(_c, _u, flags, reason, _props):
-        answer.append(bool(flags.session_present))
-        done.set()
-
-    client.on_connect = on_connect
-    client.connect(broker.host, broker.port, clean_start=False)
-    client.loop_start()
-    try:
-        assert done.wait(10), "no CONNACK"
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return answer[0]
+    return has_session(MQTTConnection(host=broker.host, port=broker.port), client_id)
 
 
 @pytest.mark.parametrize("partitions", [1, 2, 4])
