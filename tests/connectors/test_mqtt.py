@@ -23,6 +23,7 @@ from connectors.mqtt import (
     MQTTSink,
     MQTTSource,
 )
+from connectors.mqtt.source import read_markers
 from connectors.mqtt.testing import Collector, Mosquitto, Publisher, TlsFiles, wait_for
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(90)]
@@ -326,6 +327,10 @@ def test_mqtt5_receive_maximum_bounds_unacked_deliveries_and_acks_wait_for_the_e
     got: list = []
     try:
         assert part.stats.inflight_cap == 30
+        # The partition's own marker (QoS 1, in its stream, acked at once) first:
+        # mosquitto 2.0.11 may exceed the window when an ack comes while it is full.
+        wait_for(lambda: 0 in read_markers(conn, "bound"), 5, "the partition's marker")
+        time.sleep(0.3)
         pub.publish("in/b", nums("b", 0, 100))
         wait_for(lambda: got.extend(part.next_batch()) or len(got) >= 30, 10, "the first window")
         time.sleep(0.5)

@@ -24,7 +24,7 @@ from driver_stats.testing.paced import PacedTraffic, compare
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(180)]
 
-WINDOW, LATENESS = 4, 4
+WINDOW, LATENESS = 2, 4
 
 
 def layout(partitions: int) -> dict:
@@ -58,7 +58,7 @@ def test_broker_restarts_with_the_flow_down_and_running_lose_nothing(mosquitto, 
     publisher = Publisher(mosquitto, client_id=f"{name}-publisher")
     flow = LiveFlow(mosquitto, tmp_path, client_id=name, window=WINDOW, lateness=LATENESS,
                     recovery=True, **layout(partitions)).start()
-    traffic = PacedTraffic(publisher, count=440, rate=40, drivers=8, window=WINDOW, lateness=LATENESS)
+    traffic = PacedTraffic(publisher, count=400, rate=40, drivers=8, window=WINDOW, lateness=LATENESS)
     traffic.start()
     time.sleep(2)
     # Stop the flow, restart the broker, publish, start the flow.
@@ -86,7 +86,7 @@ def test_changing_the_partition_count_loses_nothing_and_leaves_no_stale_session(
     publisher = Publisher(mosquitto, client_id=f"{name}-publisher")
     flow = LiveFlow(mosquitto, tmp_path, client_id=name, window=WINDOW, lateness=LATENESS,
                     recovery=True, **layout(before)).start()
-    traffic = PacedTraffic(publisher, count=440, rate=40, drivers=8, window=WINDOW, lateness=LATENESS)
+    traffic = PacedTraffic(publisher, count=400, rate=40, drivers=8, window=WINDOW, lateness=LATENESS)
     traffic.start()
     time.sleep(3)
     # A crash mid-stream: each partition holds messages taken and not yet committed.
