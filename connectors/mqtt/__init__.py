@@ -72,9 +72,11 @@ persistent sessions are what every broker persists.
 
 The cost: each partition receives, parses and acknowledges every message,
 so a process reads ``partitions on it × stream`` messages. Measured with
-``bench/ingest.py 100000`` (mosquitto 2.0.11, 2 shared cores, one process,
-1-worker flow, input only): MQTT 5: 18.6k events/s with 1 partition, 9.5k
-with 2, 4.5k with 4 (ratio 0.24); MQTT 3.1.1: see the README. The ingest
+``bench/ingest.py 100000`` (mosquitto 2.0.11, 2 cores, one process,
+1-worker flow, input only): MQTT 5: 17.5k events/s with 1 partition, 5.7k
+with 2, 2.3k with 4 (ratio 0.13; another run 0.24); MQTT 3.1.1: 28.4k,
+12.5k, 3.5k (0.12). Several partitions in one process share one
+interpreter, so they cost more than their share. The ingest
 capacity of the whole flow is therefore about that of one process reading
 the whole stream, whatever the count: more than one partition per process
 only costs, and partitions spread the work after the input, which Bytewax
@@ -92,7 +94,9 @@ count takes a message owned by it under the old count *or* the new one
 until its stream has carried a marker with ``partitions == M`` from every
 partition ``k < M``: that marker was published after ``k`` subscribed, and
 the broker delivers a session's messages in publish order, so every message
-after it is in ``k``'s queue too. A session ``j >= M`` left by a larger
+after it is in ``k``'s queue too. (MQTT promises that order per topic only;
+mosquitto keeps one queue per session, so it holds across topics there. A
+fixed count does not depend on it.) A session ``j >= M`` left by a larger
 count is listed as an extra partition ``in-<j>`` (from its marker) that
 takes what ``j`` owned under the old count until the same holds in ``j``'s
 stream, waits until all it took is committed, then marks its marker
