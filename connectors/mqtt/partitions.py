@@ -17,9 +17,10 @@ in its own session, until it commits.
 Every session also subscribes to ``connectors-mqtt/partitions/<client_id>/+``
 (retained markers come on every subscribe), so markers arrive *in* each
 session's stream. A marker from partition ``k`` is published after ``k``
-subscribed; the broker delivers a session's messages in publish order, so
-every message after that marker in any session's stream is also queued in
-``k``'s session. That is what ends a change of count:
+subscribed; the broker delivers a session's messages in publish order
+(mosquitto: one queue per session; MQTT itself promises it per topic only),
+so every message after that marker in any session's stream is also queued
+in ``k``'s session. That is what ends a change of count:
 
 * **Union.** A session whose previous count was different (its own retained
   marker, read before it connects, says so) takes a message owned by it
