@@ -33,40 +33,83 @@ host:port and the reason, never the password.
 
 ## Partitions and order
 
-:class:`MQTTSource` has ``partitions`` partitions, keys ``"in-<i>"``; each
-subscribes to every topic, so every topic has ``partitions`` partitions.
-Every worker lists them all and Bytewax assigns each to one worker. A
-partition is one paho client with a stable client id
-(:meth:`MQTTSource.client_id_for`, e.g. ``driver-stats-in-0``), a persistent
-session (MQTT 3.1.1 ``clean_session=False``; with ``protocol="5"``: clean
-start off and a session expiry interval) and QoS 1 subscriptions to all the
-topics. One session for all topics matters: the broker queues a
-disconnected client's messages in one queue in publish order, so after an
-outage or a restart the backlog comes back interleaved across topics as it
-was published, not one topic's whole backlog before the next (which would
-make the later topics' events look late).
+:class:`MQTTSource` has ``partitions`` partitions, keys ``"in-<i>"``. Every
+worker lists them and Bytewax assigns each to one worker. A partition is one
+paho client with a stable client id (:meth:`MQTTSource.client_id_for`, e.g.
+``driver-stats-in-0``; the count is not part of it), a persistent session
+(MQTT 3.1.1 ``clean_session=False``; with ``protocol="5"``: clean start off
+and a session expiry interval) and **plain** QoS 1 subscriptions to all the
+topics, so every partition's session receives the whole stream. Partition
+``i`` of ``N`` *takes* a message when ``zlib.crc32(payload) % N == i``
+(:mod:`.partitions`) and PUBACKs every other message at once, from paho's
+callback (never buffered or counted as unacknowledged): its owner has a copy
+of its own in its own session until it commits. One session for all topics
+matters: the broker queues a disconnected client's messages in one queue in
+publish order, so after an outage or a restart the backlog comes back
+interleaved across topics as it was published, not one topic's whole
+backlog before the next (which would make the later topics' events look
+late).
 
-* ``partitions=1`` (default): plain subscriptions. Messages arrive in
-  publish order; everything published while the flow is down is queued in
-  its session, across broker restarts too.
-* ``partitions>1``: shared subscriptions ``$share/<client_id>/<topic>``.
-  Mosquitto hands each message to one member, round-robin, and queues the
-  share of an offline member in its session: adding partitions (and
-  workers) spreads the load, and a flow that was down gets what was
-  published meanwhile. The trade-offs, measured with mosquitto 2.0.11:
-  (1) no order across partitions; (2) a **restarted broker does not
-  restore shared subscriptions** from its persistence file (it still
-  reports the session present): messages already queued survive, but
-  messages published after the broker restart and before the member
-  reconnects are LOST (nobody is subscribed). The partition subscribes
-  again on every connection to keep that window short, but a broker
-  restart while the flow is down loses everything published until the flow
-  is back; (3) when ``partitions`` is lowered, the sessions of the removed
-  partitions stay members of the group and keep receiving their share until
-  the broker expires them (``persistent_client_expiration`` for 3.1.1, the
-  session expiry interval for 5): remove them, or run once more with the
-  old value until drained. Switching between 1 and more replaces partition
-  0's subscriptions (plain <-> shared).
+Order: within a partition, messages come in publish order (across its
+topics); there is **no order across partitions**, so with ``N > 1`` a
+consumer keyed by something other than the payload sees its messages from
+several partitions interleaved in any way (the driver-stats flow routes by
+driver after the input and tolerates this within its allowed lateness).
+Identical payloads (a producer's repeat) always go to the same partition.
+
+Why not shared subscriptions (``$share/<group>/<topic>``, used up to this
+version): mosquitto 2.0 does not restore them from its persistence file
+(measured with 2.0.11: the session is reported present, the shared
+subscription is gone, so everything published after a broker restart and
+before the flow resubscribes is lost; with the flow down, all of it), and
+MQTT 5.0 does not pin it down either: which member gets a message is up to
+the server, and for a member that went away it only says the server MAY
+wait for it to reconnect (section 4.8.2). EMQX's documentation advises clean
+sessions for shared subscribers, and its Message Queue page (EMQX 6.0) says
+shared subscriptions keep nothing while no member is online; VerneMQ's
+describes only how messages are spread over the members present. Plain subscriptions in
+persistent sessions are what every broker persists.
+
+The cost: each partition receives, parses and acknowledges every message,
+so a process reads ``partitions on it × stream`` messages. Measured with
+``bench/ingest.py 100000`` (mosquitto 2.0.11, 2 cores, one process,
+1-worker flow, input only): MQTT 5: 17.5k events/s with 1 partition, 5.7k
+with 2, 2.3k with 4 (ratio 0.13; another run 0.24); MQTT 3.1.1: 28.4k,
+12.5k, 3.5k (0.12). Several partitions in one process share one
+interpreter, so they cost more than their share. The ingest
+capacity of the whole flow is therefore about that of one process reading
+the whole stream, whatever the count: more than one partition per process
+only costs, and partitions spread the work after the input, which Bytewax
+spreads by key anyway.
+
+**Changing the count** (any N to any M, across a restart) loses nothing and
+leaves no session behind. Each partition publishes a retained marker
+``connectors-mqtt/partitions/<client_id>/in-<i>`` (``{"partitions": M}``,
+plus ``"draining_from": [N]`` while in transition) after its SUBACK, and
+every session subscribes to ``connectors-mqtt/partitions/<client_id>/+``
+too, so markers arrive in each session's stream; before connecting, a
+partition reads the retained markers with a short clean-session client
+(:func:`.source.read_markers`). A partition whose own marker names another
+count takes a message owned by it under the old count *or* the new one
+until its stream has carried a marker with ``partitions == M`` from every
+partition ``k < M``: that marker was published after ``k`` subscribed, and
+the broker delivers a session's messages in publish order, so every message
+after it is in ``k``'s queue too. (MQTT promises that order per topic only;
+mosquitto keeps one queue per session, so it holds across topics there. A
+fixed count does not depend on it.) A session ``j >= M`` left by a larger
+count is listed as an extra partition ``in-<j>`` (from its marker) that
+takes what ``j`` owned under the old count until the same holds in ``j``'s
+stream, waits until all it took is committed, then marks its marker
+``retired``, deletes the session (clean-session connect) and ends (EOF, so
+Bytewax drops its recovery state). Retired markers stay (tiny), so
+``in-<j>`` keeps being listed and a recovery store that still holds its key
+resumes. A message taken under both counts is a duplicate, absorbed by the
+dataflow's dedupe. A session left by a version before markers (shared
+subscriptions) takes everything in its queue until the change is over;
+upgrade from such a version keeping the partition count, and change it
+afterwards (a session above the new count without a marker is not found).
+ACLs must let the flow's user publish and subscribe
+``connectors-mqtt/partitions/<client_id>/#``.
 
 MQTT 3.1.1 is the default for input: through a 1-worker flow, QoS 1,
 100-byte payloads, this connector received about 43k msg/s with 3.1.1 and

@@ -1,19 +1,26 @@
 """QoS 1 subscriptions as a partitioned Bytewax source, acknowledged after commit.
 
-Each partition is one client with a persistent session and QoS 1
-subscriptions to all the topics; a message is PUBACKed only once Bytewax has
-committed the epoch it was emitted in (see the package documentation for the
-delivery guarantees). At most ``max_unacked`` messages are held
-unacknowledged at a time, so one partition reads at most that many per
-epoch: with MQTT 5 the broker is asked to keep to it (Receive Maximum; a
-broker's own in-flight limit then does not throttle), and in any case the
-network thread stops reading the socket at the bound (TCP pushes back),
-waking every ``keepalive/4`` s (at most 1 s) to take one message so
-keepalive pings still flow. Mosquitto 2.0.11 keeps to the Receive Maximum
-for the first window only and may then reuse packet ids still in flight:
-a message is therefore skipped as a redelivery only when the broker marks it
-DUP and its id is held, never for a reused id alone. ``next_batch`` never
-blocks.
+Each partition ``in-<i>`` of ``N`` is one client (``<client_id>-in-<i>``)
+with its own persistent session and plain QoS 1 subscriptions to all the
+topics, so it receives the whole stream; it takes the messages whose payload
+hash assigns them to it (``crc32(payload) % N == i``) and PUBACKs the others
+at once from paho's callback (their owner has its own copy). Why not shared
+subscriptions (mosquitto 2.0 does not persist them), the cost, the order and
+how a change of ``N`` loses nothing: the package documentation, "Partitions
+and order", and :mod:`.partitions` for the rules.
+
+A message it takes is PUBACKed only once Bytewax has committed the epoch it
+was emitted in (see the package documentation for the delivery
+guarantees). At most ``max_unacked`` taken messages are held unacknowledged
+at a time, so one partition takes at most that many per epoch: with MQTT 5
+the broker is asked to keep to it (Receive Maximum; a broker's own in-flight
+limit then does not throttle), and in any case the network thread stops
+reading the socket at the bound (TCP pushes back), waking every
+``keepalive/4`` s (at most 1 s) to take one message so keepalive pings still
+flow. Mosquitto 2.0.11 keeps to the Receive Maximum for the first window
+only and may then reuse packet ids still in flight: a message is therefore
+skipped as a redelivery only when the broker marks it DUP and its id is
+held, never for a reused id alone. ``next_batch`` never blocks.
 """
 
 from __future__ import annotations
@@ -22,15 +29,18 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections import Counter, deque
 from datetime import datetime, timedelta, timezone
-from typing import Iterable, List, Optional, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from .connection import PROTOCOLS, MQTTConnection, Protocol, connect_preferring_v5
+from .connection import PROTOCOLS, MQTTConnectError, MQTTConnection, Protocol, connect, connect_preferring_v5
 from .link import EventHook, Link, MQTTLinkStats, one_wake_up
 from .message import MQTTError, MQTTMessage
+from .partitions import (Marker, control_prefix, counts_at_start, marker_index, marker_topic, takes,
+                         transition_over)
 
 log = logging.getLogger("connectors.mqtt")
 
@@ -43,49 +53,66 @@ MAX_RECEIVE_MAXIMUM = 65_535  # MQTT 5's limit, the 16-bit packet-id space
 
 
 def check_client_id(client_id: str) -> None:
-    """Refuse a client id that cannot name MQTT clients and share groups."""
+    """Refuse a client id that cannot name MQTT clients and topic levels."""
     if not _CLIENT_ID.fullmatch(client_id):
         raise ValueError(f"client_id {client_id!r}: use 1 or more of A-Z a-z 0-9 _ -")
 
 
 class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError], None]):
+    """Partition ``in-<index>``: its own session (``index < partitions``), or one left to drain."""
+
     def __init__(self, source: MQTTSource, index: int) -> None:
+        self._source = source
         self._batch_size = source.batch_size
         self._max_unacked = source.max_unacked
         self._max_bytes = source.max_message_bytes
+        self._partitions = source.partitions
+        self._control_b = (control_prefix(source.client_id) + "/").encode()
         self._cond = threading.Condition()
         # Received, not yet emitted: (entry, item).
         self._buffer: deque[Tuple[_Entry, Union[MQTTMessage, MQTTError]]] = deque()
         # Emitted in the current epoch / before the last snapshot.
         self._emitted: List[_Entry] = []
         self._committable: List[_Entry] = []
-        # (mid, generation) -> how many QoS>0 messages with it are received
-        # and not yet acked (a broker may reuse an id while it is in flight,
-        # as mosquitto 2.0 does past 65535), to recognise redeliveries (DUP).
+        # (mid, generation) -> how many QoS>0 messages with it are taken and
+        # not yet acked (a broker may reuse an id while it is in flight, as
+        # mosquitto 2.0 does past 65535), to recognise redeliveries (DUP).
         self._held: Counter[Tuple[int, int]] = Counter()
         self._unacked = 0  # the sum of _held
         self._closing = False
         self._block_s = min(1.0, max(0.05, source.connection.keepalive / 4))
         self._index = index
+        self._drain = index >= source.partitions
+        self._done = False  # a drained session is deleted: end of input
         self._subscribed = threading.Event()
         client_id = source.client_id_for(index)
-        self.stats = source.stats.setdefault(client_id, MQTTLinkStats())
-        self._link, protocol = connect_preferring_v5(
-            lambda p: self._open(source, client_id, p), source.protocol
-        )
+        # Before this partition says anything: its own marker names the
+        # count(s) its session ran under (partitions.py).
+        self._marker = read_markers(source.connection, source.client_id, label=client_id).get(index)
+        self._counts = frozenset({source.partitions})  # set from the marker on connecting
+        self._over = True  # the change of count is over in this session's stream
+        self._proven: set[int] = set()  # partitions whose marker with the new count came
+        self.stats = MQTTLinkStats() if self._drain else source.stats.setdefault(client_id, MQTTLinkStats())
+        if self._drain and (self._marker is None or self._marker.retired):
+            # Drained already (possibly deleted already): make sure, and end.
+            delete_session(source.connection, client_id)
+            self._link: Optional[Link] = None
+            self._done = True
+            return
+        self._link, protocol = connect_preferring_v5(lambda p: self._open(client_id, p), source.protocol)
         if self._v5:
             self.stats.inflight_cap = self._max_unacked
         if not self._subscribed.wait(source.connection.connect_timeout):
             log.warning("%s: no SUBACK within %gs", self._link.label, source.connection.connect_timeout)
 
-    def _open(self, source: MQTTSource, client_id: str, protocol: Protocol) -> Link:
-        index = self._index
+    def _open(self, client_id: str, protocol: Protocol) -> Link:
+        source = self._source
         link = Link(
             source.connection,
             client_id,
             protocol=protocol,
-            label=f"mqtt input #{index}",
-            partition=f"in-{index}",
+            label=f"mqtt drain in-{self._index}" if self._drain else f"mqtt input #{self._index}",
+            partition=f"in-{self._index}",
             persistent=True,
             resume_first=True,
             session_expiry=source.session_expiry,
@@ -96,52 +123,111 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
             receive_maximum=self._max_unacked,
             manual_ack=True,
             stats=self.stats,
-            on_event=source.on_event,
+            on_event=None if self._drain else source.on_event,
         )
         # One session for all topics: the broker queues a disconnected
         # client's messages in one queue, in publish order across topics, so
         # a backlog (after an outage or a restart) comes back interleaved as
-        # it was published instead of one topic after the other.
-        plain = [(topic, 1) for topic in source.topics]
-        shared = [(f"$share/{source.client_id}/{topic}", 1) for topic in source.topics]
-        client = link.client
-        if source.partitions == 1:
-            # Plain subscriptions: restored with the session by a restarted
-            # broker. Drop shared ones left by a run with more partitions
-            # (UNSUBSCRIBE of an unknown filter is harmless).
-            def after_connect(session_present: bool) -> None:
-                if session_present:
-                    self._subscribed.set()
+        # it was published instead of one topic after the other. The marker
+        # filter is subscribed on every connection, so the retained markers
+        # come each time, in this session's stream.
+        data = [(topic, 1) for topic in source.topics]
+        control = [(control_prefix(source.client_id) + "/+", 1)]
+        shared = [f"$share/{source.client_id}/{topic}" for topic in source.topics]
+        client, first = link.client, [True]
+
+        def after_connect(session_present: bool) -> None:
+            if first[0]:
+                first[0] = False
+                if self._drain:  # nothing to drain from a session the broker no longer had
+                    self._counts = self._marker.counts() if session_present else frozenset()
                 else:
-                    client.subscribe(plain)
-                client.unsubscribe([f for f, _ in shared])
-        else:
-            # Mosquitto 2.0 does not restore shared subscriptions from its
-            # persistence file although it reports the session present:
-            # subscribe again on every connection (no retained messages
-            # are sent for shared subscriptions, so this is harmless).
-            def after_connect(session_present: bool) -> None:
-                client.unsubscribe([f for f, _ in plain])
-                client.subscribe(shared)
+                    self._counts = counts_at_start(self._marker, self._partitions, session_present)
+                self._over = self._counts <= {self._partitions}
+            if not self._drain:
+                # Shared subscriptions left by a version before markers
+                # (UNSUBSCRIBE of an unknown filter is harmless).
+                client.unsubscribe(shared)
+            client.subscribe(control if session_present or self._drain else data + control)
+            if session_present:
+                # Subscribed already; the SUBACK may wait behind the backlog
+                # (with 3.1.1, behind max_unacked messages not yet committed).
+                self._subscribed.set()
+
+        def on_subscribe(*_args) -> None:
+            if not self._drain:
+                self._publish_marker()
+            self._subscribed.set()
 
         link.after_connect = after_connect
-        client.on_subscribe = lambda *args: self._subscribed.set()
+        client.on_subscribe = on_subscribe
         client.on_message = self._on_message
         # Before start: a resumed session's messages come at once.
         self._link, self._v5 = link, protocol == "5"
         link.start()
         return link
 
+    def _publish_marker(self) -> None:
+        old = tuple(sorted(self._counts - {self._partitions}))
+        self._link.client.publish(marker_topic(self._source.client_id, self._index),
+                                  Marker(self._partitions, old).encode(), qos=1, retain=True)
+
+    def _on_marker(self, topic: str, payload: bytes) -> None:
+        k = marker_index(topic, self._source.client_id)
+        marker = Marker.decode(payload)
+        if self._over or k is None or marker is None or not marker.proves(self._partitions):
+            return
+        self._proven.add(k)
+        if not transition_over(self._proven, self._partitions):
+            return
+        self._over = True
+        if self._drain:
+            self._counts = frozenset()
+            log.info("%s: every message it must take is taken; deleted once committed", self._link.label)
+        else:
+            self._counts = frozenset({self._partitions})
+            self._publish_marker()
+            log.info("%s: change to %d partitions complete", self._link.label, self._partitions)
+
+    def _finish_drain(self) -> None:
+        """Retire the marker, delete the drained session (its taken messages are all acknowledged)."""
+        link, topic = self._link, marker_topic(self._source.client_id, self._index)
+        try:
+            # Retired, not cleared: list_parts keeps naming this partition,
+            # whose key may still be in a Bytewax recovery store.
+            retired = Marker(self._marker.partitions, retired=True).encode()
+            link.client.publish(topic, retired, qos=1, retain=True).wait_for_publish(5)
+            link.stop()
+            delete_session(self._source.connection, link.client_id)
+            log.info("%s: drained; session deleted", link.label)
+        except (MQTTConnectError, RuntimeError, ValueError) as err:
+            link.stop()
+            log.warning("%s: could not delete the drained session (%s); the next start will", link.label, err)
+        self._done = True
+
     # Paho's network thread.
     def _on_message(self, client, userdata, msg) -> None:
+        if msg._topic.startswith(self._control_b):
+            self._on_marker(msg._topic.decode("utf-8", "replace"), msg.payload)
+            if msg.qos > 0:
+                client.ack(msg.mid, msg.qos)
+            return
         gen = self._link.session_gen
         key = (msg.mid, gen)
+        if msg.dup and msg.qos > 0:
+            with self._cond:
+                # Only a DUP copy of a message still held is a redelivery: a
+                # packet id alone may be reused by the broker once acked.
+                if key in self._held:
+                    self.stats.redeliveries_skipped += 1
+                    return
+        if not takes(msg.payload, self._index, self._counts):
+            # Another partition takes it, from its own copy: done with ours.
+            if msg.qos > 0:
+                client.ack(msg.mid, msg.qos)
+            self.stats.passed_on += 1
+            return
         with self._cond:
-            # Only a DUP copy of a message still held is a redelivery: a
-            # packet id alone may be reused by the broker once acked.
-            if msg.qos > 0 and msg.dup and key in self._held:
-                self.stats.redeliveries_skipped += 1
-                return
             # Without a Receive Maximum (MQTT 3.1.1), stop reading the
             # socket at the bound, waking now and then so paho can keep the
             # connection alive.
@@ -169,8 +255,8 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
 
     def _ack(self, entries: List[_Entry]) -> List[_Entry]:
         """PUBACK ``entries`` in order; return those that must wait for a connection."""
-        if not entries:
-            return entries
+        if not entries or self._link is None:
+            return []
         if not self._link.connected:
             return entries  # acks queued now would be dropped by paho's reconnect
         gen = self._link.session_gen
@@ -197,6 +283,11 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
     def next_batch(self) -> List[Union[MQTTMessage, MQTTError]]:
         # Called only once the epoch of the last snapshot is committed.
         self._committable = self._ack(self._committable)
+        if self._drain:
+            if self._done:
+                raise StopIteration  # Bytewax discards this partition's recovery state
+            if self._over and not self._unacked and not self._buffer and not self._committable:
+                self._finish_drain()
         with self._cond:
             self.stats.last_call = time.monotonic()
             self.stats.buffered = len(self._buffer)
@@ -225,7 +316,69 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._link.stop()
+        if self._link is not None:
+            self._link.stop()
+
+
+def read_markers(connection: MQTTConnection, client_id: str, *, label: Optional[str] = None) -> Dict[int, Marker]:
+    """The retained markers of ``client_id``'s partitions, by partition index.
+
+    A short clean-session client subscribes to them, then publishes a
+    message to a topic of its own under the same filter: once that comes
+    back, every retained marker (sent on the SUBSCRIBE, before it) is here.
+    ``label`` names it in errors (default: its own client id).
+    """
+    reader_id = f"{client_id}-markers-{uuid.uuid4().hex[:8]}"
+    client = connection.client(reader_id)
+    barrier = f"{control_prefix(client_id)}/barrier/{reader_id}"
+    markers: Dict[int, Marker] = {}
+    done = threading.Event()
+
+    def on_message(_c, _u, msg) -> None:
+        if msg.topic == barrier:
+            done.set()
+            return
+        k, marker = marker_index(msg.topic, client_id), Marker.decode(msg.payload)
+        if k is not None and marker is not None:
+            markers[k] = marker
+
+    client.on_connect = lambda c, *_: c.subscribe(control_prefix(client_id) + "/#", qos=1)
+    client.on_subscribe = lambda c, *_: c.publish(barrier, b"", qos=1)
+    client.on_message = on_message
+    connect(client, connection, label=label or reader_id)
+    timeout = connection.connect_timeout
+    try:
+        if not done.wait(timeout):
+            raise MQTTConnectError(f"MQTT broker {connection.address}: partition markers not read "
+                                   f"within {timeout:g}s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return markers
+
+
+def delete_session(connection: MQTTConnection, client_id: str) -> None:
+    """Delete the broker session of ``client_id``: connect with a clean session, disconnect."""
+    client = connection.client(client_id)  # MQTT 3.1.1, clean session: the broker discards the old one
+    connect(client, connection, label=client_id)
+    client.disconnect()
+    client.loop_stop()
+
+
+def has_session(connection: MQTTConnection, client_id: str) -> bool:
+    """Whether the broker holds a session for ``client_id`` (to check that none is left behind).
+
+    Connects as ``client_id`` with MQTT 5, clean start off and no session
+    expiry, so the probe itself leaves no session. Never probe the client id
+    of a running partition: the broker would disconnect it.
+    """
+    client = connection.client(client_id, protocol="5")
+    present: List[bool] = []
+    client.on_connect = lambda _c, _u, flags, *_: present.append(bool(flags.session_present))
+    connect(client, connection, label=client_id, clean_start=False)
+    client.disconnect()
+    client.loop_stop()
+    return present[0]
 
 
 class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
@@ -233,17 +386,19 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
 
     Emits :class:`MQTTMessage`, or :class:`MQTTError` for a message larger
     than ``max_message_bytes`` (or with a topic that is not UTF-8). Partition
-    keys are ``"in-<i>"``; each partition subscribes to every topic. The
-    resume state is ``None``: the broker session is the resume state.
+    keys are ``"in-<i>"``; each partition subscribes to every topic and takes
+    its share by payload hash; :meth:`list_parts` adds ``"in-<j>"`` for each
+    session a larger count left behind (drained, then deleted). The resume
+    state is ``None``: the broker session is the resume state.
 
     Args:
         connection: The broker.
         topics: Plain topic names (no wildcards, not ``$...``).
         client_id: Stable identity: partition ``i`` is client
-            ``<client_id>-in-<i>``, and ``<client_id>`` names the shared
-            subscription group.
-        partitions: 1 for plain subscriptions (publish order); more for
-            shared subscriptions ``$share/<client_id>/<topic>``.
+            ``<client_id>-in-<i>``; its marker is the retained topic
+            ``connectors-mqtt/partitions/<client_id>/in-<i>``.
+        partitions: How many partitions take a share of every topic (any
+            count keeps every message; each partition receives them all).
         max_unacked: Most messages a partition holds unacknowledged (received,
             and not yet covered by a committed snapshot). With MQTT 5 it is
             the Receive Maximum the broker must respect, at most 65535 (the
@@ -303,7 +458,10 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         return f"{self.client_id}-in-{index}"
 
     def list_parts(self) -> List[str]:
-        return [f"in-{i}" for i in range(self.partitions)]
+        """``in-0`` … ``in-<partitions-1>``, and ``in-<j>`` for each session a larger count left (to drain)."""
+        left = read_markers(self.connection, self.client_id, label=f"{self.client_id}-in")
+        return [f"in-{i}" for i in range(self.partitions)] + [
+            f"in-{j}" for j in sorted(left) if j >= self.partitions]
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: None

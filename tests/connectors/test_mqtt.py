@@ -24,6 +24,7 @@ from connectors.mqtt import (
     MQTTSink,
     MQTTSource,
 )
+from connectors.mqtt.source import read_markers
 from connectors.mqtt.testing import Collector, Mosquitto, Publisher, TlsFiles, wait_for
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(90)]
@@ -336,6 +337,10 @@ def test_mqtt5_receive_maximum_bounds_unacked_deliveries_and_acks_wait_for_the_e
     got: list = []
     try:
         assert part.stats.inflight_cap == 30
+        # The partition's own marker (QoS 1, in its stream, acked at once) first:
+        # mosquitto 2.0.11 may exceed the window when an ack comes while it is full.
+        wait_for(lambda: 0 in read_markers(conn, "bound"), 5, "the partition's marker")
+        time.sleep(0.3)
         pub.publish("in/b", nums("b", 0, 100))
         wait_for(lambda: got.extend(part.next_batch()) or len(got) >= 30, 10, "the first window")
         time.sleep(0.5)
@@ -443,7 +448,9 @@ def test_mqtt311_stops_reading_at_the_unacked_bound(mosquitto, clients):
         part.close()
 
 
-def test_partitions_share_a_topic_and_ids_are_stable(mosquitto, clients):
+def test_partitions_split_the_topics_by_payload_hash_and_ids_are_stable(mosquitto, clients):
+    from connectors.mqtt.partitions import owner
+
     pub = clients(Publisher)
     conn = MQTTConnection(host="127.0.0.1", port=mosquitto.port)
     src = MQTTSource(conn, ["in/s", "in/t"], client_id="grp", partitions=2)
@@ -452,33 +459,20 @@ def test_partitions_share_a_topic_and_ids_are_stable(mosquitto, clients):
     parts = [src.build_part("in", key, None) for key in ("in-0", "in-1")]
     try:
         pub.publish("in/s", nums("s", 0, 40))
-        got: list = []
-        wait_for(lambda: [got.extend(p.next_batch()) for p in parts] and len(got) >= 40, 10, "40")
-        assert sorted(m.payload for m in got) == sorted(nums("s", 0, 40))  # each once
-        assert all(p._emitted for p in parts)  # both members got a share
+        got: list[list] = [[], []]
+        wait_for(lambda: [got[i].extend(p.next_batch()) for i, p in enumerate(parts)]
+                 and sum(map(len, got)) >= 40, 10, "40")
+        time.sleep(0.3)
+        for i, p in enumerate(parts):
+            got[i].extend(p.next_batch())
+            # Each partition takes exactly the messages it owns, in publish order.
+            assert [m.payload for m in got[i]] == [n for n in nums("s", 0, 40) if owner(n, 2) == i]
+            assert got[i] and p.stats.passed_on == 40 - len(got[i])  # the rest acked at once
     finally:
         for p in parts:
             p.close()
     with pytest.raises(ValueError):
         MQTTSource(conn, ["a/#"], client_id="x")
-
-
-def test_shared_subscription_survives_broker_restart_while_connected(mosquitto, clients):
-    # Mosquitto 2.0 forgets shared subscriptions on restart: the partition resubscribes.
-    pub = clients(Publisher)
-    conn = MQTTConnection(host="127.0.0.1", port=mosquitto.port)
-    src = MQTTSource(conn, ["in/r"], client_id="grp", partitions=2)
-    part = src.build_part("in", "in-0", None)
-    try:
-        mosquitto.stop()
-        mosquitto.start()
-        wait_for(lambda: part.stats.reconnects >= 1 and part._link.connected, 15, "reconnect")
-        wait_for(lambda: pub.client.is_connected(), 15, "publisher reconnect")
-        time.sleep(0.2)  # SUBACK of the new subscription
-        pub.publish("in/r", nums("s", 0, 4))
-        assert [m.payload for m in drain(part, 2)]  # this member's share arrives
-    finally:
-        part.close()
 
 
 def test_sink_built_during_a_broker_outage_waits_for_the_broker(mosquitto, clients):

@@ -1,0 +1,112 @@
+"""Ingest throughput of one process with 1, 2 and 4 MQTT input partitions.
+
+    .venv/bin/python bench/ingest.py [N] [--protocol 3.1.1|5]
+
+Starts a private mosquitto (connectors/mqtt/testing.py) and creates the
+sessions of three sources (1, 2 and 4 partitions: each partition has its own
+persistent session with plain subscriptions), then publishes N contract
+events (protobuf, QoS 1; the synthetic mix of bench/dataflow.py) ONCE, while
+they are all away: every session queues all N. Then, in turn, a 1-worker
+flow (all partitions in this one process) of each source alone
+(input -> drop) runs until its partitions have taken N messages between them.
+Each partition receives all N and takes its share (crc32 of the payload), so
+with 4 partitions the broker delivers 4N messages to the process. Times run
+from flow start, connecting included. One line per count, then the ratio of
+the 4-partition rate to the 1-partition rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import paho.mqtt.client as paho  # noqa: E402
+from bytewax import operators as op  # noqa: E402
+from bytewax.dataflow import Dataflow  # noqa: E402
+from bytewax.testing import run_main  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+
+from bench.dataflow import TOPICS, synthetic_events  # noqa: E402
+from connectors.mqtt import MQTTConnection, MQTTSource  # noqa: E402
+from connectors.mqtt.testing import Mosquitto  # noqa: E402
+from driver_stats.contract import encode_event  # noqa: E402
+
+COUNTS = (1, 2, 4)
+
+
+class _Counted(MQTTSource):
+    """All partitions stop (EOF) once they have taken ``n`` messages between them: bench only."""
+
+    def __init__(self, n: int, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.n = n
+        self.got = 0
+
+    def build_part(self, step_id, for_part, resume_state):
+        part = super().build_part(step_id, for_part, resume_state)
+        inner, source = part.next_batch, self
+
+        def next_batch():
+            if source.got >= source.n:
+                raise StopIteration
+            batch = inner()
+            source.got += len(batch)
+            return batch
+
+        part.next_batch = next_batch
+        return part
+
+
+def publish(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> None:
+    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-pub")
+    pub.max_inflight_messages_set(1000)
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    while not pub.is_connected():
+        time.sleep(0.01)
+    for start in range(0, len(messages), 20_000):  # paho's mids wrap at 65535
+        infos = [pub.publish(topic, payload, qos=1) for topic, payload in messages[start:start + 20_000]]
+        infos[-1].wait_for_publish(120)
+    pub.disconnect()
+    pub.loop_stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("n", type=int, nargs="?", default=100_000, help="events (default 100000)")
+    parser.add_argument("--protocol", default="5", choices=["3.1.1", "5"],
+                        help="input MQTT version (default 5, what the flow uses with mosquitto)")
+    args = parser.parse_args()
+    events = synthetic_events(args.n, drivers=10_000)
+    messages = [(TOPICS[type(e)], encode_event(e)) for e in events]
+    topics = sorted(set(TOPICS.values()))
+    with tempfile.TemporaryDirectory() as tmp, Mosquitto(tmp) as broker:
+        conn = MQTTConnection(host=broker.host, port=broker.port)
+        sources = {p: _Counted(args.n, conn, topics, client_id=f"ingest{p}", partitions=p,
+                               protocol=args.protocol, max_unacked=50_000) for p in COUNTS}
+        for source in sources.values():  # create every session, then publish once
+            for key in source.list_parts():
+                source.build_part("in", key, None).close()
+        publish(broker, messages)
+        rates = {}
+        for p, source in sources.items():
+            flow = Dataflow(f"ingest_{p}")
+            op.inspect("drop", op.filter("none", op.input("in", flow, source), lambda _m: False))
+            start = time.perf_counter()
+            run_main(flow, epoch_interval=timedelta(seconds=1))
+            seconds = time.perf_counter() - start
+            rates[p] = source.got / seconds
+            print(f"{p} partition{'s' if p > 1 else ' '} in 1 process ({args.protocol}): "
+                  f"{rates[p]:10,.0f} events/s ({source.got} in {seconds:.2f}s, "
+                  f"the broker delivered {p * args.n})", flush=True)
+    print(f"4-partition/1-partition ratio: {rates[4] / rates[1]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
