@@ -28,9 +28,10 @@ in ``k``'s session. That is what ends a change of count:
   until its stream has carried, for every ``k < N``, a marker of ``k`` with
   ``partitions == N`` (:func:`transition_over`). Then it republishes its
   marker without ``draining_from``.
-* **Drain.** A session ``j >= N`` left by a larger count is read by partition
-  ``j % N`` (as client ``<client_id>-in-<j>``) with its old counts, until the
-  same condition holds in ``j``'s stream; once what it took is committed, the
+* **Drain.** A session ``j >= N`` left by a larger count is read by a
+  Bytewax partition of its own, ``in-<j>`` (listed from the retained
+  markers), with its old counts, until the same condition holds in ``j``'s
+  stream; once what it took is committed, the
   session is deleted (clean start) and its marker cleared. It is marked
   ``retired`` first, so a crash between the two steps is harmless; a crash
   before them redoes the drain at the next start.

@@ -74,6 +74,9 @@ COMMIT_TICK = _CommitTick()
 
 _Record = Tuple[int, MQTTMessage]  # (sequence number in the partition, message)
 
+MAX_PARTITIONS = 64
+"""The most sink partitions; all are listed (see :meth:`MQTTSink.list_parts`)."""
+
 
 @dataclass
 class SinkState:
@@ -314,8 +317,10 @@ class MQTTSink(FixedPartitionedSink[Union[MQTTMessage, _CommitTick], SinkState])
     Args:
         connection: The broker.
         client_id: Partition ``i`` is client ``<client_id>-out-<i>``.
-        partitions: Number of partitions (clients); several workers and
-            processes publish in parallel.
+        partitions: Number of partitions (clients) that get items, 1 to
+            :data:`MAX_PARTITIONS`; several workers and processes publish in
+            parallel. It may change between runs: a recovery store written
+            with more still resumes, and their committed records go out.
         timeout: Seconds the worker may wait for the broker (to connect, or
             with ``max_inflight`` records unacknowledged); ``None`` (default):
             as long as it takes. Waiting is what the guarantee needs: the
@@ -347,8 +352,10 @@ class MQTTSink(FixedPartitionedSink[Union[MQTTMessage, _CommitTick], SinkState])
         on_written: Optional[Callable[[List[MQTTMessage], float], None]] = None,
     ) -> None:
         check_client_id(client_id)
-        if partitions < 1 or (timeout is not None and timeout <= 0):
-            raise ValueError("partitions and timeout must be > 0")
+        if not 1 <= partitions <= MAX_PARTITIONS:
+            raise ValueError(f"partitions must be 1..{MAX_PARTITIONS}")
+        if timeout is not None and timeout <= 0:
+            raise ValueError("timeout must be > 0")
         if not 1 <= max_inflight <= 60_000:
             raise ValueError("max_inflight must be 1..60000 (below the 16-bit packet-id space)")
         if not progress_prefix or "#" in progress_prefix or "+" in progress_prefix:
@@ -363,22 +370,31 @@ class MQTTSink(FixedPartitionedSink[Union[MQTTMessage, _CommitTick], SinkState])
         self.on_event = on_event
         self.on_written = on_written
         self.stats: dict[str, MQTTLinkStats] = {}
+        self._position = {name: i for i, name in enumerate(sorted(self.list_parts()))}
 
     def list_parts(self) -> List[str]:
-        return [str(i) for i in range(self.partitions)]
+        # All MAX_PARTITIONS, whatever ``partitions`` is: Bytewax refuses to
+        # resume a recovery store holding a partition the sink no longer
+        # lists, and a partition dropped by a smaller count may still hold
+        # committed records. Only the first ``partitions`` get items; a
+        # partition beyond them is built only to resume such a state: it
+        # publishes what the broker lacks and stays idle.
+        return [str(i) for i in range(MAX_PARTITIONS)]
 
     def tick_keys(self) -> List[str]:
-        """One key routed to each partition, for :data:`COMMIT_TICK` items."""
+        """One key routed to each of the ``partitions`` partitions, for :data:`COMMIT_TICK` items."""
         keys: Dict[int, str] = {}
         n = 0
         while len(keys) < self.partitions:
             key = f"commit-tick-{n}"
-            keys.setdefault(self.part_fn(key) % self.partitions, key)
+            keys.setdefault(zlib.adler32(key.encode()) % self.partitions, key)
             n += 1
         return list(keys.values())
 
     def part_fn(self, item_key: str) -> int:
-        return zlib.adler32(item_key.encode())
+        # Bytewax indexes the sorted partition names ("0", "1", "10", ...)
+        # with this: give the position of partition adler32(key) % partitions.
+        return self._position[str(zlib.adler32(item_key.encode()) % self.partitions)]
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: Optional[SinkState]

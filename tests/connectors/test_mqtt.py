@@ -556,3 +556,24 @@ def test_sink_publishes_a_record_once_its_epoch_is_committed_and_once_only_after
     wait_for(lambda: len(out.payloads("out/x")) >= 6, 10, "all six")
     time.sleep(0.3)
     assert out.payloads("out/x") == [m.payload for m in msgs]
+
+
+def test_sink_with_fewer_partitions_still_publishes_what_a_dropped_partition_committed(mosquitto, clients):
+    out = clients(Collector, "out/#", client_id="shrink-collector")
+    conn = MQTTConnection(host="127.0.0.1", port=mosquitto.port)
+    wide = MQTTSink(conn, client_id="shrink", partitions=4)
+    part = wide.build_part("out", "3", None)
+    part.write_batch([MQTTMessage("out/x", b"from-3")])
+    committed = part.snapshot()
+    crash(part)  # killed before the commit tick
+
+    narrow = MQTTSink(conn, client_id="shrink", partitions=2)
+    # Bytewax resumes every partition in the store, so "3" must still be listed,
+    # but no item is routed beyond the first two any more.
+    assert "3" in narrow.list_parts()
+    names = sorted(narrow.list_parts())
+    assert {names[narrow.part_fn(f"driver-{i}")] for i in range(200)} == {"0", "1"}
+    assert {names[narrow.part_fn(k)] for k in narrow.tick_keys()} == {"0", "1"}
+    resumed = narrow.build_part("out", "3", committed)
+    wait_for(lambda: out.payloads("out/x") == [b"from-3"], 10, "the dropped partition's record")
+    resumed.close()
