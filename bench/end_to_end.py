@@ -51,7 +51,7 @@ from driver_stats.settings import Settings  # noqa: E402
 from flows.driver_stats import build_flow  # noqa: E402
 
 
-class _Counted(MQTTSource):
+class Counted(MQTTSource):
     """Stops (EOF) once `n` messages were taken, by all processes together: a bench-only wrapper."""
 
     def __init__(self, n: int, *args, **kwargs) -> None:
@@ -84,8 +84,17 @@ class _Counted(MQTTSource):
 
 def queue_events(broker: Mosquitto, source: MQTTSource, messages: list[tuple[str, bytes]]) -> None:
     """Create the source's sessions, then publish everything while they are away."""
+    create_sessions(source)
+    publish_all(broker, messages)
+
+
+def create_sessions(source: MQTTSource) -> None:
     for part in source.list_parts():
         source.build_part("in", part, None).close()
+
+
+def publish_all(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> None:
+    """Publish every (topic, payload) with QoS 1 and wait until the broker has them all."""
     pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-pub")
     pub.max_inflight_messages_set(0)  # paho re-scans its whole queue per PUBACK when bounded
     pub.connect(broker.host, broker.port)
@@ -129,7 +138,7 @@ def scaled(broker: Mosquitto, settings: Settings, messages, n: int, processes: i
     """Seconds for `processes` processes to take all `n` queued messages and publish every record."""
     conn = MQTTConnection(host=broker.host, port=broker.port)
     name = f"scale{processes}"
-    source = _Counted(n, conn, sorted(set(TOPICS.values())), client_id=name, partitions=2,
+    source = Counted(n, conn, sorted(set(TOPICS.values())), client_id=name, partitions=2,
                       protocol=protocol, max_unacked=50_000)
     queue_events(broker, source, messages)
     published = multiprocessing.Value("q", 0)
@@ -182,13 +191,13 @@ def main() -> None:
             return
         conn = MQTTConnection(host=broker.host, port=broker.port)
 
-        bare = _Counted(args.n, conn, topics, client_id="bare", protocol=args.protocol, max_unacked=50_000)
+        bare = Counted(args.n, conn, topics, client_id="bare", protocol=args.protocol, max_unacked=50_000)
         queue_events(broker, bare, messages)
         flow = Dataflow("bare_input")
         op.inspect("drop", op.filter("none", op.input("in", flow, bare), lambda _m: False))
         bare_seconds = timed(flow)
 
-        full = _Counted(args.n, conn, topics, client_id="full", protocol=args.protocol, max_unacked=50_000)
+        full = Counted(args.n, conn, topics, client_id="full", protocol=args.protocol, max_unacked=50_000)
         queue_events(broker, full, messages)
         published: list[int] = [0]
         sink = MQTTSink(conn, client_id="full", on_written=lambda batch, _s: published.__setitem__(

@@ -26,55 +26,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import paho.mqtt.client as paho  # noqa: E402
 from bytewax import operators as op  # noqa: E402
 from bytewax.dataflow import Dataflow  # noqa: E402
 from bytewax.testing import run_main  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from bench.dataflow import TOPICS, synthetic_events  # noqa: E402
-from connectors.mqtt import MQTTConnection, MQTTSource  # noqa: E402
+from bench.end_to_end import Counted, create_sessions, publish_all  # noqa: E402
+from connectors.mqtt import MQTTConnection  # noqa: E402
 from connectors.mqtt.testing import Mosquitto  # noqa: E402
 from driver_stats.contract import encode_event  # noqa: E402
 
 COUNTS = (1, 2, 4)
-
-
-class _Counted(MQTTSource):
-    """All partitions stop (EOF) once they have taken ``n`` messages between them: bench only."""
-
-    def __init__(self, n: int, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.n = n
-        self.got = 0
-
-    def build_part(self, step_id, for_part, resume_state):
-        part = super().build_part(step_id, for_part, resume_state)
-        inner, source = part.next_batch, self
-
-        def next_batch():
-            if source.got >= source.n:
-                raise StopIteration
-            batch = inner()
-            source.got += len(batch)
-            return batch
-
-        part.next_batch = next_batch
-        return part
-
-
-def publish(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> None:
-    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-pub")
-    pub.max_inflight_messages_set(1000)
-    pub.connect(broker.host, broker.port)
-    pub.loop_start()
-    while not pub.is_connected():
-        time.sleep(0.01)
-    for start in range(0, len(messages), 20_000):  # paho's mids wrap at 65535
-        infos = [pub.publish(topic, payload, qos=1) for topic, payload in messages[start:start + 20_000]]
-        infos[-1].wait_for_publish(120)
-    pub.disconnect()
-    pub.loop_stop()
 
 
 def main() -> None:
@@ -88,12 +50,11 @@ def main() -> None:
     topics = sorted(set(TOPICS.values()))
     with tempfile.TemporaryDirectory() as tmp, Mosquitto(tmp) as broker:
         conn = MQTTConnection(host=broker.host, port=broker.port)
-        sources = {p: _Counted(args.n, conn, topics, client_id=f"ingest{p}", partitions=p,
+        sources = {p: Counted(args.n, conn, topics, client_id=f"ingest{p}", partitions=p,
                                protocol=args.protocol, max_unacked=50_000) for p in COUNTS}
         for source in sources.values():  # create every session, then publish once
-            for key in source.list_parts():
-                source.build_part("in", key, None).close()
-        publish(broker, messages)
+            create_sessions(source)
+        publish_all(broker, messages)
         rates = {}
         for p, source in sources.items():
             flow = Dataflow(f"ingest_{p}")

@@ -43,6 +43,17 @@ def check_counted_once(traffic: PacedTraffic, collector: Collector, flow: LiveFl
     return counts
 
 
+def flow_under_traffic(broker, tmp_path, name: str, partitions: int) -> tuple[Collector, LiveFlow, PacedTraffic]:
+    """A collector, the flow (with recovery) and paced traffic, started."""
+    collector = Collector(broker, "output/driver_stats", "rejected/#", client_id=f"{name}-collector")
+    publisher = Publisher(broker, client_id=f"{name}-publisher")
+    flow = LiveFlow(broker, tmp_path, client_id=name, window=WINDOW, lateness=LATENESS,
+                    recovery=True, **layout(partitions)).start()
+    traffic = PacedTraffic(publisher, count=400, rate=40, drivers=8, window=WINDOW, lateness=LATENESS)
+    traffic.start()
+    return collector, flow, traffic
+
+
 def markers(broker, client_id: str) -> dict[int, Marker]:
     return read_markers(MQTTConnection(host=broker.host, port=broker.port), client_id)
 
@@ -53,13 +64,7 @@ def session_present(broker, client_id: str) -> bool:
 
 @pytest.mark.parametrize("partitions", [1, 2, 4])
 def test_broker_restarts_with_the_flow_down_and_running_lose_nothing(mosquitto, tmp_path, partitions):
-    name = f"restart{partitions}"
-    collector = Collector(mosquitto, "output/driver_stats", "rejected/#", client_id=f"{name}-collector")
-    publisher = Publisher(mosquitto, client_id=f"{name}-publisher")
-    flow = LiveFlow(mosquitto, tmp_path, client_id=name, window=WINDOW, lateness=LATENESS,
-                    recovery=True, **layout(partitions)).start()
-    traffic = PacedTraffic(publisher, count=400, rate=40, drivers=8, window=WINDOW, lateness=LATENESS)
-    traffic.start()
+    collector, flow, traffic = flow_under_traffic(mosquitto, tmp_path, f"restart{partitions}", partitions)
     time.sleep(2)
     # Stop the flow, restart the broker, publish, start the flow.
     assert flow.kill(signal.SIGTERM) == [0] * flow.processes
@@ -82,12 +87,7 @@ def test_broker_restarts_with_the_flow_down_and_running_lose_nothing(mosquitto, 
 @pytest.mark.parametrize("before,after", [(2, 4), (4, 2)])
 def test_changing_the_partition_count_loses_nothing_and_leaves_no_stale_session(mosquitto, tmp_path, before, after):
     name = f"count{before}to{after}"
-    collector = Collector(mosquitto, "output/driver_stats", "rejected/#", client_id=f"{name}-collector")
-    publisher = Publisher(mosquitto, client_id=f"{name}-publisher")
-    flow = LiveFlow(mosquitto, tmp_path, client_id=name, window=WINDOW, lateness=LATENESS,
-                    recovery=True, **layout(before)).start()
-    traffic = PacedTraffic(publisher, count=400, rate=40, drivers=8, window=WINDOW, lateness=LATENESS)
-    traffic.start()
+    collector, flow, traffic = flow_under_traffic(mosquitto, tmp_path, name, before)
     time.sleep(3)
     # A crash mid-stream: each partition holds messages taken and not yet committed.
     flow.kill(signal.SIGKILL)
