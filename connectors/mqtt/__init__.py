@@ -41,11 +41,9 @@ paho client with a stable client id (:meth:`MQTTSource.client_id_for`, e.g.
 and a session expiry interval) and **plain** QoS 1 subscriptions to all the
 topics, so every partition's session receives the whole stream. Partition
 ``i`` of ``N`` *takes* a message when ``zlib.crc32(payload) % N == i``
-(:mod:`.partitions`) and PUBACKs every other message without waiting for a
-commit, in batches at its next poll (never buffered or counted as
-unacknowledged; one PUBACK at a time from paho's callback halved the ingest
-of 2 partitions in one process): its owner has a copy of its own in its own
-session until it commits. One session for all topics
+(:mod:`.partitions`) and PUBACKs every other message at once, from paho's
+callback (never buffered or counted as unacknowledged): its owner has a copy
+of its own in its own session until it commits. One session for all topics
 matters: the broker queues a disconnected client's messages in one queue in
 publish order, so after an outage or a restart the backlog comes back
 interleaved across topics as it was published, not one topic's whole

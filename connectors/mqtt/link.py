@@ -43,7 +43,7 @@ class MQTTLinkStats:
     session_losses: int = 0
     redeliveries_skipped: int = 0
     passed_on: int = 0
-    """Source: messages acknowledged without a commit because another partition takes them."""
+    """Source: messages acknowledged at once because another partition takes them."""
     connected: bool = False
     buffered: int = 0
     """Source: messages received, not yet taken by the dataflow."""

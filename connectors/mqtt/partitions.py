@@ -3,8 +3,8 @@
 Every partition ``i`` of ``N`` has its own persistent session with plain
 subscriptions, so every session receives the whole stream. Partition ``i``
 *takes* a message when ``crc32(payload) % N == i`` (:func:`owner`) and
-acknowledges every other message without waiting for a commit: the owner
-has a copy of its own, in its own session, until it commits.
+acknowledges every other message at once: the owner has a copy of its own,
+in its own session, until it commits.
 
 **Markers.** After each SUBACK, partition ``i`` publishes a retained QoS 1
 *marker* on ``connectors-mqtt/partitions/<client_id>/in-<i>``

@@ -4,7 +4,7 @@ Each partition ``in-<i>`` of ``N`` is one client (``<client_id>-in-<i>``)
 with its own persistent session and plain QoS 1 subscriptions to all the
 topics, so it receives the whole stream; it takes the messages whose payload
 hash assigns them to it (``crc32(payload) % N == i``) and PUBACKs the others
-at its next poll, in a batch (their owner has its own copy). Why not shared
+at once from paho's callback (their owner has its own copy). Why not shared
 subscriptions (mosquitto 2.0 does not persist them), the cost, the order and
 how a change of ``N`` loses nothing: the package documentation, "Partitions
 and order", and :mod:`.partitions` for the rules.
@@ -74,10 +74,6 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         # Emitted in the current epoch / before the last snapshot.
         self._emitted: List[_Entry] = []
         self._committable: List[_Entry] = []
-        # Not taken (another partition owns them), to acknowledge from the
-        # worker in batches: acking each from paho's thread cost a system
-        # call and a GIL hand-over per message, twice as much with 2 partitions.
-        self._passed: List[_Entry] = []
         # (mid, generation) -> how many QoS>0 messages with it are taken and
         # not yet acked (a broker may reuse an id while it is in flight, as
         # mosquitto 2.0 does past 65535), to recognise redeliveries (DUP).
@@ -228,7 +224,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         if not takes(msg.payload, self._index, self._counts):
             # Another partition takes it, from its own copy: done with ours.
             if msg.qos > 0:
-                self._passed.append((msg.mid, msg.qos, gen))
+                client.ack(msg.mid, msg.qos)
             self.stats.passed_on += 1
             return
         with self._cond:
@@ -284,19 +280,9 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         log.debug("%s acknowledged %d messages", self._link.label, acked)
         return []
 
-    def _ack_passed(self) -> None:
-        passed, self._passed = self._passed, []
-        if passed and self._link is not None and self._link.connected:
-            gen, client = self._link.session_gen, self._link.client
-            with one_wake_up(client):
-                for mid, qos, egen in passed:
-                    if egen == gen:  # else the broker forgot them with the session
-                        client.ack(mid, qos)
-
     def next_batch(self) -> List[Union[MQTTMessage, MQTTError]]:
         # Called only once the epoch of the last snapshot is committed.
         self._committable = self._ack(self._committable)
-        self._ack_passed()
         if self._drain:
             if self._done:
                 raise StopIteration  # Bytewax discards this partition's recovery state
