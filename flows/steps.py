@@ -69,7 +69,7 @@ class DriverShardLogic(StatefulBatchLogic):
                 # A store written by 0.1, which kept one key per driver: that
                 # driver finishes its open intervals under its old key.
                 resume_state = (-math.inf, [resume_state])
-            return cls(DriverShard.resume(resume_state, window, lateness, clock.now(), retention), clock)
+            return cls(DriverShard(window, lateness, retention).restore(resume_state, clock.now()), clock)
 
         return build
 

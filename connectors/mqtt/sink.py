@@ -219,7 +219,7 @@ class _MQTTSinkPartition(StatefulSinkPartition[Union[MQTTMessage, _CommitTick], 
         self.stats.last_call = time.monotonic()
         committed = False
         for item in items:
-            if item is COMMIT_TICK or isinstance(item, _CommitTick):
+            if isinstance(item, _CommitTick):
                 committed = True
             else:
                 self._open.append((self._next_seq, item))

@@ -100,20 +100,11 @@ class DriverShard:
     def snapshot(self, now: float) -> tuple:
         return self.floor, [windows.snapshot(now) for windows in self.drivers.values()]
 
-    @classmethod
-    def resume(
-        cls,
-        state: tuple,
-        window_seconds: int,
-        lateness_seconds: float,
-        now: float,
-        retention_seconds: float = math.inf,
-    ) -> DriverShard:
-        """Rebuild from :meth:`snapshot`; every driver's clock restarts at ``now``."""
-        shard = cls(window_seconds, lateness_seconds, retention_seconds)
-        shard.floor, drivers = state
+    def restore(self, state: tuple, now: float) -> DriverShard:
+        """Load a :meth:`snapshot` into this empty shard; every driver's clock restarts at ``now``."""
+        self.floor, drivers = state
         for driver_state in drivers:
-            windows = DriverWindows.resume(driver_state, window_seconds, lateness_seconds, now, retention_seconds)
-            windows.floor = shard.floor
-            shard.drivers[windows.driver_id] = windows
-        return shard
+            windows = DriverWindows.resume(driver_state, self.window, self.lateness, now, self.retention)
+            windows.floor = self.floor
+            self.drivers[windows.driver_id] = windows
+        return self

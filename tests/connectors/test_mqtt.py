@@ -448,6 +448,26 @@ def test_mqtt311_stops_reading_at_the_unacked_bound(mosquitto, clients):
         part.close()
 
 
+def read_partitions(src: MQTTSource, n: int, what: str, after_open=lambda: None) -> tuple[list, list]:
+    """Open every partition of ``src``, read until they hold ``n`` messages between them, close.
+
+    Returns what each partition read and its counters.
+    """
+    parts = [src.build_part("in", key, None) for key in src.list_parts()]
+    try:
+        after_open()
+        got: list[list] = [[] for _ in parts]
+        wait_for(lambda: [got[i].extend(p.next_batch()) for i, p in enumerate(parts)]
+                 and sum(map(len, got)) >= n, 10, what)
+        time.sleep(0.3)  # nothing more should come
+        for i, p in enumerate(parts):
+            got[i].extend(p.next_batch())
+        return got, [p.stats for p in parts]
+    finally:
+        for p in parts:
+            p.close()
+
+
 def test_partitions_split_the_topics_by_payload_hash_and_ids_are_stable(mosquitto, clients):
     from connectors.mqtt.partitions import owner
 
@@ -456,36 +476,17 @@ def test_partitions_split_the_topics_by_payload_hash_and_ids_are_stable(mosquitt
     src = MQTTSource(conn, ["in/s", "in/t"], client_id="grp", partitions=2)
     assert src.list_parts() == ["in-0", "in-1"]
     assert src.client_id_for(1) == "grp-in-1"
-    parts = [src.build_part("in", key, None) for key in ("in-0", "in-1")]
-    try:
-        pub.publish("in/s", nums("s", 0, 40))
-        got: list[list] = [[], []]
-        wait_for(lambda: [got[i].extend(p.next_batch()) for i, p in enumerate(parts)]
-                 and sum(map(len, got)) >= 40, 10, "40")
-        time.sleep(0.3)
-        for i, p in enumerate(parts):
-            got[i].extend(p.next_batch())
-            # Each partition takes exactly the messages it owns, in publish order.
-            assert [m.payload for m in got[i]] == [n for n in nums("s", 0, 40) if owner(n, 2) == i]
-            assert got[i] and p.stats.passed_on == 40 - len(got[i])  # the rest acked at once
-    finally:
-        for p in parts:
-            p.close()
+    got, stats = read_partitions(src, 40, "40", after_open=lambda: pub.publish("in/s", nums("s", 0, 40)))
+    for i in range(2):
+        # Each partition takes exactly the messages it owns, in publish order.
+        assert [m.payload for m in got[i]] == [n for n in nums("s", 0, 40) if owner(n, 2) == i]
+        assert got[i] and stats[i].passed_on == 40 - len(got[i])  # the rest acked at once
     # Reopened: only the taken messages come again (never committed, so never
     # acknowledged); those passed on were acknowledged and are gone.
-    parts = [src.build_part("in", key, None) for key in ("in-0", "in-1")]
-    try:
-        again: list[list] = [[], []]
-        wait_for(lambda: [again[i].extend(p.next_batch()) for i, p in enumerate(parts)]
-                 and sum(map(len, again)) >= 40, 10, "the 40 redelivered")
-        time.sleep(0.3)
-        for i, p in enumerate(parts):
-            again[i].extend(p.next_batch())
-            assert sorted(m.payload for m in again[i]) == sorted(m.payload for m in got[i])
-            assert p.stats.passed_on == 40 - len(got[i])
-    finally:
-        for p in parts:
-            p.close()
+    again, stats = read_partitions(src, 40, "the 40 redelivered")
+    for i in range(2):
+        assert sorted(m.payload for m in again[i]) == sorted(m.payload for m in got[i])
+        assert stats[i].passed_on == 40 - len(got[i])
     with pytest.raises(ValueError):
         MQTTSource(conn, ["a/#"], client_id="x")
 

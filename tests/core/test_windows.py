@@ -165,8 +165,8 @@ def test_the_floor_survives_a_restart_of_the_shard():
     shard.close_due(BASE + 50)
     shard.close_due(BASE + 107)
     add(shard, tipped("d2", "j1", 200, 1), now=BASE + 200)
-    resumed = DriverShard.resume(pickle.loads(pickle.dumps(shard.snapshot(BASE + 200))), 10, 0,
-                                 now=BASE + 9999, retention_seconds=100)
+    resumed = DriverShard(10, lateness_seconds=0, retention_seconds=100).restore(
+        pickle.loads(pickle.dumps(shard.snapshot(BASE + 200))), now=BASE + 9999)
     assert add(resumed, tipped("d1", "late", 4, 1), now=BASE + 9999).reason == LATE
     assert add(resumed, tipped("d2", "j1", 200, 1), now=BASE + 9999) is DUPLICATE
     assert [s.total_tips for s in resumed.close_all()] == [1]
