@@ -221,7 +221,10 @@ def one_wake_up(client: paho.Client) -> Iterator[None]:
                 wake.send(b"0")
             except OSError:  # full (the thread is awake anyway) or closed
                 pass
-        # Otherwise paho made itself a new pair meanwhile (a reconnect) and is awake.
+        else:
+            # paho made itself a new pair meanwhile (a reconnect; it closed
+            # our stand-in instead of this socket) and is awake.
+            wake.close()
 
 
 def check_connection(connection: MQTTConnection, client_id: str) -> None:
