@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from .contract.events import DriverRated, DriverTipped, JourneyFinished
-from .contract.topics import INPUT_OF, INPUTS, REJECTED_PREFIX, STATS_TOPIC
+from .contract.topics import INPUT_OF, INPUT_SHARDS, INPUTS, REJECTED_PREFIX, STATS_TOPIC
 
 PREFIX = "DRIVER_STATS_"
 
@@ -121,8 +121,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return tuple(getattr(self, row.setting) for row in INPUTS)
 
     def input_topic_types(self) -> dict[str, type]:
-        """Input topic -> the event type it carries."""
-        return {getattr(self, row.setting): row.event_type for row in INPUTS}
+        """Input topic, plain or shard (``<topic>/<s>``) -> the event type it carries."""
+        types = {}
+        for row in INPUTS:
+            topic = getattr(self, row.setting)
+            types[topic] = row.event_type
+            types.update({f"{topic}/{shard}": row.event_type for shard in range(INPUT_SHARDS)})
+        return types
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

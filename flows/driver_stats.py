@@ -59,7 +59,7 @@ def build_flow(
     source: Source,
     sink: Sink,
     *,
-    clock: Callable[[], float] = time.time,
+    clock: Callable[[], float] | None = None,
     stream_clock: StreamClock | None = None,
     complete_input: bool = False,
     input_done: Callable[[], bool] | None = None,
@@ -70,13 +70,17 @@ def build_flow(
     ``settings.topic_driver_stats``, rejections on ``rejected/<source topic>``.
     ``complete_input=True`` (history replay) waits for the end of the input
     to close intervals, so no event is late however the input is ordered.
-    ``clock`` is wall-clock time (for the ``future`` rule); ``stream_clock``
-    drives the drivers' clocks (default: ``clock``, never paused).
+    ``clock`` is wall-clock time (for the ``future`` rule; default
+    ``time.time``); ``stream_clock`` is the stream's event time, which closes
+    the intervals of quiet drivers (default: ``clock`` when given, else none:
+    a driver's own events and the end of the input close its intervals).
     An :class:`~connectors.mqtt.MQTTSink` publishes commit-gated
     (:func:`connectors.mqtt.operators.publish`); with a finite input over
     MQTT (benchmarks), ``input_done`` says when it is exhausted.
     """
-    stream_clock = stream_clock or StreamClock(clock)
+    if stream_clock is None:
+        stream_clock = StreamClock(clock or (lambda: -math.inf))
+    clock = clock or time.time
     lateness = math.inf if complete_input else settings.allowed_lateness_seconds
     retention = math.inf if complete_input else settings.state_retention_seconds
 

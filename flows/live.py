@@ -28,6 +28,8 @@ from collections import Counter
 from typing import Callable, NamedTuple, Optional
 
 from connectors import mqtt
+from driver_stats.contract import INPUT_SHARDS
+from driver_stats.core.intake import Intake
 from driver_stats.core.stream_clock import StreamClock
 from driver_stats.settings import Settings
 
@@ -53,19 +55,6 @@ def _count_reconnects(event: str, client_id: str, _detail: str) -> None:
         metrics.RECONNECTS.labels(client_id).inc()
     elif event == "connected":
         metrics.RECONNECTS.labels(client_id)  # the series starts at 0, so increase() sees the first one
-
-
-def _input_events(stream_clock: StreamClock) -> Callable[[str, str, str], None]:
-    """Pause the stream clock while an input partition is disconnected."""
-
-    def on_event(event: str, client_id: str, detail: str) -> None:
-        _count_reconnects(event, client_id, detail)
-        if event == "disconnected":
-            stream_clock.input_down(client_id)
-        elif event in ("connected", "reconnected"):
-            stream_clock.input_up(client_id)
-
-    return on_event
 
 
 def _published_counter(stats_topic: str) -> Callable[[list[mqtt.MQTTMessage], float], None]:
@@ -187,15 +176,20 @@ def start(settings: Settings) -> LiveIO:
     except mqtt.MQTTConnectError as err:
         raise SystemExit(f"driver-stats: {err} (DRIVER_STATS_MQTT_URL={settings.mqtt_url})") from None
     _stop_quietly_on_signals()
-    stream_clock = StreamClock()
     source = mqtt.MQTTSource(
         connection,
         settings.input_topics,
         client_id=settings.client_id,
         partitions=settings.partitions_per_topic,
+        # Producers may publish a driver's events on <topic>/<its shard>: each
+        # partition then reads its shards only (the plain topics: partition 0).
+        shards=INPUT_SHARDS,
         max_unacked=settings.max_unacked_messages,
-        on_event=_input_events(stream_clock),
+        on_event=_count_reconnects,
+        # The event time: each partition's watermark, which moves the stream clock.
+        position=Intake(settings).position,
     )
+    stream_clock = StreamClock(source.low_watermark)
     sink = mqtt.MQTTSink(
         connection,
         client_id=settings.client_id,

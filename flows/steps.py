@@ -69,18 +69,18 @@ class DriverShardLogic(StatefulBatchLogic):
                 # A store written by 0.1, which kept one key per driver: that
                 # driver finishes its open intervals under its old key.
                 resume_state = (-math.inf, [resume_state])
-            return cls(DriverShard(window, lateness, retention).restore(resume_state, clock.now()), clock)
+            return cls(DriverShard(window, lateness, retention).restore(resume_state), clock)
 
         return build
 
     def on_batch(self, values: list[Accepted]) -> tuple[Iterable[DriverStats | Rejection], bool]:
-        now = self.clock.now()
+        stream_time = self.clock.now()
         add = self.shard.add
         out: list[DriverStats | Rejection] = []
         duplicates = 0
         for accepted in values:
             try:
-                verdict = add(accepted.event, accepted.event_time, now)
+                verdict = add(accepted.event, accepted.event_time, stream_time)
             except Exception as err:  # noqa: BLE001 - see _internal_error
                 out.append(_internal_error(err, accepted))
                 continue
@@ -95,7 +95,7 @@ class DriverShardLogic(StatefulBatchLogic):
             metrics.count_by(metrics.REJECTED, Counter(r.reason for r in out))
         touched = {accepted.event.driver_id for accepted in values}
         self.gauges.stale = True
-        return out + self._close(self.shard.close_due(now, touched)), self.RETAIN
+        return out + self._close(self.shard.close_due(stream_time, touched)), self.RETAIN
 
     @staticmethod
     def _close(records: list[DriverStats]) -> list[DriverStats]:
@@ -123,7 +123,7 @@ class DriverShardLogic(StatefulBatchLogic):
             return None  # beyond year 9999: never, as far as this process is concerned
 
     def snapshot(self) -> tuple:
-        return self.shard.snapshot(self.clock.now())
+        return self.shard.snapshot()
 
 
 def count_state(shard: DriverShard) -> tuple[int, int, float]:

@@ -1,13 +1,16 @@
 """QoS 1 subscriptions as a partitioned Bytewax source, acknowledged after commit.
 
 Each partition ``in-<i>`` of ``N`` is one client (``<client_id>-in-<i>``)
-with its own persistent session and plain QoS 1 subscriptions to all the
-topics, so it receives the whole stream; it takes the messages whose payload
-hash assigns them to it (``crc32(payload) % N == i``) and PUBACKs the others
-at once from paho's callback (their owner has its own copy). Why not shared
-subscriptions (mosquitto 2.0 does not persist them), the cost, the order and
-how a change of ``N`` loses nothing: the package documentation, "Partitions
-and order", and :mod:`.partitions` for the rules.
+with its own persistent session and plain QoS 1 subscriptions to the topics
+it owns: the shards ``<topic>/<s>`` with ``s % N == i``, and the plain
+topics on partition 0, so the broker delivers each message once. During a
+change of ``N`` a partition may also receive messages another one takes; it
+PUBACKs those at once from paho's callback (their owner has its own copy).
+Why not shared subscriptions (mosquitto 2.0 does not persist them), the
+order and how a change of ``N`` loses nothing: the package documentation,
+"Partitions and order", and :mod:`.partitions` for the rules. With a
+``position`` function, each partition also publishes its watermark
+(:mod:`.watermarks`).
 
 A message it takes is PUBACKed only once Bytewax has committed the epoch it
 was emitted in (see the package documentation for the delivery
@@ -32,15 +35,16 @@ import time
 import uuid
 from collections import Counter, deque
 from datetime import datetime, timedelta, timezone
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from .connection import PROTOCOLS, MQTTConnectError, MQTTConnection, Protocol, connect, connect_preferring_v5
 from .link import EventHook, Link, MQTTLinkStats, one_wake_up
 from .message import MQTTError, MQTTMessage
-from .partitions import (Marker, control_prefix, counts_at_start, marker_index, marker_topic, takes,
-                         transition_over)
+from .partitions import (Marker, control_prefix, counts_at_start, marker_index, marker_topic, owned_shards,
+                         takes, transition_over)
+from .watermarks import DONE, PartitionClock, WatermarkBoard, encode_watermark, probe_topic, watermark_topic
 
 log = logging.getLogger("connectors.mqtt")
 
@@ -49,6 +53,7 @@ _IDLE_POLL = timedelta(milliseconds=10)
 _CLIENT_ID = re.compile(r"[A-Za-z0-9_-]+")
 
 _Entry = Tuple[int, int, int]  # (mid, qos, session generation)
+_PROBE: _Entry = (0, -1, -1)  # the buffer entry of a returned probe (no ack, never emitted)
 MAX_RECEIVE_MAXIMUM = 65_535  # MQTT 5's limit, the 16-bit packet-id space
 
 
@@ -67,7 +72,15 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         self._max_unacked = source.max_unacked
         self._max_bytes = source.max_message_bytes
         self._partitions = source.partitions
+        self._shards = source.shards
+        self._shard_of = source.shard_of_topic
         self._control_b = (control_prefix(source.client_id) + "/").encode()
+        self._probe_b = probe_topic(source.client_id, index).encode()
+        self._position = source.position
+        self._watermark: Optional[PartitionClock] = None
+        if source.position is not None:
+            board = source.board()
+            self._watermark = PartitionClock(board.value(index), time.time(), source.probe_interval)
         self._cond = threading.Condition()
         # Received, not yet emitted: (entry, item).
         self._buffer: deque[Tuple[_Entry, Union[MQTTMessage, MQTTError]]] = deque()
@@ -92,6 +105,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         self._counts = frozenset({source.partitions})  # set from the marker on connecting
         self._over = True  # the change of count is over in this session's stream
         self._proven: set[int] = set()  # partitions whose marker with the new count came
+        self._subscribed_shards: List[Optional[int]] = []  # asked for on the last connect
         self.stats = MQTTLinkStats() if self._drain else source.stats.setdefault(client_id, MQTTLinkStats())
         if self._drain and (self._marker is None or self._marker.retired):
             # Drained already (possibly deleted already): make sure, and end.
@@ -131,24 +145,29 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         # it was published instead of one topic after the other. The marker
         # filter is subscribed on every connection, so the retained markers
         # come each time, in this session's stream.
-        data = [(topic, 1) for topic in source.topics]
         control = [(control_prefix(source.client_id) + "/+", 1)]
+        if self._position is not None:
+            control.append((probe_topic(source.client_id, self._index), 1))
         shared = [f"$share/{source.client_id}/{topic}" for topic in source.topics]
         client, first = link.client, [True]
 
         def after_connect(session_present: bool) -> None:
             if first[0]:
                 first[0] = False
+                counts = counts_at_start(self._marker, self._partitions, self._shards, session_present)
                 if self._drain:  # nothing to drain from a session the broker no longer had
-                    self._counts = self._marker.counts() if session_present else frozenset()
-                else:
-                    self._counts = counts_at_start(self._marker, self._partitions, session_present)
+                    counts = counts - {self._partitions} if session_present else frozenset()
+                self._counts = counts
                 self._over = self._counts <= {self._partitions}
             if not self._drain:
                 # Shared subscriptions left by a version before markers
                 # (UNSUBSCRIBE of an unknown filter is harmless).
                 client.unsubscribe(shared)
-            client.subscribe(control if session_present or self._drain else data + control)
+            # Every time (a resumed session keeps its subscriptions; subscribing
+            # again changes nothing for them and adds shards a new count gave us).
+            self._subscribed_shards = owned_shards(self._index, self._counts, self._shards)
+            data = [(topic, 1) for topic in source.topics_of(self._subscribed_shards)]
+            client.subscribe(data + control)
             if session_present:
                 # Subscribed already; the SUBACK may wait behind the backlog
                 # (with 3.1.1, behind max_unacked messages not yet committed).
@@ -168,14 +187,14 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         return link
 
     def _publish_marker(self) -> None:
-        old = tuple(sorted(self._counts - {self._partitions}))
+        old = tuple(sorted(self._counts - {self._partitions}))  # EVERYTHING (0) included
         self._link.client.publish(marker_topic(self._source.client_id, self._index),
-                                  Marker(self._partitions, old).encode(), qos=1, retain=True)
+                                  Marker(self._partitions, old, shards=self._shards).encode(), qos=1, retain=True)
 
     def _on_marker(self, topic: str, payload: bytes) -> None:
         k = marker_index(topic, self._source.client_id)
         marker = Marker.decode(payload)
-        if self._over or k is None or marker is None or not marker.proves(self._partitions):
+        if self._over or k is None or marker is None or not marker.proves(self._partitions, self._shards):
             return
         self._proven.add(k)
         if not transition_over(self._proven, self._partitions):
@@ -186,6 +205,12 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
             log.info("%s: every message it must take is taken; deleted once committed", self._link.label)
         else:
             self._counts = frozenset({self._partitions})
+            owned = owned_shards(self._index, self._counts, self._shards)
+            gone = [shard for shard in self._subscribed_shards if shard not in owned]
+            if gone:
+                # Their messages after the markers are in their owners' sessions.
+                self._link.client.unsubscribe(self._source.topics_of(gone))
+            self._subscribed_shards = owned
             self._publish_marker()
             log.info("%s: change to %d partitions complete", self._link.label, self._partitions)
 
@@ -195,8 +220,11 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         try:
             # Retired, not cleared: list_parts keeps naming this partition,
             # whose key may still be in a Bytewax recovery store.
-            retired = Marker(self._marker.partitions, retired=True).encode()
+            retired = Marker(self._marker.partitions, retired=True, shards=self._marker.shards).encode()
             link.client.publish(topic, retired, qos=1, retain=True).wait_for_publish(5)
+            if self._watermark is not None:
+                link.client.publish(watermark_topic(self._source.client_id, self._index),
+                                    encode_watermark(DONE), qos=1, retain=True).wait_for_publish(5)
             link.stop()
             delete_session(self._source.connection, link.client_id)
             log.info("%s: drained; session deleted", link.label)
@@ -212,6 +240,11 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
             if msg.qos > 0:
                 client.ack(msg.mid, msg.qos)
             return
+        if msg._topic == self._probe_b:
+            if msg.qos > 0:
+                client.ack(msg.mid, msg.qos)
+            self._on_probe(msg.payload)
+            return
         gen = self._link.session_gen
         key = (msg.mid, gen)
         if msg.dup and msg.qos > 0:
@@ -221,7 +254,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
                 if key in self._held:
                     self.stats.redeliveries_skipped += 1
                     return
-        if not takes(msg.payload, self._index, self._counts):
+        if not takes(self._shard_of.get(msg._topic), self._index, self._counts):
             # Another partition takes it, from its own copy: done with ours.
             if msg.qos > 0:
                 client.ack(msg.mid, msg.qos)
@@ -237,6 +270,18 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
                 self._held[key] += 1
                 self._unacked += 1
             self._buffer.append(((msg.mid, msg.qos, gen), self._convert(msg)))
+        if self._watermark is not None:
+            self._watermark.data_read(time.time())
+
+    def _on_probe(self, payload: bytes) -> None:
+        """Our own probe came back behind everything queued before it: mark its place in the buffer."""
+        try:
+            sent = float(payload)
+        except ValueError:
+            return  # not ours (the ACL should keep others off this topic)
+        if self._watermark is not None and self._watermark.probe_returned(sent, time.time()):
+            with self._cond:
+                self._buffer.append((_PROBE, sent))
 
     def _convert(self, msg) -> Union[MQTTMessage, MQTTError]:
         try:
@@ -283,6 +328,8 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
     def next_batch(self) -> List[Union[MQTTMessage, MQTTError]]:
         # Called only once the epoch of the last snapshot is committed.
         self._committable = self._ack(self._committable)
+        if self._watermark is not None:
+            self._tend_watermark()
         if self._drain:
             if self._done:
                 raise StopIteration  # Bytewax discards this partition's recovery state
@@ -297,8 +344,32 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
                 return []
             taken = [self._buffer.popleft() for _ in range(n)]
             self._cond.notify_all()
-        self._emitted.extend(entry for entry, _ in taken)
-        return [item for _, item in taken]
+        if self._watermark is None:
+            self._emitted.extend(entry for entry, _ in taken)
+            return [item for _, item in taken]
+        items = []
+        for entry, item in taken:
+            if entry is _PROBE:
+                self._watermark.idle_emitted(item)  # everything before it is emitted
+            else:
+                self._emitted.append(entry)
+                items.append(item)
+        position = self._position
+        self._watermark.emitted([position(item) for item in items if type(item) is MQTTMessage], time.time())
+        return items
+
+    def _tend_watermark(self) -> None:
+        """Publish the watermark of the committed epochs; send a probe when one is due."""
+        link, clock = self._link, self._watermark
+        if link is None or not link.connected:
+            return
+        value = clock.release()
+        if value is not None:
+            link.client.publish(watermark_topic(self._source.client_id, self._index), encode_watermark(value),
+                                qos=1, retain=True)
+        now = time.time()
+        if clock.probe_due(now):
+            link.client.publish(probe_topic(self._source.client_id, self._index), repr(now).encode(), qos=1)
 
     def next_awake(self) -> Optional[datetime]:
         if self._buffer:
@@ -310,6 +381,9 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         waiting = self._ack(self._committable)
         self._committable = waiting + self._emitted
         self._emitted = []
+        if self._watermark is not None:
+            self._tend_watermark()
+            self._watermark.seal()
         return None
 
     def close(self) -> None:
@@ -386,10 +460,11 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
 
     Emits :class:`MQTTMessage`, or :class:`MQTTError` for a message larger
     than ``max_message_bytes`` (or with a topic that is not UTF-8). Partition
-    keys are ``"in-<i>"``; each partition subscribes to every topic and takes
-    its share by payload hash; :meth:`list_parts` adds ``"in-<j>"`` for each
-    session a larger count left behind (drained, then deleted). The resume
-    state is ``None``: the broker session is the resume state.
+    keys are ``"in-<i>"``; partition ``i`` reads the shards it owns
+    (``<topic>/<s>`` with ``s % partitions == i``) and partition 0 the plain
+    topics too; :meth:`list_parts` adds ``"in-<j>"`` for each session a
+    larger count left behind (drained, then deleted). The resume state is
+    ``None``: the broker session is the resume state.
 
     Args:
         connection: The broker.
@@ -397,8 +472,12 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         client_id: Stable identity: partition ``i`` is client
             ``<client_id>-in-<i>``; its marker is the retained topic
             ``connectors-mqtt/partitions/<client_id>/in-<i>``.
-        partitions: How many partitions take a share of every topic (any
-            count keeps every message; each partition receives them all).
+        partitions: How many partitions read the topics (any count keeps
+            every message).
+        shards: Also read ``<topic>/<s>`` for ``s < shards``, spread over
+            the partitions (0: the plain topics only, all on partition 0).
+            Producers pick the shard; a fixed key per shard keeps that key's
+            messages in publish order on one partition.
         max_unacked: Most messages a partition holds unacknowledged (received,
             and not yet covered by a committed snapshot). With MQTT 5 it is
             the Receive Maximum the broker must respect, at most 65535 (the
@@ -412,6 +491,10 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         session_expiry: MQTT 5 session expiry interval, seconds.
         on_event: ``on_event(event, client_id, detail)`` on each change of
             connection state.
+        position: ``position(message)``: the time in Unix seconds a message
+            stands for in the stream (e.g. its event time), or None. Turns on
+            watermarks (:mod:`.watermarks`, :meth:`low_watermark`).
+        probe_interval: Seconds between a partition's idle probes.
     """
 
     def __init__(
@@ -421,23 +504,29 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         *,
         client_id: str,
         partitions: int = 1,
+        shards: int = 0,
         max_unacked: int = 50_000,
         batch_size: int = 1000,
         max_message_bytes: Optional[int] = None,
         protocol: Optional[Protocol] = None,
         session_expiry: int = _SESSION_EXPIRY_S,
         on_event: Optional[EventHook] = None,
+        position: Optional[Callable[[MQTTMessage], Optional[float]]] = None,
+        probe_interval: float = 1.0,
     ) -> None:
         self.connection = connection
         self.topics = list(topics)
         self.client_id = client_id
         self.partitions = partitions
+        self.shards = shards
         self.max_unacked = max_unacked
         self.batch_size = batch_size
         self.max_message_bytes = max_message_bytes
         self.protocol = protocol
         self.session_expiry = session_expiry
         self.on_event = on_event
+        self.position = position
+        self.probe_interval = probe_interval
         self.stats: dict[str, MQTTLinkStats] = {}
         """Counters per client id, filled as partitions start on this process."""
         check_client_id(client_id)
@@ -445,6 +534,8 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
             raise ValueError(f"protocol {protocol!r}: use '3.1.1' or '5'")
         if partitions < 1 or batch_size < 1:
             raise ValueError("partitions and batch_size must be >= 1")
+        if not 0 <= shards <= 4096:
+            raise ValueError("shards must be 0..4096")
         if not 1 <= max_unacked <= MAX_RECEIVE_MAXIMUM:
             raise ValueError(f"max_unacked must be 1..{MAX_RECEIVE_MAXIMUM}")
         if not self.topics:
@@ -452,6 +543,17 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         for topic in self.topics:
             if not topic or "#" in topic or "+" in topic or topic.startswith("$"):
                 raise ValueError(f"topic {topic!r}: give a plain topic name (no wildcards, not $...)")
+        self.shard_of_topic: Dict[bytes, Optional[int]] = {}
+        """Topic (bytes, as paho has it) -> its shard; None for a plain topic."""
+        for shard in (None, *range(shards)):
+            for topic in self.topics_of([shard]):
+                self.shard_of_topic[topic.encode()] = shard
+        self._board: Optional[WatermarkBoard] = None
+        self._parts: List[int] = []  # partitions whose watermark counts (listed, not retired)
+
+    def topics_of(self, shards: Iterable[Optional[int]]) -> List[str]:
+        """The topic names of ``shards`` (None: the plain topics)."""
+        return [topic if shard is None else f"{topic}/{shard}" for shard in shards for topic in self.topics]
 
     def client_id_for(self, index: int) -> str:
         """Stable client id of partition ``index``."""
@@ -460,8 +562,28 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
     def list_parts(self) -> List[str]:
         """``in-0`` … ``in-<partitions-1>``, and ``in-<j>`` for each session a larger count left (to drain)."""
         left = read_markers(self.connection, self.client_id, label=f"{self.client_id}-in")
-        return [f"in-{i}" for i in range(self.partitions)] + [
-            f"in-{j}" for j in sorted(left) if j >= self.partitions]
+        drains = [j for j in sorted(left) if j >= self.partitions]
+        self._parts = list(range(self.partitions)) + [j for j in drains if not left[j].retired]
+        return [f"in-{i}" for i in range(self.partitions)] + [f"in-{j}" for j in drains]
+
+    def board(self) -> WatermarkBoard:
+        """The watermarks of all partitions (started on first use)."""
+        if self._board is None:
+            self._board = WatermarkBoard(self.connection, self.client_id)
+        return self._board.start()
+
+    def low_watermark(self) -> float:
+        """The lowest watermark over the partitions (``-inf`` until each has one); needs ``position``.
+
+        Every message any partition has yet to emit comes after what that
+        partition had read when it published its watermark, and everything
+        before that has been processed by the whole dataflow.
+        """
+        if self.position is None:
+            raise ValueError("low_watermark needs a position function")
+        if not self._parts:
+            self.list_parts()
+        return self.board().low(self._parts)
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: None

@@ -19,12 +19,13 @@ from .events import (
     Rejection,
 )
 from .reasons import Reason
-from .topics import INPUT_OF, INPUTS, REJECTED_PREFIX, STATS_TOPIC, Input
+from .topics import INPUT_OF, INPUT_SHARDS, INPUTS, REJECTED_PREFIX, STATS_TOPIC, Input, input_shard, sharded_topic
 
 __all__ = [
     "EVENT_TYPES",
     "INPUTS",
     "INPUT_OF",
+    "INPUT_SHARDS",
     "REJECTED_PREFIX",
     "STATS_TOPIC",
     "DecodeError",
@@ -42,5 +43,7 @@ __all__ = [
     "encode_event",
     "encode_stats",
     "float32",
+    "input_shard",
+    "sharded_topic",
     "to_json",
 ]

@@ -5,10 +5,21 @@ which :class:`~driver_stats.settings.Settings` attribute names its topic, the
 topic's default name and the history file that holds its events (for
 ``driver-stats generate --truth`` and ``driver-stats replay``). Everything
 that needs "the three inputs" reads this table instead of relying on an order.
+
+Each input topic ``t`` also has :data:`INPUT_SHARDS` *shard* topics
+``t/<s>``: a producer that publishes a driver's events on
+``t/<input_shard(driver_id)>`` (:func:`sharded_topic`) lets the flow's
+input partitions each read only their shards, so every message is read
+once and a driver's events stay in publish order on one partition. The
+plain topics keep working (all read by one partition).
+
+>>> input_shard("driver-42"), sharded_topic("input/driver_rated", "driver-42")
+(47, 'input/driver_rated/47')
 """
 
 from __future__ import annotations
 
+import zlib
 from typing import NamedTuple
 
 from .events import DriverRated, DriverTipped, JourneyFinished
@@ -36,3 +47,17 @@ STATS_TOPIC = "output/driver_stats"
 """Default topic of the stats records."""
 REJECTED_PREFIX = "rejected/"
 """Default prefix of the rejected topics: ``rejected/<source topic>``."""
+
+INPUT_SHARDS = 64
+"""Shard topics per input topic: fixed, since producers compute the shard too. It
+bounds the useful input partitions (``DRIVER_STATS_PARTITIONS_PER_TOPIC``)."""
+
+
+def input_shard(driver_id: str) -> int:
+    """The shard of ``driver_id``'s events: CRC-32 (zlib, IEEE) of its UTF-8 bytes, modulo :data:`INPUT_SHARDS`."""
+    return zlib.crc32(driver_id.encode("utf-8", "surrogatepass")) % INPUT_SHARDS
+
+
+def sharded_topic(topic: str, driver_id: str) -> str:
+    """Where a producer publishes ``driver_id``'s event of input ``topic``: ``<topic>/<shard>``."""
+    return f"{topic}/{input_shard(driver_id)}"

@@ -20,13 +20,14 @@ by at least the retention, so that only hits events that old.
 >>> at = datetime(2024, 1, 1, 12, 0, 5, tzinfo=timezone.utc)
 >>> shard = DriverShard(window_seconds=10, lateness_seconds=0, retention_seconds=60)
 >>> tip = DriverTipped(driver_id="d1", journey_id="j1", tipped_at=at, amount=7)
->>> shard.add(tip, at.timestamp(), now=0.0)
+>>> t = at.timestamp()
+>>> shard.add(tip, t, stream_time=0.0)
 <Outcome.COUNTED: 'counted'>
->>> [s.total_tips for s in shard.close_due(now=10.0)], len(shard)
+>>> [s.total_tips for s in shard.close_due(stream_time=t + 5)], len(shard)
 ([7], 1)
->>> shard.close_due(now=70.0), len(shard), shard.floor == at.timestamp() + 5
+>>> shard.close_due(stream_time=t + 65), len(shard), shard.floor == t + 5
 ([], 0, True)
->>> shard.add(tip, at.timestamp(), now=70.0).reason
+>>> shard.add(tip, t, stream_time=t + 65).reason
 <Reason.LATE: 'late'>
 """
 
@@ -64,26 +65,26 @@ class DriverShard:
     def __len__(self) -> int:
         return len(self.drivers)
 
-    def add(self, event: Event, event_time: float, now: float) -> Verdict:
+    def add(self, event: Event, event_time: float, stream_time: float) -> Verdict:
         """:meth:`DriverWindows.add` for the event's driver, created at the floor if new."""
         windows = self.drivers.get(event.driver_id)
         if windows is not None:
-            return windows.add(event, event_time, now)
+            return windows.add(event, event_time, stream_time)
         windows = DriverWindows(self.window, self.lateness, event.driver_id, self.retention, self.floor)
-        verdict = windows.add(event, event_time, now)
+        verdict = windows.add(event, event_time, stream_time)
         if verdict is COUNTED:  # a driver whose first event is refused leaves no state
             self.drivers[event.driver_id] = windows
         return verdict
 
-    def close_due(self, now: float, driver_ids: Iterable[str] | None = None) -> list[DriverStats]:
+    def close_due(self, stream_time: float, driver_ids: Iterable[str] | None = None) -> list[DriverStats]:
         """Close what is due for ``driver_ids`` (default: all), and forget drivers that may go."""
         records: list[DriverStats] = []
         for driver_id in list(self.drivers) if driver_ids is None else driver_ids:
             windows = self.drivers.get(driver_id)
             if windows is None:
                 continue
-            records += windows.close_due(now)
-            if windows.discardable(now):
+            records += windows.close_due(stream_time)
+            if windows.discardable(stream_time):
                 self.floor = max(self.floor, windows.closed_until)
                 del self.drivers[driver_id]
         return records
@@ -93,18 +94,18 @@ class DriverShard:
         return [record for windows in self.drivers.values() for record in windows.close_all()]
 
     def next_wakeup(self) -> float | None:
-        """Wall-clock time of the shard's next close or forgetting, if any."""
+        """The stream time of the shard's next close or forgetting, if any."""
         times = [at for w in self.drivers.values() if (at := w.next_wakeup()) is not None]
         return min(times, default=None)
 
-    def snapshot(self, now: float) -> tuple:
-        return self.floor, [windows.snapshot(now) for windows in self.drivers.values()]
+    def snapshot(self) -> tuple:
+        return self.floor, [windows.snapshot() for windows in self.drivers.values()]
 
-    def restore(self, state: tuple, now: float) -> DriverShard:
-        """Load a :meth:`snapshot` into this empty shard; every driver's clock restarts at ``now``."""
+    def restore(self, state: tuple) -> DriverShard:
+        """Load a :meth:`snapshot` into this empty shard."""
         self.floor, drivers = state
         for driver_state in drivers:
-            windows = DriverWindows.resume(driver_state, self.window, self.lateness, now, self.retention)
+            windows = DriverWindows.resume(driver_state, self.window, self.lateness, self.retention)
             windows.floor = self.floor
             self.drivers[windows.driver_id] = windows
         return self

@@ -1,66 +1,52 @@
-"""Wall-clock time that stands still while the input is cut off from the broker.
+"""The stream's event time: how far the whole input has read, as far as the whole flow has processed.
 
-A driver's event-time clock advances with the wall clock while the driver is
-quiet (:mod:`driver_stats.core.windows`), so that its last interval still closes.
-But while the flow cannot read (the broker is down, the connection dropped)
-the stream's event time has not really moved: the producers' messages are
-waiting in their clients or the broker. Advancing then would reject them as
-late when they arrive. This clock pauses while any input partition of the
-process is disconnected; downtime of the whole process is likewise not
-counted (:meth:`~driver_stats.core.windows.DriverWindows.resume`).
+A driver's intervals close once the *stream* has passed them
+(:mod:`driver_stats.core.windows`), also while the driver itself is quiet.
+The stream time comes from the input, never from the wall clock: over MQTT it
+is the input's low watermark (:mod:`connectors.mqtt.watermarks`), the event
+time every input partition had read before the dataflow finished an epoch,
+lowest first. So a flow reading behind its producers (a backlog after an
+outage, a frozen broker, the unacknowledged-message cap, a partition behind
+the others, a restart) moves its clock at the pace it reads, and finds late
+only what was late when it was published. A caught-up, idle input moves it
+with the wall clock (its partitions' probes).
+
+Tests and history replay give any function of their own (a fixed or
+scripted time).
 """
 
 from __future__ import annotations
 
-import threading
+import math
 import time
 from typing import Callable
 
+MAX_NOTIFY_DELAY = 5.0
+"""Seconds a window step sleeps at most before looking at the stream time again."""
+
 
 class StreamClock:
-    """``now()`` = wall time minus the time the input spent disconnected.
+    """``now()`` = the stream time; :meth:`to_wall` says when to look again.
 
-    >>> wall = iter([100.0, 100.0, 105.0, 107.0]).__next__
-    >>> clock = StreamClock(wall)
-    >>> clock.input_down("in-0")          # at 100
-    >>> clock.now()                       # at 100: paused since 100
-    100.0
-    >>> clock.input_up("in-0")            # at 105: 5 s paused in all
-    >>> clock.now()                       # at 107
-    102.0
+    >>> clock = StreamClock(lambda: 100.0, wall=lambda: 5000.0)
+    >>> clock.now(), clock.to_wall(102.0), clock.to_wall(99.0), clock.to_wall(1e9)
+    (100.0, 5002.0, 5000.0, 5005.0)
     """
 
-    def __init__(self, wall: Callable[[], float] = time.time):
+    def __init__(self, stream_time: Callable[[], float], wall: Callable[[], float] = time.time):
+        self._stream_time = stream_time
         self._wall = wall
-        self._lock = threading.Lock()
-        self._down: set[str] = set()
-        self._down_since: float | None = None
-        self._paused = 0.0
 
     def now(self) -> float:
-        with self._lock:
-            return self._now(self._wall())
-
-    def _now(self, wall: float) -> float:
-        paused = self._paused + (wall - self._down_since if self._down_since is not None else 0.0)
-        return wall - paused
+        return self._stream_time()
 
     def to_wall(self, stream_time: float) -> float:
-        """The wall time at which ``now()`` reaches ``stream_time`` if nothing pauses."""
-        with self._lock:
-            wall = self._wall()
-            return stream_time + (wall - self._now(wall))
+        """The wall time to look again for ``stream_time``.
 
-    def input_down(self, name: str) -> None:
-        """Input ``name`` lost its connection: pause while any input is down."""
-        with self._lock:
-            if not self._down:
-                self._down_since = self._wall()
-            self._down.add(name)
-
-    def input_up(self, name: str) -> None:
-        with self._lock:
-            self._down.discard(name)
-            if not self._down and self._down_since is not None:
-                self._paused += self._wall() - self._down_since
-                self._down_since = None
+        A caught-up stream moves about as fast as the wall clock; a backlog
+        moves it faster, so the wait is capped at :data:`MAX_NOTIFY_DELAY`.
+        """
+        ahead = stream_time - self.now()
+        if math.isnan(ahead):
+            ahead = math.inf
+        return self._wall() + min(max(ahead, 0.0), MAX_NOTIFY_DELAY)

@@ -11,12 +11,16 @@ Semantics (``../shared/CONTRACT.md``):
 * Intervals are tumbling, ``[a, b)`` with ``a`` a multiple of the window
   length since the Unix epoch; an event counts in the interval holding its
   event time.
-* The driver's clock (its *watermark*) is the largest event time seen minus
-  the allowed lateness, and it keeps advancing with wall-clock time while no
-  newer event comes (as Bytewax's ``EventClock``), so a driver who goes quiet
-  still gets its records. An interval closes, and its record is emitted, once
-  the watermark reaches ``b``: the stream's event time has passed
-  ``b + allowed lateness``.
+* The driver's clock (its *watermark*) is the stream's event time minus the
+  allowed lateness: the larger of the newest event time seen for the driver
+  and the *stream time* the caller passes in (the event time the whole input
+  has reached, :mod:`driver_stats.core.stream_clock`), so a driver who goes
+  quiet still gets its records once the stream moves on. Only events move
+  it, never the wall clock, so a flow that reads behind its producers (a
+  backlog, a frozen broker, a partition behind the others, a restart) finds
+  nothing late that was not late when it was published. An interval closes,
+  and its record is emitted, once the watermark reaches ``b``: the stream's
+  event time has passed ``b + allowed lateness``.
 * The watermark never goes back, and an event whose interval is closed is
   ``late``: a closed interval is never reopened and never gets a second
   record.
@@ -34,9 +38,8 @@ Semantics (``../shared/CONTRACT.md``):
   interval. (Bytewax's own windowing forgets an idle key without such a
   floor, so a late event would open a fresh window.) Unbounded lateness
   (history replay) forgets nothing.
-* Wall-clock time spent while the flow is down does not advance the clock
-  (:meth:`DriverWindows.resume` restarts it), so events published during an
-  outage are counted when the broker redelivers them.
+* Time spent while the flow is down does not advance the clock, so events
+  published during an outage are counted when the broker redelivers them.
 """
 
 from __future__ import annotations
@@ -158,17 +161,19 @@ class IntervalTotals:
 class DriverWindows:
     """The open intervals, recent dedupe keys and event-time clock of one driver.
 
-    Times are Unix seconds (floats); ``now`` is wall-clock time, passed in so
-    tests control it. ``floor``: the clock never reads lower (see the module
-    docstring).
+    Times are Unix seconds (floats); ``stream_time`` is the stream's event
+    time (see the module docstring), passed in so tests control it.
+    ``floor``: the clock never reads lower.
 
     >>> from datetime import datetime, timezone
     >>> at = datetime(2024, 1, 1, 12, 0, 5, tzinfo=timezone.utc)
     >>> w = DriverWindows(window_seconds=10, lateness_seconds=0)
     >>> w.add(DriverTipped(driver_id="d1", journey_id="j1", tipped_at=at, amount=7),
-    ...       at.timestamp(), now=0.0)
+    ...       at.timestamp(), stream_time=0.0)
     <Outcome.COUNTED: 'counted'>
-    >>> [s.total_tips for s in w.close_due(now=10.0)]
+    >>> w.close_due(stream_time=at.timestamp())
+    []
+    >>> [s.total_tips for s in w.close_due(stream_time=at.timestamp() + 5)]
     [7]
     """
 
@@ -180,8 +185,7 @@ class DriverWindows:
         "floor",
         "open",
         "recent",
-        "watermark_base",
-        "wall_at_base",
+        "newest",
         "closed_until",
     )
 
@@ -200,15 +204,13 @@ class DriverWindows:
         self.floor = floor
         self.open: dict[int, IntervalTotals] = {}  # interval start (s) -> totals
         self.recent: dict[int, SeenKeys] = {}  # closed interval start -> its keys, for the retention
-        # watermark(now) = watermark_base + (now - wall_at_base)
-        self.watermark_base = -math.inf
-        self.wall_at_base = 0.0
+        self.newest = -math.inf  # newest event time counted for this driver
         self.closed_until = -math.inf  # end of the newest interval closed
 
-    def watermark(self, now: float) -> float:
-        return max(self.watermark_base + max(0.0, now - self.wall_at_base), self.floor)
+    def watermark(self, stream_time: float) -> float:
+        return max(max(self.newest, stream_time) - self.lateness, self.floor)
 
-    def add(self, event: Event, event_time: float, now: float) -> Verdict:
+    def add(self, event: Event, event_time: float, stream_time: float) -> Verdict:
         """Count ``event`` whose event time is ``event_time``.
 
         Returns :data:`COUNTED`, :data:`DUPLICATE` for a repeat, or
@@ -226,7 +228,7 @@ class DriverWindows:
         for keys in self.recent.values():
             if key in keys:
                 return DUPLICATE
-        watermark = self.watermark(now)
+        watermark = self.watermark(stream_time)
         if start + self.window <= watermark:
             return Refused(
                 LATE,
@@ -249,19 +251,17 @@ class DriverWindows:
         totals.seen.add(key)
         if not self.driver_id:
             self.driver_id = event.driver_id
-        base = event_time - self.lateness
-        if base > watermark:
-            self.watermark_base = base
-            self.wall_at_base = now
+        if event_time > self.newest:
+            self.newest = event_time
         return COUNTED
 
-    def close_due(self, now: float) -> list[DriverStats]:
+    def close_due(self, stream_time: float) -> list[DriverStats]:
         """Close and return, oldest first, every interval the watermark passed.
 
         Also forgets the dedupe keys of intervals closed more than the
         retention ago.
         """
-        watermark = self.watermark(now)
+        watermark = self.watermark(stream_time)
         closed = self._close([start for start in self.open if start + self.window <= watermark])
         for start in [start for start in self.recent if start + self.window + self.retention <= watermark]:
             del self.recent[start]
@@ -280,27 +280,27 @@ class DriverWindows:
             self.closed_until = max(self.closed_until, start + window)
         return closed
 
-    def discardable(self, now: float) -> bool:
+    def discardable(self, stream_time: float) -> bool:
         """Nothing open, and every record ended more than the retention ago on this clock."""
-        return not self.open and self.closed_until + self.retention <= self.watermark(now)
+        return not self.open and self.closed_until + self.retention <= self.watermark(stream_time)
 
     def next_wakeup(self) -> float | None:
-        """Wall-clock time of the next change without new events: a close, or becoming discardable."""
+        """The stream time of the next change without new events: a close, or becoming discardable."""
         if self.open:
             target = min(self.open) + self.window
         elif self.retention != math.inf:
             target = self.closed_until + self.retention
         else:
             return None  # unbounded lateness: only the end of input closes
-        if self.watermark_base == -math.inf:
+        if self.lateness == math.inf:
             return None
-        return self.wall_at_base + max(0.0, target - self.watermark_base)
+        return target + self.lateness
 
-    def snapshot(self, now: float) -> tuple:
+    def snapshot(self) -> tuple:
         """Plain-data copy of the state for a recovery snapshot."""
         return (
             self.driver_id,
-            self.watermark(now),
+            self.newest - self.lateness,
             [(start, totals.__getstate__()) for start, totals in self.open.items()],
             self.closed_until,
             [(start, keys.snapshot()) for start, keys in self.recent.items()],
@@ -312,18 +312,17 @@ class DriverWindows:
         state: tuple,
         window_seconds: int,
         lateness_seconds: float,
-        now: float,
         retention_seconds: float = math.inf,
     ) -> DriverWindows:
-        """Rebuild from :meth:`snapshot`; the clock restarts at ``now``.
+        """Rebuild from :meth:`snapshot`.
 
-        Downtime must not age the driver's intervals: the events published
-        meanwhile are still to come from the broker.
+        The snapshot holds the driver's watermark (its newest event time minus
+        the lateness), written that way by every version.
         """
         driver_id, watermark, intervals, *newer = state  # older snapshots had 3 fields
         windows = cls(window_seconds, lateness_seconds, driver_id, retention_seconds)
-        windows.watermark_base = watermark
-        windows.wall_at_base = now
+        # (-inf, or any watermark with unbounded lateness: nothing newer to know)
+        windows.newest = watermark + lateness_seconds if math.isfinite(watermark + lateness_seconds) else -math.inf
         for start, totals_state in intervals:
             totals = IntervalTotals.__new__(IntervalTotals)
             totals.__setstate__(totals_state)

@@ -10,8 +10,8 @@ from tests.support import T0, at, finished, rated, tipped
 BASE = T0.timestamp()
 
 
-def add(windows, event, now=BASE):
-    return windows.add(event, event.event_time.timestamp(), now)
+def add(windows, event, stream_time=BASE):
+    return windows.add(event, event.event_time.timestamp(), stream_time)
 
 
 def test_interval_is_left_closed_and_aligned_to_the_epoch():
@@ -45,9 +45,9 @@ def test_an_interval_closes_when_the_event_time_passes_its_end_plus_lateness():
 def test_a_late_event_never_reopens_a_closed_interval_even_when_nothing_is_open():
     w = DriverWindows(10, lateness_seconds=0)
     add(w, tipped("d1", "j1", 3, 1))
-    assert len(w.close_due(BASE + 3600)) == 1  # wall clock closed it, nothing open now
+    assert len(w.close_due(BASE + 3600)) == 1  # the stream closed it, nothing open now
     assert w.open == {}
-    assert add(w, tipped("d1", "j2", 4, 1), now=BASE + 3600).reason == LATE
+    assert add(w, tipped("d1", "j2", 4, 1), stream_time=BASE + 3600).reason == LATE
     assert w.close_all() == []
 
 
@@ -60,12 +60,22 @@ def test_within_lateness_out_of_order_events_count():
     assert [(s.interval_start, s.total_tips) for s in w.close_all()] == [(at(0), 2), (at(30), 1), (at(40), 1)]
 
 
-def test_wall_clock_closes_the_intervals_of_a_quiet_driver():
+def test_the_stream_time_closes_the_intervals_of_a_quiet_driver_and_the_wall_clock_does_not():
     w = DriverWindows(10, lateness_seconds=30)
-    add(w, tipped("d1", "j1", 5, 1), now=1000.0)
-    assert w.next_wakeup() == 1000.0 + (10 - (5 - 30))
-    assert w.close_due(1034.9) == []
-    assert len(w.close_due(1035.0)) == 1
+    add(w, tipped("d1", "j1", 5, 1), stream_time=BASE + 5)
+    assert w.next_wakeup() == BASE + 10 + 30  # the stream time at which [0, 10) closes
+    assert w.close_due(BASE + 39.9) == []
+    assert len(w.close_due(BASE + 40)) == 1
+
+
+def test_a_driver_clock_moves_only_with_its_events_and_the_stream_time():
+    # However long the flow takes to read them (a backlog, an outage), events
+    # published in order are never late: nothing here reads the wall clock.
+    w = DriverWindows(10, lateness_seconds=2)
+    for i in range(100):
+        assert add(w, tipped("d1", f"j{i}", i, 1), stream_time=BASE + i - 5) is COUNTED
+        w.close_due(BASE + i - 5)
+    assert add(w, tipped("d1", "late", 87.9, 1), stream_time=BASE).reason == LATE  # its own newer events
 
 
 def test_totals_sum_every_finished_journey_and_count_reasons():
@@ -92,25 +102,27 @@ def test_dedupe_keys_are_dropped_the_retention_after_their_interval_closed():
     for i in range(100):
         add(w, tipped("d1", f"j{i}", 1, 1))
     w.close_due(BASE + 3600)
-    assert w.open == {} and w.recent == {} and len(pickle.dumps(w.snapshot(BASE))) < 200
+    assert w.open == {} and w.recent == {} and len(pickle.dumps(w.snapshot())) < 200
 
 
-def test_snapshot_resumes_totals_dedupe_and_clock_without_ageing_by_downtime():
+def test_snapshot_resumes_totals_dedupe_and_clock():
     w = DriverWindows(10, lateness_seconds=30)
-    add(w, tipped("d1", "j1", 5, 3), now=1000.0)
-    state = pickle.loads(pickle.dumps(w.snapshot(now=1001.0)))
-    resumed = DriverWindows.resume(state, 10, 30, now=5000.0)  # down for over an hour
-    assert resumed.close_due(5000.0) == []  # downtime did not close [0, 10)
-    assert add(resumed, tipped("d1", "j1", 5, 3), now=5000.0) is DUPLICATE
-    assert add(resumed, tipped("d1", "j2", 6, 4), now=5000.0) is COUNTED
-    [s] = resumed.close_all()
+    add(w, tipped("d1", "j1", 5, 3))
+    add(w, tipped("d1", "j9", 39, 1))
+    state = pickle.loads(pickle.dumps(w.snapshot()))
+    resumed = DriverWindows.resume(state, 10, 30)
+    assert resumed.close_due(BASE) == []  # the stream has not moved: [0, 10) open
+    assert add(resumed, tipped("d1", "j1", 5, 3)) is DUPLICATE
+    assert add(resumed, tipped("d1", "j2", 6, 4)) is COUNTED
+    assert add(resumed, tipped("d1", "j3", 9, 1), stream_time=BASE + 40).reason == LATE  # its clock came back
+    [s, _] = resumed.close_all()
     assert (s.driver_id, s.total_tips) == ("d1", 7)
 
 
 def test_with_unbounded_lateness_nothing_is_late_and_close_all_emits_everything():
     w = DriverWindows(10, lateness_seconds=float("inf"))
-    add(w, tipped("d1", "j1", 500, 1), now=BASE)
-    assert add(w, tipped("d1", "j2", 3, 2), now=BASE + 10**6) is COUNTED
+    add(w, tipped("d1", "j1", 500, 1), stream_time=BASE)
+    assert add(w, tipped("d1", "j2", 3, 2), stream_time=BASE + 10**6) is COUNTED
     assert w.close_due(BASE + 10**6) == [] and w.next_wakeup() is None
     assert [(s.interval_start, s.total_tips) for s in w.close_all()] == [(at(0), 2), (at(500), 1)]
 
@@ -140,35 +152,36 @@ def test_a_refused_event_leaves_no_interval_no_dedupe_key_and_no_record():
 
 def test_a_driver_is_discardable_once_its_records_are_the_retention_behind_its_clock():
     w = DriverWindows(10, lateness_seconds=0, retention_seconds=100)
-    add(w, tipped("d1", "j1", 3, 1), now=BASE)  # clock: BASE + 3 at wall BASE
+    add(w, tipped("d1", "j1", 3, 1))
     assert not w.discardable(BASE + 50)  # [0, 10) still open
     [_] = w.close_due(BASE + 50)
-    assert w.next_wakeup() == BASE + 107  # clock reaches 10 + 100
-    assert not w.discardable(BASE + 106.9) and w.discardable(BASE + 107)
+    assert w.next_wakeup() == BASE + 110  # the stream reaches 10 + 100
+    assert not w.discardable(BASE + 109.9) and w.discardable(BASE + 110)
 
 
 def test_a_late_event_for_a_forgotten_driver_is_late_never_a_new_record():
     shard = DriverShard(10, lateness_seconds=0, retention_seconds=100)
     assert add(shard, tipped("d1", "j1", 3, 1)) is COUNTED
     [record] = shard.close_due(BASE + 50)
-    assert shard.close_due(BASE + 107) == [] and len(shard) == 0  # forgotten
+    assert shard.close_due(BASE + 110) == [] and len(shard) == 0  # forgotten
     assert shard.floor == BASE + 10
-    assert add(shard, tipped("d1", "late", 4, 1), now=BASE + 107).reason == LATE
+    assert add(shard, tipped("d1", "late", 4, 1), stream_time=BASE + 110).reason == LATE
     assert len(shard) == 0 and shard.close_all() == []
-    # An interval the driver never had is still accepted above the floor.
-    assert add(shard, tipped("d1", "new", 11, 1), now=BASE + 107) is COUNTED
+    # An interval the driver never had is still accepted above the floor
+    # (where the stream has not passed it: a partition read behind the others).
+    assert add(shard, tipped("d1", "new", 11, 1), stream_time=BASE + 11) is COUNTED
 
 
 def test_the_floor_survives_a_restart_of_the_shard():
     shard = DriverShard(10, lateness_seconds=0, retention_seconds=100)
     add(shard, tipped("d1", "j1", 3, 1))
     shard.close_due(BASE + 50)
-    shard.close_due(BASE + 107)
-    add(shard, tipped("d2", "j1", 200, 1), now=BASE + 200)
+    shard.close_due(BASE + 110)
+    add(shard, tipped("d2", "j1", 200, 1), stream_time=BASE + 200)
     resumed = DriverShard(10, lateness_seconds=0, retention_seconds=100).restore(
-        pickle.loads(pickle.dumps(shard.snapshot(BASE + 200))), now=BASE + 9999)
-    assert add(resumed, tipped("d1", "late", 4, 1), now=BASE + 9999).reason == LATE
-    assert add(resumed, tipped("d2", "j1", 200, 1), now=BASE + 9999) is DUPLICATE
+        pickle.loads(pickle.dumps(shard.snapshot())))
+    assert add(resumed, tipped("d1", "late", 4, 1), stream_time=BASE + 9999).reason == LATE
+    assert add(resumed, tipped("d2", "j1", 200, 1), stream_time=BASE + 9999) is DUPLICATE
     assert [s.total_tips for s in resumed.close_all()] == [1]
 
 
@@ -185,7 +198,7 @@ def test_a_repeat_after_its_interval_closed_is_a_duplicate_within_the_retention(
     assert add(w, rated("d1", "j0", 10, 1)) is DUPLICATE  # same identity, later time
     assert add(w, rated("d1", "j0", 0, 1)) is DUPLICATE  # a redelivery, not "late"
     w.close_due(BASE + 200)  # clock 210: [0, 10) closed more than 100 s ago
-    assert add(w, rated("d1", "j0", 0, 1), now=BASE + 200).reason == LATE
+    assert add(w, rated("d1", "j0", 0, 1), stream_time=BASE + 200).reason == LATE
 
 
 def test_unbounded_retention_never_forgets():
@@ -199,10 +212,10 @@ def test_a_huge_interval_snapshots_as_one_bytes_log_and_resumes_its_dedupe():
     w = DriverWindows(10, lateness_seconds=0)
     for i in range(10_000):
         add(w, finished("d1", f"journey-{i}", 3))
-    state = w.snapshot(BASE)
+    state = w.snapshot()
     [(_, totals_state)] = state[2]
     assert isinstance(totals_state[-1], bytes)
-    resumed = DriverWindows.resume(pickle.loads(pickle.dumps(state)), 10, 0, now=BASE)
+    resumed = DriverWindows.resume(pickle.loads(pickle.dumps(state)), 10, 0)
     assert add(resumed, finished("d1", "journey-9999", 3)) is DUPLICATE
     assert add(resumed, finished("d1", "journey-10000", 3)) is COUNTED
     [stats] = resumed.close_all()
@@ -211,7 +224,7 @@ def test_a_huge_interval_snapshots_as_one_bytes_log_and_resumes_its_dedupe():
 
 def test_a_snapshot_written_before_the_dedupe_log_still_resumes():
     old_totals = (1, 0, 0, 0, 0, 0, 0, frozenset({(2, "j1")}))
-    resumed = DriverWindows.resume(("d1", BASE - 5, [(int(BASE), old_totals)]), 10, 0, now=BASE)
+    resumed = DriverWindows.resume(("d1", BASE - 5, [(int(BASE), old_totals)]), 10, 0)
     assert add(resumed, finished("d1", "j1", 3)) is DUPLICATE
     assert resumed.closed_until == float("-inf")
 
@@ -224,6 +237,6 @@ def test_an_event_near_year_one_gets_its_interval_exactly():
     just_before = datetime(1, 1, 1, 0, 9, 59, 999999, tzinfo=timezone.utc)
     w = DriverWindows(600, lateness_seconds=float("inf"))
     tip = DriverTipped(driver_id="d1", journey_id="j1", tipped_at=just_before, amount=1)
-    w.add(tip, just_before.timestamp(), now=BASE)
+    w.add(tip, just_before.timestamp(), stream_time=BASE)
     [stats] = w.close_all()
     assert stats.interval_start == datetime(1, 1, 1, tzinfo=timezone.utc)

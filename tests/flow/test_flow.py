@@ -15,6 +15,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from connectors.mqtt import MQTTMessage
 from driver_stats.contract import FinishReason, decode_stats, encode_event, to_json
 from driver_stats.settings import Settings
+from driver_stats.core.stream_clock import StreamClock
 from flows.driver_stats import build_flow
 from tests.support import FINISHED, RATED, T0, TIPPED, at, finished, rated, seed_events, tipped, totals, wire
 
@@ -139,15 +140,22 @@ def test_a_late_event_is_rejected_and_never_makes_a_second_record():
     assert late.payload == encode_event(events[2])
 
 
-def test_late_after_all_intervals_closed_by_wall_clock_is_still_rejected():
-    # A clock racing ahead closes every interval after each batch, leaving the
-    # driver with nothing open: Bytewax's own windowing would forget the key
-    # there and let the late event open a fresh window.
-    ticks = itertools.count(T0.timestamp(), 1000.0)
-    events = [tipped("d1", "j1", 3, 1), tipped("d1", "j2", 4, 1)]
-    stats, rejected = run(events, lateness=5, batch_size=1, clock=lambda: next(ticks), max_future_seconds=10**9)
-    assert stats["d1", at(0)].total_tips == 1
-    assert [dict(m.user_properties)["reason"] for m in rejected] == ["late"]
+def test_late_after_the_stream_passed_the_interval_is_still_rejected():
+    # The stream's time (as the input's watermark would give it) jumps past
+    # [0, 10) + lateness between the two batches: j2 is late, j1 counted once.
+    stream = [T0.timestamp()]
+
+    def items():
+        yield MQTTMessage(*wire(tipped("d1", "j1", 3, 1)))
+        stream[0] = T0.timestamp() + 1000
+        yield MQTTMessage(*wire(tipped("d1", "j2", 4, 1)))
+
+    out: list = []
+    run_main(build_flow(Settings(window_seconds=10, allowed_lateness_seconds=5), TestingSource(items()),
+                        TestingSink(out), clock=lambda: T0.timestamp(), stream_clock=StreamClock(lambda: stream[0])))
+    records = [decode_stats(m.payload) for _, m in out if m.topic == STATS]
+    assert [(s.interval_start, s.total_tips) for s in records] == [(at(0), 1)]
+    assert [dict(m.user_properties)["reason"] for _, m in out if m.topic != STATS] == ["late"]
 
 
 def test_a_future_event_is_rejected_and_does_not_make_the_drivers_events_late():
@@ -275,8 +283,8 @@ def test_a_forgotten_driver_leaves_the_store_and_its_late_event_is_still_late(tm
 
     def items():
         yield at_wall(5, tipped("d1", "j1", 3, 1))
-        yield at_wall(400, tipped("d2", "j1", 395, 1))  # d1: [0, 10) closed at 10, forgotten at 160
-        yield at_wall(401, tipped("d2", "j2", 396, 1))
+        yield at_wall(400, tipped("d2", "j1", 400.5, 1))  # d1: [0, 10) closed at 10, forgotten at 160
+        yield at_wall(401, tipped("d2", "j2", 401.5, 1))
         yield at_wall(402, tipped("d1", "late", 4, 7))  # d1 was forgotten: its shard's floor rejects it
 
     init_db_dir(tmp_path, 1)

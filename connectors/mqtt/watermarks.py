@@ -1,0 +1,254 @@
+"""How far each input partition has read, in the stream's own time, as far as the whole dataflow has processed.
+
+A source built with a ``position`` function (:class:`~.source.MQTTSource`)
+gives every data message a *position*, a time in Unix seconds taken from
+the message itself (driver-stats: the event time). Each partition then
+keeps a *watermark*: the newest position it has emitted, published only once
+the epoch that emitted it is complete, i.e. once every step of the dataflow,
+on every worker, has processed everything the partition emitted before it
+(the same gate as the acknowledgements). It is a retained QoS 1 message on
+``connectors-mqtt/watermarks/<client_id>/in-<i>`` (:func:`watermark_topic`),
+``{"watermark": 1733320000.5}``, or ``{"done": true}`` once a drained
+partition ended. :class:`WatermarkBoard` reads them all; the dataflow's
+*low watermark* is the lowest over the listed partitions, so a message still
+to come from any partition can only be positioned after what some partition
+had read before it: nothing that partition has yet to deliver lies behind it.
+
+Positions come from the stream only, never from the wall clock, so a backlog
+(after an outage, a frozen broker, a slow flow, a partition behind the
+others) is read at its own pace and the watermark follows it. One exception,
+so that an idle stream still moves: a partition that is *caught up and idle*
+advances by the wall clock. It finds out with *probes*: every
+``probe_interval`` it publishes a QoS 1 message to its own
+``connectors-mqtt/probes/<client_id>/in-<i>`` (one at a time); the broker
+queues it behind everything already queued for the partition's session, so
+when it comes back, everything published before it was sent has been read.
+A probe counts as idle (:meth:`PartitionClock.probe_returned`) only if no
+data came between sending and receiving it, it came back within
+:data:`FAST_ROUND_TRIP` seconds, and so did the probe before it; after a
+frozen or restarted broker the first probes are slow, so producers have a
+full interval to flush what they queued meanwhile before the wall clock
+counts again. An idle probe sent at wall time ``S`` moves the watermark to
+``newest position + (S - wall time it was read)``, the wall time the stream
+had to move since; a partition that never read anything assumes positions
+follow the wall clock.
+
+>>> clock = PartitionClock(restored=None, now=100.0)
+>>> clock.emitted(positions=[50.0, 52.0], now=101.0)
+>>> clock.seal(); clock.release()       # not committed yet / committed
+52.0
+>>> clock.release() is None             # unchanged: nothing to publish
+True
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import uuid
+from typing import Dict, Iterable, Optional
+
+from .connection import MQTTConnection, connect
+
+log = logging.getLogger("connectors.mqtt")
+
+WATERMARK_ROOT = "connectors-mqtt/watermarks"
+PROBE_ROOT = "connectors-mqtt/probes"
+FAST_ROUND_TRIP = 1.0
+"""Seconds within which a probe must come back to count as idle (the broker answers at once)."""
+PROBE_TIMEOUT = 30.0
+"""A probe not back by then is sent again (the broker may have lost it with the session)."""
+MAX_PAYLOAD_BYTES = 256
+DONE = math.inf
+"""The watermark of a partition that has ended (a drained session): it holds nothing back."""
+
+
+def watermark_topic(client_id: str, index: int) -> str:
+    """The retained watermark topic of partition ``index``.
+
+    >>> watermark_topic("driver-stats", 2)
+    'connectors-mqtt/watermarks/driver-stats/in-2'
+    """
+    return f"{WATERMARK_ROOT}/{client_id}/in-{index}"
+
+
+def probe_topic(client_id: str, index: int) -> str:
+    """The topic partition ``index`` probes its own session on."""
+    return f"{PROBE_ROOT}/{client_id}/in-{index}"
+
+
+def encode_watermark(value: float) -> bytes:
+    """``{"watermark": value}``, or ``{"done": true}`` for :data:`DONE`."""
+    return b'{"done":true}' if value == DONE else json.dumps({"watermark": value}).encode()
+
+
+def decode_watermark(payload: bytes) -> Optional[float]:
+    """The watermark in ``payload``; None for anything else (no crash, whatever the bytes).
+
+    >>> [decode_watermark(p) for p in (encode_watermark(5.5), encode_watermark(DONE))]
+    [5.5, inf]
+    >>> [decode_watermark(p) for p in (b"", b"{", b'{"watermark":1e400}', b'{"watermark":"5"}', b"\\xff")]
+    [None, None, None, None, None]
+    """
+    if not payload or len(payload) > MAX_PAYLOAD_BYTES:
+        return None
+    try:
+        body = json.loads(payload)
+        if body.get("done") is True:
+            return DONE
+        value = body["watermark"]
+        if type(value) not in (int, float) or not math.isfinite(value):
+            return None
+        return float(value)
+    except Exception:  # noqa: BLE001 - whatever is on the topic: no watermark
+        return None
+
+
+class PartitionClock:
+    """One partition's watermark: positions emitted, idle probes, and the epoch gate.
+
+    Called from the worker thread (:meth:`emitted`, :meth:`seal`,
+    :meth:`release`, :meth:`probe_due`) and from paho's network thread
+    (:meth:`data_read`, :meth:`probe_returned`); the values they share are
+    single floats, each written by one side.
+
+    ``restored``: the partition's last published watermark (from an earlier
+    run), which it starts from; the wall time spent down does not count.
+    """
+
+    def __init__(self, restored: Optional[float], now: float, probe_interval: float = 1.0) -> None:
+        self.probe_interval = probe_interval
+        self._position = -math.inf if restored is None or restored == DONE else restored
+        # Wall time at which the stream was last known to be at _position.
+        self._position_wall = now
+        self._has_position = restored is not None and restored != DONE
+        self._epoch = -math.inf  # newest value emitted in the current epoch
+        self._sealed = -math.inf  # emitted before the last snapshot: publishable once committed
+        self._published = -math.inf
+        self._last_data_read = -math.inf  # wall time paho last received a data message
+        self._probe_sent: Optional[float] = None  # the probe in flight
+        self._probe_back = -math.inf  # wall time the last probe came back
+        self._last_fast = False
+
+    # Worker thread.
+    def emitted(self, positions: Iterable[Optional[float]], now: float) -> None:
+        """Data emitted in this epoch, with the positions of the messages (None: none known)."""
+        newest = max((p for p in positions if p is not None), default=-math.inf)
+        if newest > self._position:
+            self._position, self._position_wall, self._has_position = newest, now, True
+        self._epoch = max(self._epoch, self._position)
+
+    def idle_emitted(self, sent: float) -> None:
+        """An idle probe sent at wall time ``sent`` was emitted (it came after everything before it)."""
+        if self._has_position:
+            value = self._position + max(0.0, sent - self._position_wall)
+        else:
+            value = sent  # never read anything: positions are taken to follow the wall clock
+        self._epoch = max(self._epoch, value)
+
+    def seal(self) -> None:
+        """The epoch ended (snapshot): what it emitted becomes publishable once committed."""
+        self._sealed = max(self._sealed, self._epoch)
+
+    def release(self) -> Optional[float]:
+        """The watermark to publish now (the epochs sealed before are committed), if it moved."""
+        if self._sealed > self._published:
+            self._published = self._sealed
+            return self._sealed
+        return None
+
+    def probe_due(self, now: float) -> bool:
+        """Whether to send a probe now (none in flight, or one lost); the caller then sends it at ``now``."""
+        if self._probe_sent is not None and now - self._probe_sent < PROBE_TIMEOUT:
+            return False
+        if now - self._probe_back < self.probe_interval:
+            return False
+        self._probe_sent = now
+        return True
+
+    # Paho's network thread.
+    def data_read(self, now: float) -> None:
+        self._last_data_read = now
+
+    def probe_returned(self, sent: float, now: float) -> bool:
+        """A probe sent at ``sent`` came back at ``now``: whether it shows the partition idle and caught up."""
+        if sent == self._probe_sent:
+            self._probe_sent = None
+        self._probe_back = now
+        fast = 0.0 <= now - sent <= FAST_ROUND_TRIP
+        idle = fast and self._last_fast and self._last_data_read < sent
+        self._last_fast = fast
+        return idle
+
+
+class WatermarkBoard:
+    """The retained watermarks of ``client_id``'s partitions, kept up to date by a client of its own.
+
+    :meth:`low` is the lowest over the partitions asked for (``-inf`` while
+    one has none). Started by :meth:`start`, which returns once the retained
+    ones are in (a barrier message of its own comes after them).
+    """
+
+    def __init__(self, connection: MQTTConnection, client_id: str) -> None:
+        self._connection = connection
+        self._client_id = client_id
+        self._prefix = f"{WATERMARK_ROOT}/{client_id}/in-"
+        self._values: Dict[int, float] = {}
+        self._client = None
+        self._lock = threading.Lock()
+
+    def start(self) -> WatermarkBoard:
+        if self._client is not None:
+            return self
+        reader_id = f"{self._client_id}-watermarks-{uuid.uuid4().hex[:8]}"
+        barrier = f"{WATERMARK_ROOT}/{self._client_id}/barrier-{reader_id}"
+        ready = threading.Event()
+        client = self._connection.client(reader_id)
+
+        def on_message(_c, _u, msg) -> None:
+            if msg.topic == barrier:
+                ready.set()
+                return
+            self._on_watermark(msg.topic, msg.payload)
+
+        client.on_connect = lambda c, *_: c.subscribe(f"{WATERMARK_ROOT}/{self._client_id}/+", qos=1)
+        client.on_subscribe = lambda c, *_: c.publish(barrier, b"", qos=1)
+        client.on_message = on_message
+        client.reconnect_delay_set(1, 30)
+        connect(client, self._connection, label=reader_id)
+        if not ready.wait(self._connection.connect_timeout):
+            log.warning("%s: retained watermarks not read within %gs", reader_id, self._connection.connect_timeout)
+        self._client = client
+        return self
+
+    def _on_watermark(self, topic: str, payload: bytes) -> None:
+        tail = topic[len(self._prefix):] if topic.startswith(self._prefix) else ""
+        if not (tail.isascii() and tail.isdigit() and len(tail) <= 4):
+            return
+        if not payload:  # cleared
+            with self._lock:
+                self._values.pop(int(tail), None)
+            return
+        value = decode_watermark(payload)
+        if value is None:
+            log.warning("ignored a malformed watermark on %s (%d bytes)", topic, len(payload))
+            return
+        with self._lock:
+            self._values[int(tail)] = value
+
+    def value(self, index: int) -> Optional[float]:
+        with self._lock:
+            return self._values.get(index)
+
+    def low(self, indexes: Iterable[int]) -> float:
+        """The lowest watermark over ``indexes`` (``-inf`` if one has none yet)."""
+        with self._lock:
+            return min((self._values.get(i, -math.inf) for i in indexes), default=-math.inf)
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._client = None
