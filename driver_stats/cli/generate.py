@@ -55,6 +55,12 @@ history files (driver_rated.jsonl, driver_tipped.jsonl,
 journey_finished.jsonl, proto3 JSON mapping): 'driver-stats replay DIR' then
 computes the stats the flow must publish. Late and invalid messages go to
 DIR/late.jsonl and DIR/invalid.jsonl (topic, base64 payload, why).
+
+Each event goes to its driver's shard topic, <topic>/<shard> with shard =
+CRC-32 of the driver id's UTF-8 bytes modulo 64, as a producer should publish
+for the flow to scale out (each input partition then reads only its shards);
+messages without a driver id go to the plain topic. --plain-topics publishes
+everything on the plain topics instead (one input partition reads those).
 """
 
 
@@ -123,6 +129,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="payload format on the wire (default protobuf, the contract's)")
     parser.add_argument("--client-id", metavar="ID",
                         help="MQTT client id (default driver-stats-generate-<pid>)")
+    parser.add_argument("--plain-topics", action="store_true", dest="plain_topics",
+                        help="publish on the plain input topics, not on <topic>/<driver's shard>")
     parser.add_argument("--quiet", "-q", action="store_true", help="no status lines on stderr")
     return parser
 
@@ -194,9 +202,10 @@ def run(args: argparse.Namespace) -> int:
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            info = client.publish(g.topic, g.payload, qos=1)
+            topic = g.topic if args.plain_topics else g.shard_topic
+            info = client.publish(topic, g.payload, qos=1)
             if info.rc != 0:
-                raise CLIError(f"cannot publish to {g.topic!r}: error {info.rc}")
+                raise CLIError(f"cannot publish to {topic!r}: error {info.rc}")
             unacked.append(info)
             if len(unacked) > 5000:
                 unacked = [i for i in unacked if not i.is_published()]

@@ -47,6 +47,7 @@ from driver_stats.contract import (
     JourneyFinished,
     Reason,
     encode_event,
+    sharded_topic,
     to_json,
 )
 
@@ -98,6 +99,12 @@ class Generated(NamedTuple):
     event: Optional[Event] = None
     at: float = 0.0
     why: str = ""
+
+    @property
+    def shard_topic(self) -> str:
+        """Where a sharding producer publishes it: ``<topic>/<shard of its driver>``; the plain topic without one."""
+        driver = self.event.driver_id if self.event is not None else ""
+        return sharded_topic(self.topic, driver) if driver else self.topic
 
 
 def _dt(seconds: float) -> datetime:

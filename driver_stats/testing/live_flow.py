@@ -120,7 +120,7 @@ def expected_stats(events: list[Event], window: int) -> dict[tuple[str, object],
     drivers: dict[str, DriverWindows] = {}
     for event in events:
         windows = drivers.setdefault(event.driver_id, DriverWindows(window, float("inf")))
-        verdict = windows.add(event, event.event_time.timestamp(), now=0.0)
+        verdict = windows.add(event, event.event_time.timestamp(), stream_time=0.0)
         if isinstance(verdict, Refused):  # repeats are fine; nothing may be refused
             raise ValueError(f"not a countable event ({verdict.reason}: {verdict.detail}): {event}")
     return {(s.driver_id, s.interval_start): s for w in drivers.values() for s in w.close_all()}

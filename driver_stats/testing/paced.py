@@ -11,12 +11,17 @@ from .live_flow import expected_stats, published_stats
 
 
 class PacedTraffic(threading.Thread):
-    """Publishes ``count`` generated messages at ``rate``/s, event times = now."""
+    """Publishes ``count`` generated messages at ``rate``/s, event times = now.
+
+    Each on its driver's shard topic, as producers should (``plain=True``: on
+    the plain topics).
+    """
 
     def __init__(self, publisher, *, count: int, rate: float, drivers: int, window: int, lateness: int,
-                 seed: int = 11, duplicates: float = 0.05):
+                 seed: int = 11, duplicates: float = 0.05, plain: bool = False):
         super().__init__(daemon=True)
         self.publisher = publisher
+        self.plain = plain
         self.traffic = Traffic(seed, drivers, start=time.time() + 0.5, rate=rate, window=window,
                                lateness=lateness, duplicates=duplicates)
         self.messages = list(self.traffic.events(count))
@@ -27,7 +32,8 @@ class PacedTraffic(threading.Thread):
             delay = message.at - time.time()
             if delay > 0:
                 time.sleep(delay)
-            self.publisher.client.publish(message.topic, message.payload, qos=1)
+            topic = message.topic if self.plain else message.shard_topic
+            self.publisher.client.publish(topic, message.payload, qos=1)
 
     @property
     def last_due(self) -> float:

@@ -99,7 +99,7 @@ def test_late_messages_are_late_and_the_rest_is_counted():
         accepted = intake(g.topic, g.payload)
         assert isinstance(accepted, Accepted), g
         w = windows.setdefault(accepted.event.driver_id, DriverWindows(10, 2))
-        verdict = w.add(accepted.event, accepted.event_time, now=g.at)
+        verdict = w.add(accepted.event, accepted.event_time, stream_time=g.at)
         w.close_due(g.at)
         verdicts[g.kind, verdict.reason if isinstance(verdict, Refused) else verdict] += 1
     assert set(verdicts) == {("valid", COUNTED), ("out_of_order", COUNTED), ("duplicate", DUPLICATE), ("late", LATE)}

@@ -19,6 +19,7 @@ from connectors.mqtt import MQTTConnection
 from connectors.mqtt.partitions import Marker
 from connectors.mqtt.source import has_session, read_markers
 from connectors.mqtt.testing import Collector, Publisher, wait_for
+from driver_stats.contract import INPUT_SHARDS
 from driver_stats.testing.live_flow import LiveFlow, wait_for_records
 from driver_stats.testing.paced import PacedTraffic, compare
 
@@ -99,8 +100,8 @@ def test_changing_the_partition_count_loses_nothing_and_leaves_no_stale_session(
         check_counted_once(traffic, collector, flow)
         # Every partition finished the change (no marker still draining); the
         # removed ones are retired (kept, so their keys in the recovery store stay listed).
-        final = {i: Marker(after) for i in range(after)}
-        final.update({j: Marker(before, retired=True) for j in range(after, before)})
+        final = {i: Marker(after, shards=INPUT_SHARDS) for i in range(after)}
+        final.update({j: Marker(before, retired=True, shards=INPUT_SHARDS) for j in range(after, before)})
         wait_for(lambda: markers(mosquitto, name) == final, 20, f"{after} partitions, none draining")
         flow.kill()
         if before > after:
