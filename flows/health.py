@@ -21,6 +21,11 @@ live.
 * no input partition opened yet on this process, or one not yet polled:
   the flow is starting or restoring from recovery (Bytewax loads the state
   before it polls any input);
+* the broker refuses what an output client publishes (an MQTT 5 reason
+  code such as not authorized): the refused record and those behind it
+  wait, retried, until the broker accepts them (see :mod:`connectors.mqtt.sink`);
+  this comes first, since mosquitto also drops the connection after a
+  refusal;
 * an input or output client is disconnected from the broker;
 * the output holds records the broker has not acknowledged for
   :data:`STUCK_PUBLISH_AFTER` seconds.
@@ -73,7 +78,17 @@ class Health:
         self.stuck_publish_after = stuck_publish_after
         self.clock = clock
 
+    def _refused(self, now: float) -> Optional[str]:
+        for client, stats in list(self.sink_stats.items()):
+            if getattr(stats, "refused_reason", ""):
+                waited = max(0.0, now - stats.refused_since) if stats.refused_since else 0.0
+                return f"output {client}: {stats.refused_reason} for {waited:.0f}s, {stats.pending} messages waiting"
+        return None
+
     def _waiting_for_broker(self, now: float) -> Optional[str]:
+        refused = self._refused(now)
+        if refused is not None:
+            return refused
         for kind, stats_by_client in (("input", self.source_stats), ("output", self.sink_stats)):
             for client, stats in list(stats_by_client.items()):
                 if not stats.connected:
@@ -106,6 +121,9 @@ class Health:
         for client, stats in sources:
             if not stats.last_call:
                 return False, f"restoring: input {client} not polled yet (state loading from recovery)"
+        refused = self._refused(now)
+        if refused is not None:
+            return False, refused
         for kind, stats_by_client in (("input", sources), ("output", list(self.sink_stats.items()))):
             for client, stats in stats_by_client:
                 if not stats.connected:

@@ -8,10 +8,11 @@ and Ctrl-C, and the :class:`~connectors.mqtt.MQTTSource` and
 :class:`~connectors.mqtt.MQTTSink` whose connection events and stats feed
 the metrics, the health checks and the stream clock.
 
-The flow is not told Bytewax's command line, but two of its options matter
-for the gauges: the recovery directory (``-r`` or
-``BYTEWAX_RECOVERY_DIRECTORY``: the snapshot age is read from its files) and
-the snapshot interval (``-s`` or ``BYTEWAX_SNAPSHOT_INTERVAL``).
+The flow is not told Bytewax's command line, but two of its options matter:
+the recovery directory (``-r`` or ``BYTEWAX_RECOVERY_DIRECTORY``: the
+snapshot age is read from its files, and without one the sink publishes
+each record at once, there being no commit to wait for) and the snapshot
+interval (``-s`` or ``BYTEWAX_SNAPSHOT_INTERVAL``, a gauge).
 :func:`bytewax_run_options` reads them the way ``bytewax.run`` does, from
 ``sys.argv`` and the environment, and only when the process was started as
 ``python -m bytewax.run``.
@@ -197,6 +198,9 @@ def start(settings: Settings) -> LiveIO:
         timeout=settings.publish_timeout_seconds or None,
         on_event=_count_reconnects,
         on_written=_published_counter(settings.topic_driver_stats),
+        on_refused=metrics.count_refused,
+        # Without recovery no commit ever comes to wait for: publish at once.
+        commit_gated=bytewax_run_options()[0] is not None,
     )
     _observe(settings, source, sink)
     return LiveIO(source, sink, stream_clock)

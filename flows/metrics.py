@@ -60,6 +60,12 @@ RECORDS_EMITTED = Counter(
 RECORDS_PUBLISHED = Counter(
     "driver_stats_records_published_total", "Messages the broker acknowledged, by kind", ["kind"]
 )
+PUBLISH_REFUSED = Counter(
+    "driver_stats_publish_refused_total",
+    "Publishes the broker refused (MQTT 5 reason code 0x80 or more), by reason: the record waits and is "
+    "retried, holding back those behind it; a refused progress marker is counted too",
+    ["reason"],
+)
 PUBLISH_LATENCY = Histogram(
     "driver_stats_publish_latency_seconds",
     "Time from handing a record to the broker until it was acknowledged (the longest of each group reported)",
@@ -90,6 +96,11 @@ def count_by(counter: Counter, labels: _Tally) -> None:
     """Add a batch's tally (label value -> count) to a labelled counter."""
     for label, amount in labels.items():
         counter.labels(label).inc(amount)
+
+
+def count_refused(_topic: str, reason: str) -> None:
+    """The sink's ``on_refused`` hook: one refused publish (the reason label: ``Not authorized (0x87)``)."""
+    PUBLISH_REFUSED.labels(reason).inc()
 
 
 _inflight_caps: dict[str, int] = {}
@@ -276,7 +287,8 @@ _FAMILIES = {
                      "Messages the broker may send an input client before waiting for its acknowledgements "
                      "(MQTT 5 Receive Maximum); absent when unknown", ("client",)),
     "pending": ("driver_stats_output_pending_messages",
-                "Handed to an output client and not yet acknowledged by the broker", ("client",)),
+                "Handed to an output client and not yet acknowledged by the broker, or held back by a "
+                "refused one", ("client",)),
     "snapshot_age": ("driver_stats_snapshot_age_seconds",
                      "Seconds since this process last wrote its recovery partitions (once per committed "
                      "epoch); absent without recovery", ()),

@@ -50,9 +50,15 @@ class MQTTLinkStats:
     unacked: int = 0
     """Source: messages taken (or buffered) and not yet acknowledged to the broker."""
     pending: int = 0
-    """Sink: messages handed to the client and not yet acknowledged by the broker."""
+    """Sink: messages handed to the client and not yet acknowledged by the broker, or held back by a refusal."""
     oldest_pending_since: float = 0.0
     """Sink: ``time.monotonic()`` when the oldest of them was handed over (0 if none)."""
+    refused_reason: str = ""
+    """Sink: what the broker refuses, e.g. ``the broker refuses to publish on 'out/x': Not
+    authorized (0x87)`` (the record waits, those behind it too), or the progress
+    marker; empty while it accepts everything."""
+    refused_since: float = 0.0
+    """Sink: ``time.monotonic()`` when that refusal began (0 if none)."""
     inflight_cap: int = 0
     """Source: the Receive Maximum the broker was asked to keep to (MQTT 5; 0 with 3.1.1)."""
     last_call: float = 0.0

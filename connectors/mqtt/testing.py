@@ -7,10 +7,11 @@
 :class:`Mosquitto` writes a configuration with persistence on (so a stopped
 and restarted broker keeps its sessions and queued messages), unlimited
 queues and in-flight windows (the settings this connector relies on, see
-:mod:`connectors.mqtt`), and anonymous clients unless ``users`` is given;
-``tls=TlsFiles(...)`` makes the listener TLS-only. It listens on
-127.0.0.1 only. :class:`Collector` and :class:`Publisher` are plain paho
-clients that record and publish.
+:mod:`connectors.mqtt`), and anonymous clients unless ``users`` or a
+``password_file`` is given; ``acl_file`` applies an ACL, re-read on
+:meth:`Mosquitto.reload`; ``tls=TlsFiles(...)`` makes the listener
+TLS-only. It listens on 127.0.0.1 only. :class:`Collector` and
+:class:`Publisher` are plain paho clients that record and publish.
 """
 
 from __future__ import annotations
@@ -97,6 +98,9 @@ class Mosquitto:
         workdir: Its configuration, data and logs (``mosquitto.log``).
         port: The port (default: a free one).
         users: User name -> password; anonymous clients are refused when given.
+        password_file: A mosquitto password file to use (``mosquitto_passwd``'s);
+            anonymous clients are refused when given.
+        acl_file: A mosquitto ACL file (``acl_file``), re-read on :meth:`reload`.
         tls: Make the listener TLS-only.
         extra_conf: Lines appended to the configuration.
         autosave_interval: Seconds between saves of the persistence file.
@@ -110,6 +114,8 @@ class Mosquitto:
         *,
         port: int | None = None,
         users: dict[str, str] | None = None,
+        password_file: str | os.PathLike | None = None,
+        acl_file: str | os.PathLike | None = None,
         tls: TlsFiles | None = None,
         extra_conf: str = "",
         autosave_interval: int = 1,
@@ -128,7 +134,7 @@ class Mosquitto:
         self._proc: subprocess.Popen | None = None
         lines = [
             f"listener {self.port} 127.0.0.1",
-            f"allow_anonymous {'false' if users else 'true'}",
+            f"allow_anonymous {'false' if users or password_file else 'true'}",
             "persistence true",
             f"persistence_location {self.workdir}/",
             "persistence_file mosquitto.db",
@@ -149,6 +155,10 @@ class Mosquitto:
             pw_file.write_text("".join(password_line(u, p) + "\n" for u, p in users.items()))
             pw_file.chmod(0o600)
             lines.append(f"password_file {pw_file}")
+        elif password_file:
+            lines.append(f"password_file {password_file}")
+        if acl_file:
+            lines.append(f"acl_file {acl_file}")
         if tls:
             lines += [f"certfile {tls.cert_file}", f"keyfile {tls.key_file}"]
             if tls.ca_file:
@@ -200,6 +210,11 @@ class Mosquitto:
                 self._proc.wait()
         self._proc = None
 
+    def reload(self) -> None:
+        """SIGHUP: mosquitto re-reads its password and ACL files (what an operator does after editing them)."""
+        if self.running:
+            self._proc.send_signal(signal.SIGHUP)
+
     def kill(self) -> None:
         """SIGKILL: a crash (only what the last autosave wrote survives)."""
         if self._proc is not None:
@@ -246,7 +261,8 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str =
 class Collector:
     """Subscribes (MQTT 5, QoS 1, persistent) and records what arrives."""
 
-    def __init__(self, broker: Mosquitto, *topics: str, client_id: str = "collector") -> None:
+    def __init__(self, broker: Mosquitto, *topics: str, client_id: str = "collector",
+                 username: str | None = None, password: str | None = None) -> None:
         self.messages: list[MQTTMessage] = []
         self.arrived_at: list[float] = []
         """``time.time()`` at which each of ``messages`` arrived."""
@@ -254,6 +270,8 @@ class Collector:
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=paho.MQTTv5)
         self.client.reconnect_delay_set(0.1, 0.5)
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.on_message = self._on_message
         ready = threading.Event()
 
@@ -289,9 +307,12 @@ class Collector:
 class Publisher:
     """A QoS 1 publisher (MQTT 3.1.1)."""
 
-    def __init__(self, broker: Mosquitto, client_id: str = "publisher") -> None:
+    def __init__(self, broker: Mosquitto, client_id: str = "publisher",
+                 username: str | None = None, password: str | None = None) -> None:
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
         self.client.reconnect_delay_set(0.1, 0.5)
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -14,6 +16,8 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from connectors.mqtt import (
     COMMIT_TICK,
@@ -24,6 +28,7 @@ from connectors.mqtt import (
     MQTTSink,
     MQTTSource,
 )
+from connectors.mqtt import sink as sink_module
 from connectors.mqtt.source import read_markers
 from connectors.mqtt.testing import Collector, Mosquitto, Publisher, TlsFiles, wait_for
 
@@ -535,8 +540,12 @@ def test_the_sink_waits_out_a_broker_outage_by_default(mosquitto, clients):
 
 def crash(part) -> None:
     """Drop the partition as kill -9 would: no close(), nothing more published."""
-    part._link.client.loop_stop()
-    part._link.client._sock_close()
+    client = part._link.client
+    client._thread_terminate = True
+    if client._sockpairW is not None:
+        client._sockpairW.send(b"0")  # wake the network thread now, not at its select()'s 1 s timeout
+    client.loop_stop()
+    client._sock_close()
 
 
 def test_sink_publishes_a_record_once_its_epoch_is_committed_and_once_only_after_a_crash(mosquitto, clients):
@@ -598,3 +607,187 @@ def test_sink_with_fewer_partitions_still_publishes_what_a_dropped_partition_com
     resumed = narrow.build_part("out", "3", committed)
     wait_for(lambda: out.payloads("out/x") == [b"from-3"], 10, "the dropped partition's record")
     resumed.close()
+
+
+# -- refusals and progress markers (issue 20) ------------------------------------
+
+ACL_CLOSED = """\
+user flow
+topic readwrite connectors-mqtt/#
+topic write out/open/#
+user reader
+topic read out/#
+"""
+
+
+def drive(part, until, timeout: float, what: str):
+    """Call the partition as the dataflow does (a commit tick's batch every 50 ms) until ``until()``."""
+    return wait_for(lambda: (part.write_batch([]), time.sleep(0.03), until())[-1], timeout, what)
+
+
+def test_a_refused_record_waits_in_the_snapshot_and_goes_out_once_the_acl_allows_it(tmp_path, monkeypatch, caplog):
+    # The old sink logged the refusal and dropped the record (counted as written).
+    monkeypatch.setattr(sink_module, "RETRY_FIRST", 0.2)
+    caplog.set_level(logging.INFO, logger="connectors.mqtt")
+    acl = tmp_path / "acl"
+    acl.write_text(ACL_CLOSED)
+    broker = Mosquitto(tmp_path / "broker", users={"flow": "flow-pw", "reader": "reader-pw"}, acl_file=acl).start()
+    out = Collector(broker, "out/#", client_id="refusal-collector", username="reader", password="reader-pw")
+    written, refused = [], []
+    sink = MQTTSink(MQTTConnection(host="127.0.0.1", port=broker.port, username="flow", password="flow-pw"),
+                    client_id="refusal", on_written=lambda ms, _s: written.extend(m.payload for m in ms),
+                    on_refused=lambda topic, reason: refused.append((topic, reason)))
+    closed = [MQTTMessage("out/closed", b"c%d" % i) for i in range(3)]
+    opened = [MQTTMessage("out/open", b"o%d" % i) for i in range(3)]
+    part = None
+    try:
+        part = sink.build_part("out", "0", None)
+        # mosquitto 2.0.11 (max_queued_messages 0) drops the connection after
+        # each refusal: reconnect sooner than the sink's 1 s for a short test.
+        part._link.client.reconnect_delay_set(0.1, 0.5)
+        publish_committed(part, [opened[0]])
+        drive(part, lambda: written == [b"o0"], 10, "o0 accepted")
+        publish_committed(part, closed[:2])  # both refused
+        drive(part, lambda: part.stats.refused_reason, 10, "the refusal")
+        assert part.stats.refused_reason == "the broker refuses to publish on 'out/closed': Not authorized (0x87)"
+        publish_committed(part, [opened[1]])  # behind the refusal: it waits
+        drive(part, lambda: len(refused) >= 4, 10, "a retry, refused")
+        assert out.payloads("out/open") == [b"o0"] and out.payloads("out/closed") == []
+        assert written == [b"o0"], "only what the broker accepted counts as written"
+        assert {r for _t, r in refused} == {"Not authorized (0x87)"}
+        state = part.snapshot()
+        assert [m.payload for _seq, m in state.records] == [b"c0", b"c1", b"o1"], "in the snapshot, in order"
+        # Killed while refused: the marker after c0 and c1 claimed them until
+        # the refusal corrected it; the resumed partition skips neither.
+        crash(part)
+        part = sink.build_part("out", "0", state)  # hands c0, c1, o1 to the broker, not knowing of the refusal
+        part._link.client.reconnect_delay_set(0.1, 0.5)
+        drive(part, lambda: part._refusal is not None, 10, "the refusal again")
+        publish_committed(part, [opened[2], closed[2]])  # behind the refusal: they wait
+        drive(part, lambda: len(refused) >= 8, 15, "retries, refused")
+        assert out.payloads("out/closed") == [] and b"o2" not in out.payloads("out/open")
+        acl.write_text(ACL_CLOSED.replace("out/open/#", "out/#"))  # the operator fixes the ACL
+        broker.reload()
+        drive(part, lambda: len(out.payloads("out/closed")) >= 3 and b"o2" in out.payloads("out/open"), 15,
+              "every record after the fix")
+        part.close()
+        time.sleep(0.3)
+        assert out.payloads("out/closed") == [b"c0", b"c1", b"c2"], "each refused record once, in order"
+        # mosquitto 2.0.11 (max_queued_messages 0) also drops the connection
+        # after a refusal, so an accepted record whose PUBACK was lost with it
+        # may come twice (QoS 1); none is lost, and none overtakes another.
+        assert list(dict.fromkeys(out.payloads("out/open"))) == [b"o0", b"o1", b"o2"]
+        assert set(written) == {b"o0", b"o1", b"o2", b"c0", b"c1", b"c2"}
+        assert part.stats.refused_reason == ""
+    finally:
+        if part is not None:
+            part._link.stop()
+        out.close()
+        broker.stop()
+    errors = [r for r in caplog.records if "refused to publish on 'out/closed'" in r.getMessage()]
+    assert len(errors) == 2 and all(r.levelno == logging.ERROR for r in errors), "once per partition, at once"
+    assert any("accepted the refused record" in r.getMessage() for r in caplog.records)
+
+
+RUN = "0123456789ab"
+FORGED = [
+    json.dumps({"run": RUN, "seq": 10**12}).encode(),
+    b'{"run": "%s", "seq": 1e400}' % RUN.encode(),
+    b'{"run": "%s", "seq": -1e400}' % RUN.encode(),
+    b'{"run": "%s", "seq": NaN}' % RUN.encode(),
+    json.dumps({"run": RUN, "seq": True}).encode(),
+    json.dumps({"run": RUN, "seq": 3}).encode(),  # the next record's number: never published
+    json.dumps({"run": "another-run", "seq": 1}).encode(),
+    b"\xff\xfe\x00 not a marker",
+    b"[" * 200,
+    b'{"run": "%s", "seq": %s}' % (RUN.encode(), b"9" * 5000),
+]
+
+
+def retain(client: paho.Client, topic: str, payload: bytes) -> None:
+    client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+
+
+def resumed_state(prefix: bytes) -> "sink_module.SinkState":
+    """A committed snapshot of run RUN holding three records, #0 to #2."""
+    return sink_module.SinkState(RUN, 3, [(i, MQTTMessage("out/x", prefix + b"%d" % i)) for i in range(3)])
+
+
+def test_a_forged_progress_marker_skips_nothing_and_crashes_nothing(mosquitto, clients, caplog):
+    # The old sink trusted any seq of its run (10**12 skipped everything) and
+    # raised OverflowError on 1e400, on every restart.
+    caplog.set_level(logging.INFO, logger="connectors.mqtt")
+    pub = clients(Publisher, client_id="forger")
+    sink = MQTTSink(MQTTConnection(host="127.0.0.1", port=mosquitto.port), client_id="forged")
+    topic = "connectors-mqtt/progress/forged-out-0"
+    for n, forged in enumerate(FORGED):
+        written = []
+        sink.on_written = lambda ms, _s: written.extend(m.payload for m in ms)
+        retain(pub.client, topic, forged)
+        caplog.clear()
+        part = sink.build_part("out", "0", resumed_state(b"f%d-" % n))
+        part.close()
+        assert sorted(written) == [b"f%d-%d" % (n, i) for i in range(3)], forged[:60]
+        (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert warning.getMessage().startswith(f"mqtt output #0: ignoring the progress marker on {topic!r}")
+
+
+@pytest.mark.parametrize(("payload", "done"), [
+    (b"", -1),
+    (json.dumps({"run": RUN, "seq": -1}).encode(), -1),
+    (json.dumps({"run": RUN, "seq": 2}).encode(), 2),
+])
+def test_a_progress_marker_of_the_partitions_own_records_is_trusted(payload, done):
+    assert sink_module.read_progress(payload, RUN, 3) == sink_module.Progress(done)
+
+
+def test_every_forged_marker_is_ignored_with_a_reason():
+    for forged in FORGED + [b"x" * 100_000, b'{"run": 1, "seq": 1}', b'{"run": "%s"}' % RUN.encode()]:
+        progress = sink_module.read_progress(forged, RUN, 3)
+        assert progress.done == -1 and progress.ignored, forged[:60]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=10,
+)
+marker_contents = st.one_of(
+    st.binary(max_size=300),
+    st.integers(257, 100_000).map(lambda n: b"{" * n),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    # This run's, with a seq it never reached, or not an integer.
+    st.one_of(st.integers().filter(lambda n: not -1 <= n < 6), st.floats(), st.booleans(), st.text(max_size=5))
+    .map(lambda seq: json.dumps({"run": RUN, "seq": seq}).encode()),
+    st.sampled_from([b"1e400", b"-1e400", b"NaN", b"Infinity", b"9" * 400])
+    .map(lambda seq: b'{"run": "%s", "seq": %s}' % (RUN.encode(), seq)),
+    st.text(max_size=20).map(lambda run: json.dumps({"run": run, "seq": 1}).encode()),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(at_start=marker_contents, while_running=marker_contents)
+def test_random_content_on_the_progress_topic_never_skips_loses_or_crashes(mosquitto, at_start, while_running):
+    """Whatever lies on the marker topic when a partition starts, or lands there while it runs."""
+    written = []
+    sink = MQTTSink(MQTTConnection(host="127.0.0.1", port=mosquitto.port), client_id="fuzzed",
+                    on_written=lambda ms, _s: written.extend(m.payload for m in ms))
+    topic = "connectors-mqtt/progress/fuzzed-out-0"
+    writer = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="marker-fuzzer")
+    writer.connect("127.0.0.1", mosquitto.port)
+    writer.loop_start()
+    try:
+        retain(writer, topic, at_start)
+        part = sink.build_part("out", "0", resumed_state(b"s"))  # a starting partition: #0..#2 pending
+        part.write_batch([MQTTMessage("out/x", b"s3")])  # a running one: #3 arrives
+        drive(part, lambda: not part._unacked, 5, "#0..#2 and their marker acknowledged")
+        retain(writer, topic, while_running)
+        state = part.snapshot()  # #3 sealed; killed before its commit
+        crash(part)
+        again = sink.build_part("out", "0", state)
+        again.write_batch([MQTTMessage("out/x", b"s4"), MQTTMessage("out/x", b"s5")])
+        again.close()
+    finally:
+        writer.disconnect()
+        writer.loop_stop()
+    assert set(written) == {b"s%d" % i for i in range(6)}, "nothing skipped or lost"

@@ -90,6 +90,30 @@ def test_records_the_broker_does_not_acknowledge():
     assert check.liveness()[0] is True
 
 
+def test_a_refused_publish_is_not_ready_at_once_with_its_reason_but_live():
+    refused = "the broker refuses to publish on 'output/driver_stats': Not authorized (0x87)"
+    # mosquitto drops the connection after a refusal too: the refusal is what /readyz names.
+    sinks = {"c-out-0": Stats(pending=3, refused_reason=refused, refused_since=990.0, connected=False,
+                              oldest_pending_since=999.0, last_call=999.0)}
+    check, _ = checks({"c-in-0": Stats(last_call=999.0)}, sinks)
+    assert check.readiness() == (False, f"output c-out-0: {refused} for 10s, 3 messages waiting")
+    live, reason = check.liveness()
+    assert live and reason == f"waiting for the broker: output c-out-0: {refused} for 10s, 3 messages waiting"
+    sinks["c-out-0"] = Stats(last_call=999.0)  # accepted again
+    assert check.readiness()[0] is True
+
+
+def metric(name: str, labels: dict) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_refusals_are_counted_by_reason():
+    before = metric("driver_stats_publish_refused_total", {"reason": "Quota exceeded (0x97)"})
+    metrics.count_refused("output/driver_stats", "Quota exceeded (0x97)")
+    metrics.count_refused("rejected/input/driver_rated", "Quota exceeded (0x97)")
+    assert metric("driver_stats_publish_refused_total", {"reason": "Quota exceeded (0x97)"}) == before + 2
+
+
 def test_wedged_only_without_input_polls_for_the_bound_while_connected():
     sources = {"c-in-0": Stats(last_call=800.0), "c-in-1": Stats(last_call=700.0)}
     check, clock = checks(sources, {"c-out-0": Stats(last_call=700.0)})
