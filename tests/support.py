@@ -1,5 +1,5 @@
 """Helpers shared by the tests: contract events at times given as seconds after ``T0``,
-the seed scenario and a record's totals."""
+the seed scenario, a record's totals, and checks of what a live flow published."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ import signal
 import subprocess
 from datetime import datetime, timedelta, timezone
 
-from driver_stats.contract import DriverRated, DriverTipped, FinishReason, JourneyFinished, encode_event
+from connectors.mqtt.testing import Collector, Publisher
+from driver_stats.cli.traffic import COUNTED_KINDS
+from driver_stats.contract import STATS_TOPIC, DriverRated, DriverTipped, FinishReason, JourneyFinished, encode_event
+from driver_stats.testing.live_flow import LiveFlow, expected_stats, published_stats, wait_for_records
+from driver_stats.testing.paced import compare
 
 # Aligned to every window length the tests use (10 s and 600 s).
 T0 = datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc)
@@ -83,3 +87,42 @@ def stop_process_groups(*procs: subprocess.Popen, timeout: float = 10.0) -> None
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def rejections(collector: Collector) -> list:
+    return [(m.topic, m.user_property("reason")) for m in list(collector.messages) if m.topic.startswith("rejected/")]
+
+
+def assert_counted_once(expected: dict, collector: Collector, flow: LiveFlow, timeout: float = 60) -> dict:
+    """Every expected record arrives and is right; nothing is rejected, nothing conflicts."""
+    wait_for_records(collector, expected, timeout=timeout)
+    counts = compare(expected, list(collector.messages))
+    assert counts["lost"] == counts["wrong"] == counts["conflicting"] == 0 and not rejections(collector), (
+        counts, rejections(collector)[:5], flow.logs()[-3000:])
+    return counts
+
+
+def drain_backlog(broker, tmp_path, name: str, messages, window: int, lateness: int, *, partitions: int,
+                  processes: int) -> tuple[dict, str]:
+    """Create the flow's sessions, queue ``messages`` (on their shard topics) while it is down, start it.
+
+    Asserts that every message is counted once and nothing rejected; returns
+    the records by (driver, interval start) and the flow's logs.
+    """
+    collector = Collector(broker, STATS_TOPIC, "rejected/#", client_id=f"{name}-collector")
+    flow = LiveFlow(broker, tmp_path / name, client_id=name, window=window, lateness=lateness, recovery=True,
+                    processes=processes, partitions_per_topic=partitions).start()
+    assert flow.kill(signal.SIGTERM) == [0] * processes
+    publisher = Publisher(broker, client_id=f"{name}-publisher")
+    for message in messages:
+        publisher.client.publish(message.shard_topic, message.payload, qos=1)
+    publisher.publish("warm/up", [b""])  # waits for every PUBACK before it
+    try:
+        flow.start()
+        expected = expected_stats([m.event for m in messages if m.kind in COUNTED_KINDS], window)
+        assert_counted_once(expected, collector, flow)
+        return published_stats(list(collector.messages))[0], flow.logs()
+    finally:
+        flow.kill()
+        publisher.close()
+        collector.close()

@@ -18,10 +18,11 @@ from datetime import datetime, timezone
 import pytest
 
 from connectors.mqtt.testing import Collector, Publisher, wait_for
-from driver_stats.cli.traffic import COUNTED_KINDS, Traffic
+from driver_stats.cli.traffic import Traffic
 from driver_stats.contract import STATS_TOPIC, DriverTipped, decode_stats, encode_event, sharded_topic
-from driver_stats.testing.live_flow import LiveFlow, expected_stats, published_stats, wait_for_records
-from driver_stats.testing.paced import PacedTraffic, compare
+from driver_stats.testing.live_flow import LiveFlow
+from driver_stats.testing.paced import PacedTraffic
+from tests.support import assert_counted_once, drain_backlog, rejections
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(180)]
 
@@ -30,48 +31,14 @@ RECORD_BOUND = LATENESS + 3 * EPOCH + 2
 """README: a quiet driver's record is published within the allowed lateness + 3 epochs + 2 s of its interval's end."""
 
 
-def rejections(collector: Collector) -> list:
-    return [(m.topic, m.user_property("reason")) for m in list(collector.messages) if m.topic.startswith("rejected/")]
-
-
-def assert_counted_once(expected: dict, collector: Collector, flow: LiveFlow, timeout: float = 60) -> dict:
-    """Every expected record arrives and is right; nothing is rejected, nothing conflicts."""
-    wait_for_records(collector, expected, timeout=timeout)
-    counts = compare(expected, list(collector.messages))
-    assert counts["lost"] == counts["wrong"] == counts["conflicting"] == 0 and not rejections(collector), (
-        counts, rejections(collector)[:5], flow.logs()[-3000:])
-    return counts
-
-
-def drain_backlog(broker, tmp_path, name: str, partitions: int, processes: int, messages) -> dict:
-    """Create the flow's sessions, queue ``messages`` while it is down, start it; the records it publishes."""
-    collector = Collector(broker, STATS_TOPIC, "rejected/#", client_id=f"{name}-collector")
-    flow = LiveFlow(broker, tmp_path / name, client_id=name, window=WINDOW, lateness=LATENESS, recovery=True,
-                    processes=processes, partitions_per_topic=partitions).start()
-    assert flow.kill(signal.SIGTERM) == [0] * processes
-    publisher = Publisher(broker, client_id=f"{name}-publisher")
-    for message in messages:
-        publisher.client.publish(message.shard_topic, message.payload, qos=1)
-    publisher.publish("warm/up", [b""])  # waits for every PUBACK before it
-    try:
-        flow.start()
-        expected = expected_stats([m.event for m in messages if m.kind in COUNTED_KINDS], WINDOW)
-        assert_counted_once(expected, collector, flow)
-        return published_stats(list(collector.messages))[0]
-    finally:
-        flow.kill()
-        publisher.close()
-        collector.close()
-
-
 def test_a_backlog_drained_by_1_or_4_partitions_gives_the_same_records_none_late(mosquitto, tmp_path):
     # 60 s of traffic from 200 drivers, queued while the flow was down: each
     # partition reads its shards at its own pace, the others ahead or behind.
     traffic = Traffic(5, 200, start=time.time() - 60, rate=80, window=WINDOW, lateness=LATENESS, duplicates=0.05,
                       out_of_order=0.1)
     messages = list(traffic.events(4800))
-    one = drain_backlog(mosquitto, tmp_path, "backlog1", 1, 1, messages)
-    four = drain_backlog(mosquitto, tmp_path, "backlog4", 4, 2, messages)
+    one, _ = drain_backlog(mosquitto, tmp_path, "backlog1", messages, WINDOW, LATENESS, partitions=1, processes=1)
+    four, _ = drain_backlog(mosquitto, tmp_path, "backlog4", messages, WINDOW, LATENESS, partitions=4, processes=2)
     assert one == four and len(one) > 500
 
 

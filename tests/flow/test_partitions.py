@@ -19,9 +19,11 @@ from connectors.mqtt import MQTTConnection
 from connectors.mqtt.partitions import Marker
 from connectors.mqtt.source import has_session, read_markers
 from connectors.mqtt.testing import Collector, Publisher, wait_for
+from driver_stats.cli.traffic import Traffic
 from driver_stats.contract import INPUT_SHARDS
 from driver_stats.testing.live_flow import LiveFlow, wait_for_records
 from driver_stats.testing.paced import PacedTraffic, compare
+from tests.support import drain_backlog
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(180)]
 
@@ -112,3 +114,16 @@ def test_changing_the_partition_count_loses_nothing_and_leaves_no_stale_session(
     assert f"change to {after} partitions complete" in flow.logs()
     removed = [f"{name}-in-{j}" for j in range(after, before)]
     assert not any(session_present(mosquitto, client_id) for client_id in removed)
+
+
+def test_8_partitions_in_8_processes_drain_a_backlog_once_without_reconnects(mosquitto, tmp_path):
+    # Each partition reads only its shards, so the broker delivers every
+    # message once and no process reads the whole stream (issue 19: with the
+    # stream read by every partition, 8 processes missed keep-alives and
+    # reconnected without end). Sized for 2 cores: 16,000 queued events.
+    traffic = Traffic(3, 400, start=time.time() - 80, rate=200, window=WINDOW, lateness=LATENESS, duplicates=0.02)
+    records, logs = drain_backlog(mosquitto, tmp_path, "eight", list(traffic.events(16_000)), WINDOW, LATENESS,
+                                  partitions=8, processes=8)
+    assert len(records) > 1000
+    assert '"state":"reconnected"' not in logs and "Keep alive timeout" not in logs
+    assert logs.count('"message":"mqtt input #') >= 8
