@@ -106,6 +106,8 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         self._over = True  # the change of count is over in this session's stream
         self._proven: set[int] = set()  # partitions whose marker with the new count came
         self._subscribed_shards: List[Optional[int]] = []  # asked for on the last connect
+        # Plain-topic traffic does not scale out: said once, where it matters.
+        self._plain_unwarned = index == 0 and source.partitions > 1 and source.shards > 0
         self.stats = MQTTLinkStats() if self._drain else source.stats.setdefault(client_id, MQTTLinkStats())
         if self._drain and (self._marker is None or self._marker.retired):
             # Drained already (possibly deleted already): make sure, and end.
@@ -254,7 +256,13 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
                 if key in self._held:
                     self.stats.redeliveries_skipped += 1
                     return
-        if not takes(self._shard_of.get(msg._topic), self._index, self._counts):
+        shard = self._shard_of.get(msg._topic)
+        if shard is None and self._plain_unwarned:
+            self._plain_unwarned = False
+            log.warning("%s: messages on the plain topics (%s) are all read by partition in-0; publish on "
+                        "<topic>/<shard> to spread them over the %d partitions", self._link.label,
+                        msg._topic.decode("utf-8", "replace"), self._partitions)
+        if not takes(shard, self._index, self._counts):
             # Another partition takes it, from its own copy: done with ours.
             if msg.qos > 0:
                 client.ack(msg.mid, msg.qos)

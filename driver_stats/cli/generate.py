@@ -147,11 +147,12 @@ class TruthWriter:
         self._late = open(directory / LATE_FILE, "wb")
         self._invalid = open(directory / INVALID_FILE, "wb")
 
-    def write(self, g: Generated) -> None:
+    def write(self, g: Generated, published_on: str) -> None:
+        """Record ``g``, published on ``published_on`` (its topic or its shard topic)."""
         if g.kind in COUNTED_KINDS:
             self._by_topic[g.topic].write(to_json(g.event) + b"\n")
             return
-        record = {"topic": g.topic, "payload": base64.b64encode(g.payload).decode(), "why": g.why}
+        record = {"topic": published_on, "payload": base64.b64encode(g.payload).decode(), "why": g.why}
         if g.event is not None:
             record["event"] = json.loads(to_json(g.event))
         (self._late if g.kind == Kind.LATE else self._invalid).write(json.dumps(record).encode() + b"\n")
@@ -211,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
                 unacked = [i for i in unacked if not i.is_published()]
             counts[g.kind] += 1
             if truth is not None:
-                truth.write(g)
+                truth.write(g, topic)
     except KeyboardInterrupt:
         interrupted = True
     finally:

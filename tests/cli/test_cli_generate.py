@@ -109,7 +109,7 @@ def test_truth_files_are_proto3_json_that_the_decoder_reads_back(tmp_path):
     generated = list(traffic(**KNOBS, payload_format="protobuf").events(1000))
     writer = TruthWriter(tmp_path, Settings().input_topics)
     for g in generated:
-        writer.write(g)
+        writer.write(g, g.topic)
     writer.close()
     expected = Counter(g.kind for g in generated)
     read_back = []
