@@ -33,6 +33,7 @@ from connectors.mqtt.testing import NOT_FOUND, find_mosquitto, free_port
 REPO = Path(__file__).resolve().parents[2]
 ENTRYPOINT = REPO / "deploy" / "k8s-entrypoint.sh"
 MOSQUITTO_CONF = REPO / "deploy" / "mosquitto" / "mosquitto.conf"
+MOSQUITTO_ACL = REPO / "deploy" / "mosquitto" / "acl"
 DOCUMENTED_CMD = ["python", "-m", "bytewax.run", "flows.driver_stats"]
 SETTING_VARS = {PREFIX + name.upper() for name in Settings.__struct_fields__}
 # Schemas to validate against: the oldest release with the pod-index label
@@ -505,6 +506,26 @@ def test_mosquitto_conf_keeps_messages():
     assert conf["listener"].split()[0] == "1883"
 
 
+def test_mosquitto_conf_and_compose_apply_the_acl(compose):
+    """Every client logs in; the ACL (deploy/mosquitto/acl) and the password file are where compose puts them."""
+    conf = conf_lines(MOSQUITTO_CONF)
+    assert conf["allow_anonymous"] == "false"
+    mounts = dict(v.split(":")[:2] for v in compose["services"]["mosquitto"]["volumes"])
+    assert mounts["./deploy/mosquitto/acl"] == conf["acl_file"]
+    assert mounts["mosquitto-auth"] == str(Path(conf["password_file"]).parent)
+    users = compose["services"]["mosquitto-users"]
+    assert "mosquitto-auth:/mosquitto/auth" in users["volumes"]
+    assert conf["password_file"] + ".new " in command_of(users)[-1] and command_of(users)[-1].endswith(conf["password_file"])
+    assert compose["services"]["mosquitto"]["depends_on"]["mosquitto-users"]["condition"] == "service_completed_successfully"
+    # Each client of the stack logs in as the user the ACL gives its rights to.
+    acl_users = re.findall(r"^user (\S+)$", MOSQUITTO_ACL.read_text(), re.M)
+    assert acl_users == ["driver-stats", "producer", "consumer"]
+    logins = {name: service["environment"][PREFIX + "MQTT_USERNAME"] for name, service in compose["services"].items()
+              if PREFIX + "MQTT_USERNAME" in service.get("environment", {})}
+    assert logins == {"driver-stats": "driver-stats", "generator": "producer", "tail": "consumer"}
+    assert "consumer" in compose["services"]["mosquitto"]["healthcheck"]["test"]
+
+
 def test_mosquitto_accepts_the_conf(tmp_path):
     """The real broker starts with our file (port and data path moved here)."""
     binary = find_mosquitto()
@@ -515,8 +536,12 @@ def test_mosquitto_accepts_the_conf(tmp_path):
     port = free_port()
     data = tmp_path / "data"
     data.mkdir()
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "driver-stats", "secret"], check=True,
+                   capture_output=True, timeout=30)
     text = MOSQUITTO_CONF.read_text().replace("listener 1883", f"listener {port} 127.0.0.1")
     text = text.replace("/mosquitto/data/", f"{data}/") + f"\nuser {getpass.getuser()}\n"
+    text = text.replace("/mosquitto/auth/passwd", str(passwd)).replace("/mosquitto/config/acl", str(MOSQUITTO_ACL))
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(text)
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
