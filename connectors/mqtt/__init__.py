@@ -145,12 +145,22 @@ only once the snapshot of its epoch is committed (the same gate in the other
 direction): the sink partition learns it from a commit tick that a small
 input of its own emits, because Bytewax polls an input in epoch E only once
 E-1 is committed. Published records stay in the partition's snapshot until
-PUBACKed; a resumed partition skips those its retained progress marker
-(``<progress_prefix>/<client_id>-out-<i>``) says the broker holds. So a
-record is published once, also across crashes, except for a group being
-written at the instant of a kill (see :mod:`.sink`). Publishing is
-pipelined: the worker waits only when ``max_inflight`` records are
-unacknowledged. Latency: about one epoch plus the commit.
+the broker accepts them; a resumed partition skips those its retained
+progress marker (``<progress_prefix>/<client_id>-out-<i>``) says the broker
+holds, trusting it only within its own records (another run's marker, a
+number it never reached or anything that is not a marker is ignored with a
+warning). So a record is published once, also across crashes, except for a
+group being written at the instant of a kill (see :mod:`.sink`). Publishing
+is pipelined: the worker waits only when ``max_inflight`` records are
+unacknowledged. Latency: about one epoch plus the commit. Without recovery
+there is no commit to wait for: ``MQTTSink(commit_gated=False)`` publishes
+each item as it arrives.
+
+A publish the broker refuses (MQTT 5 reason code 0x80 or more, e.g. not
+authorized by its ACL) is never dropped: the record stays in the snapshot
+and is retried alone, after 1 s doubling to 60 s, while the records behind
+it wait; the partition's stats (``refused_reason``) and ``on_refused`` report
+it, and only accepted records reach ``on_written``.
 
 ## Broker settings this relies on (mosquitto 2)
 
@@ -167,6 +177,14 @@ unacknowledged. Latency: about one epoch plus the commit.
   of the flow; expired sessions lose their queue.
 * ``message_size_limit`` may cap payloads on the broker side; the
   connector's ``max_message_bytes`` turns larger ones into errors.
+* An ACL that lets the flow's user read and write ``connectors-mqtt/#`` (the
+  progress and partition markers) and lets **no other client write there**:
+  a marker forged with the flow's own run and record numbers is
+  indistinguishable from its own.
+* mosquitto 2.0.11 with ``max_queued_messages 0`` closes the connection
+  after each refused publish (after the PUBACK); the sink reconnects and goes
+  on, but an accepted record whose PUBACK was lost with the connection is
+  published again (QoS 1).
 """
 
 from .connection import MQTTConnectError, MQTTConnection, MQTTPublishError, Protocol
