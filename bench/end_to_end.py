@@ -1,25 +1,52 @@
-"""End-to-end throughput at QoS 1: MQTT -> full flow -> MQTT, against bare MQTT input.
+"""End-to-end throughput at QoS 1 (MQTT -> driver-stats flow -> MQTT), and how it scales out.
 
-    .venv/bin/python bench/end_to_end.py [N] [--protocol 3.1.1|5]
+Both modes start a private mosquitto (connectors/mqtt/testing.py), create
+the flow's input sessions, then queue N contract events (protobuf, QoS 1;
+the synthetic mix of bench/dataflow.py, ~10k drivers) while the flow is
+down, each on its driver's shard topic ``<topic>/<shard>``
+(``driver_stats.contract.sharded_topic``), as the producers do. The flow's
+input and output are wired as the live flow wires them (flows/live.py
+``start``): ``MQTTSource(shards=INPUT_SHARDS, position=Intake(settings).position)``
+in the product's default protocol (MQTT 5, 3.1.1 only for a broker without
+it), the stream clock on its low watermark, and an ``MQTTSink`` publishing
+each record with QoS 1 at once (``commit_gated=False``, as the live flow
+without a recovery directory). There is no recovery; epochs last 1 s.
+``Settings(max_future_seconds=10**10)`` accepts the 2024 event times. A
+flow stops once its input partitions have taken N messages between them
+(end of input: every open interval closes and its record is published and
+acknowledged before the flow exits). Times run from starting the flow to
+its end, so connecting is included.
 
-Starts a private mosquitto (connectors/mqtt/testing.py), creates the input session,
-queues N contract events (protobuf, QoS 1; the synthetic mix of
-bench/dataflow.py) while the flow is down, then, in the same run:
+    .venv/bin/python bench/end_to_end.py [N] [--protocol default|5|3.1.1]
 
-* reference: a 1-worker flow of the MQTT input alone (input -> drop);
-* full: the driver-stats flow (decode, validate, dedupe, windows, encode)
-  from the same kind of queue to QoS 1 publishes of every record, acked.
+one process, one worker, one input and one output partition, in turn:
 
-Each stops after N messages (records of open intervals are published at that
-end). Times run from flow start, so connecting is included. The last line is
-the ratio of the two rates.
+* input only: the MQTT input alone (input -> drop; no position function);
+* end to end: the driver-stats flow (decode, validate, dedupe, windows,
+  encode, publish).
 
-    .venv/bin/python bench/end_to_end.py [N] --scale
+Prints each rate (and the input protocol used) and, last, the ratio of the
+two rates. ``--protocol`` forces one protocol on both inputs (default: the
+product's default).
 
-instead runs the full flow with 2 input and 2 output partitions as 1
-process and as 2 processes (one worker each, the same broker, the same
-queued events), timed from starting the processes until both exit; the
-last line is ``2-process/1-process ratio``.
+    .venv/bin/python bench/end_to_end.py [N] --scale [--processes 1,2,4]
+
+runs the end-to-end flow as P = 1, 2 and 4 processes (``cluster_main``),
+one worker each, ``DRIVER_STATS_PARTITIONS_PER_TOPIC`` = P (P input and P
+output partitions, one of each per process), each on the same N events
+queued anew for its own sessions (client id ``scale<P>``). For each P one
+line: events/s (N / wall seconds from starting the processes until all have
+exited); CPU seconds per 1,000 events of the flow processes (user + system,
+all their threads) and of the broker (from /proc, over the same span); and
+whether the stats records the flow published (each one acknowledged by the
+broker, gathered from the sink's ``on_written`` in every process) equal
+P=1's: the same (driver, interval_start) -> payload bytes, none twice.
+Then, last, ``2-process/1-process ratio`` (events/s at P=2 over P=1) and
+``4-process/1-process CPU per event`` ((flow + broker CPU) per event at P=4
+over P=1). The 1-minute load average is printed too: on a machine with
+fewer cores than P processes plus the broker, or one busy with other work,
+the processes share cores and the rates say more about the machine than
+about the flow.
 """
 
 from __future__ import annotations
@@ -27,6 +54,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import pickle
 import resource
 import socket
 import sys
@@ -37,6 +65,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import msgspec  # noqa: E402
 import paho.mqtt.client as paho  # noqa: E402
 from bytewax import operators as op  # noqa: E402
 from bytewax.dataflow import Dataflow  # noqa: E402
@@ -44,20 +73,29 @@ from bytewax.testing import cluster_main, run_main  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from bench.dataflow import TOPICS, synthetic_events  # noqa: E402
-from connectors.mqtt import MQTTConnection, MQTTSink, MQTTSource  # noqa: E402
+from connectors.mqtt import MQTTSink, MQTTSource  # noqa: E402
 from connectors.mqtt.testing import Mosquitto  # noqa: E402
-from driver_stats.contract import encode_event  # noqa: E402
+from driver_stats.contract import INPUT_SHARDS, decode_stats, encode_event, sharded_topic  # noqa: E402
+from driver_stats.core.intake import Intake  # noqa: E402
+from driver_stats.core.stream_clock import StreamClock  # noqa: E402
 from driver_stats.settings import Settings  # noqa: E402
 from flows.driver_stats import build_flow  # noqa: E402
+from flows.live import mqtt_connection  # noqa: E402
+
+EPOCH = timedelta(seconds=1)
 
 
 class Counted(MQTTSource):
-    """Stops (EOF) once `n` messages were taken, by all processes together: a bench-only wrapper."""
+    """Stops (EOF) once `n` messages were taken, by all processes together: a bench-only wrapper.
 
-    def __init__(self, n: int, *args, **kwargs) -> None:
+    ``taken`` is a ``multiprocessing.Value`` shared with the processes forked
+    after it was made (default: a new one).
+    """
+
+    def __init__(self, n: int, *args, taken=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.n = n
-        self.taken = multiprocessing.Value("q", 0)
+        self.taken = multiprocessing.Value("q", 0) if taken is None else taken
 
     @property
     def got(self) -> int:
@@ -74,12 +112,21 @@ class Counted(MQTTSource):
             if source.done():
                 raise StopIteration
             batch = inner()
-            with source.taken.get_lock():
-                source.taken.value += len(batch)
+            if batch:
+                with source.taken.get_lock():
+                    source.taken.value += len(batch)
             return batch
 
         part.next_batch = next_batch
         return part
+
+
+def live_source(settings: Settings, n: int, *, taken=None, protocol: str | None = None) -> Counted:
+    """The live flow's input (flows/live.py ``start``), counted."""
+    return Counted(n, mqtt_connection(settings), settings.input_topics, taken=taken,
+                   client_id=settings.client_id, partitions=settings.partitions_per_topic, shards=INPUT_SHARDS,
+                   max_unacked=settings.max_unacked_messages, protocol=protocol,
+                   position=Intake(settings).position)
 
 
 def queue_events(broker: Mosquitto, source: MQTTSource, messages: list[tuple[str, bytes]]) -> None:
@@ -91,6 +138,9 @@ def queue_events(broker: Mosquitto, source: MQTTSource, messages: list[tuple[str
 def create_sessions(source: MQTTSource) -> None:
     for part in source.list_parts():
         source.build_part("in", part, None).close()
+    if source._board is not None:  # a position source reads the watermarks: not needed here
+        source._board.stop()
+        source._board = None
 
 
 def publish_all(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> None:
@@ -110,7 +160,7 @@ def publish_all(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> None:
 
 def timed(flow: Dataflow) -> float:
     start = time.perf_counter()
-    run_main(flow, epoch_interval=timedelta(seconds=1))
+    run_main(flow, epoch_interval=EPOCH)
     return time.perf_counter() - start
 
 
@@ -130,28 +180,51 @@ def _cpu_seconds(broker: Mosquitto) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _cluster_process(flow_of, addresses: list[str], proc_id: int) -> None:
-    cluster_main(flow_of(), addresses, proc_id, epoch_interval=timedelta(seconds=1), worker_count_per_proc=1)
+def _protocol_of(source: MQTTSource) -> str:
+    return "5" if any(stats.inflight_cap for stats in source.stats.values()) else "3.1.1"
 
 
-def scaled(broker: Mosquitto, settings: Settings, messages, n: int, processes: int, protocol: str) -> tuple[float, int]:
-    """Seconds for `processes` processes to take all `n` queued messages and publish every record."""
-    conn = MQTTConnection(host=broker.host, port=broker.port)
-    name = f"scale{processes}"
-    source = Counted(n, conn, sorted(set(TOPICS.values())), client_id=name, partitions=2,
-                      protocol=protocol, max_unacked=50_000)
-    queue_events(broker, source, messages)
-    published = multiprocessing.Value("q", 0)
+def _scale_process(settings: Settings, n: int, taken, addresses: list[str], proc_id: int, out: str) -> None:
+    """One process of the scaled flow, wired as flows/live.py wires it; its published stats go to `out`."""
+    source = live_source(settings, n, taken=taken)
+    stats_topic = settings.topic_driver_stats
+    records: list[bytes] = []
+    others = [0]
 
-    def count(batch, _seconds) -> None:
-        with published.get_lock():
-            published.value += len(batch)
+    def written(messages, _seconds) -> None:
+        for message in messages:
+            if message.topic == stats_topic:
+                records.append(message.payload)
+            else:
+                others[0] += 1
 
-    sink = MQTTSink(conn, client_id=name, partitions=2, on_written=count)
+    sink = MQTTSink(mqtt_connection(settings), client_id=settings.client_id,
+                    partitions=settings.partitions_per_topic, on_written=written, commit_gated=False)
+    flow = build_flow(settings, source, sink, stream_clock=StreamClock(source.low_watermark),
+                      input_done=source.done)
+    cluster_main(flow, addresses, proc_id, epoch_interval=EPOCH, worker_count_per_proc=1)
+    Path(out, f"records-{proc_id}.pickle").write_bytes(pickle.dumps((records, others[0])))
+
+
+class ScaleRun(msgspec.Struct):
+    processes: int
+    seconds: float
+    flow_cpu: float
+    broker_cpu: float
+    records: dict
+    repeats: int  # records published more than once (same driver and interval)
+    others: int  # messages published on other topics (rejections)
+
+
+def scaled(broker: Mosquitto, settings: Settings, messages, n: int, processes: int, tmp: str) -> ScaleRun:
+    """`processes` processes, one worker and one input and output partition each, on `n` queued events."""
+    settings = msgspec.structs.replace(settings, client_id=f"scale{processes}", partitions_per_topic=processes)
+    queue_events(broker, live_source(settings, n), messages)
+    taken = multiprocessing.Value("q", 0)
+    out = tempfile.mkdtemp(dir=tmp)
     addresses = [f"127.0.0.1:{_free_port()}" for _ in range(processes)]
     fork = multiprocessing.get_context("fork")
-    procs = [fork.Process(target=_cluster_process,
-                          args=(lambda: build_flow(settings, source, sink, input_done=source.done), addresses, i))
+    procs = [fork.Process(target=_scale_process, args=(settings, n, taken, addresses, i, out))
              for i in range(processes)]
     broker_cpu, flows_cpu = _cpu_seconds(broker), _children_cpu_seconds()
     start = time.perf_counter()
@@ -161,52 +234,89 @@ def scaled(broker: Mosquitto, settings: Settings, messages, n: int, processes: i
         proc.join()
     seconds = time.perf_counter() - start
     broker_cpu, flows_cpu = _cpu_seconds(broker) - broker_cpu, _children_cpu_seconds() - flows_cpu
-    print(f"  CPU seconds: flow processes {flows_cpu:.1f}, broker {broker_cpu:.1f}, "
-          f"in {seconds:.1f}s on {os.cpu_count()} cores", flush=True)
-    if any(proc.exitcode for proc in procs) or source.got < n:
+    if any(proc.exitcode for proc in procs) or taken.value < n:
         raise SystemExit(f"{processes}-process run failed: exit codes {[p.exitcode for p in procs]}, "
-                         f"{source.got} of {n} taken")
-    return seconds, published.value
+                         f"{taken.value} of {n} taken")
+    records: dict = {}
+    repeats = others = 0
+    for i in range(processes):
+        payloads, other = pickle.loads(Path(out, f"records-{i}.pickle").read_bytes())
+        others += other
+        for payload in payloads:
+            stats = decode_stats(payload)
+            key = (stats.driver_id, stats.interval_start)
+            repeats += key in records
+            records[key] = payload
+    return ScaleRun(processes, seconds, flows_cpu, broker_cpu, records, repeats, others)
+
+
+def scale(args, settings: Settings, messages) -> None:
+    counts = [int(p) for p in args.processes.split(",")]
+    runs: dict[int, ScaleRun] = {}
+    n = args.n
+    print(f"{n} events on {INPUT_SHARDS} shards per topic, {os.cpu_count()} cores "
+          f"(load average {os.getloadavg()[0]:.1f}); P processes x 1 worker, P input + P output partitions",
+          flush=True)
+    with tempfile.TemporaryDirectory() as tmp, Mosquitto(tmp) as broker:
+        settings = msgspec.structs.replace(settings, mqtt_url=f"mqtt://{broker.host}:{broker.port}")
+        for p in counts:
+            run = runs[p] = scaled(broker, settings, messages, n, p, tmp)
+            base = runs[counts[0]]
+            same = run.records == base.records and not run.repeats and not base.repeats
+            extra = f", {run.repeats} repeated" if run.repeats else ""
+            extra += f", {run.others} other messages" if run.others else ""
+            print(f"P={p}: {n / run.seconds:8,.0f} events/s ({run.seconds:.2f}s); "
+                  f"CPU s per 1,000 events: flow {1000 * run.flow_cpu / n:.3f}, "
+                  f"broker {1000 * run.broker_cpu / n:.3f}; "
+                  f"records equal P={counts[0]}: {'yes' if same else 'no'} ({len(run.records)} records{extra}); "
+                  f"load average {os.getloadavg()[0]:.1f}",
+                  flush=True)
+    if 1 in runs and 2 in runs:
+        print(f"2-process/1-process ratio: {runs[1].seconds / runs[2].seconds:.2f}")
+    if 1 in runs and 4 in runs:
+        cpu = {p: runs[p].flow_cpu + runs[p].broker_cpu for p in (1, 4)}
+        print(f"4-process/1-process CPU per event: {cpu[4] / cpu[1]:.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("n", type=int, nargs="?", default=100_000, help="events (default 100000)")
-    parser.add_argument("--protocol", default="3.1.1", choices=["3.1.1", "5"], help="input MQTT version")
-    parser.add_argument("--scale", action="store_true", help="1 process against 2 processes instead")
+    parser.add_argument("--protocol", default="default", choices=["default", "3.1.1", "5"],
+                        help="input MQTT version (default: the product's, MQTT 5 unless the broker lacks it)")
+    parser.add_argument("--scale", action="store_true", help="the flow as 1, 2 and 4 processes instead")
+    parser.add_argument("--processes", default="1,2,4", help="with --scale: process counts, first the base "
+                        "(default 1,2,4)")
     args = parser.parse_args()
     events = synthetic_events(args.n, drivers=10_000)
-    messages = [(TOPICS[type(e)], encode_event(e)) for e in events]
-    topics = sorted(set(TOPICS.values()))
+    messages = [(sharded_topic(TOPICS[type(e)], e.driver_id), encode_event(e)) for e in events]
     settings = Settings(max_future_seconds=10**10)
+    if args.scale:
+        scale(args, settings, messages)
+        return
+    protocol = None if args.protocol == "default" else args.protocol
     with tempfile.TemporaryDirectory() as tmp, Mosquitto(tmp) as broker:
-        if args.scale:
-            rates = {}
-            for processes in (1, 2):
-                seconds, published = scaled(broker, settings, messages, args.n, processes, args.protocol)
-                rates[processes] = args.n / seconds
-                print(f"{processes} process(es), 2+2 partitions: {rates[processes]:10,.0f} events/s "
-                      f"({args.n} in {seconds:.2f}s, {published} messages published and acked)", flush=True)
-            print(f"2-process/1-process ratio: {rates[2] / rates[1]:.2f}")
-            return
-        conn = MQTTConnection(host=broker.host, port=broker.port)
+        settings = msgspec.structs.replace(settings, mqtt_url=f"mqtt://{broker.host}:{broker.port}")
+        conn = mqtt_connection(settings)
 
-        bare = Counted(args.n, conn, topics, client_id="bare", protocol=args.protocol, max_unacked=50_000)
+        bare = Counted(args.n, conn, settings.input_topics, client_id="bare", shards=INPUT_SHARDS,
+                       protocol=protocol, max_unacked=settings.max_unacked_messages)
         queue_events(broker, bare, messages)
         flow = Dataflow("bare_input")
         op.inspect("drop", op.filter("none", op.input("in", flow, bare), lambda _m: False))
         bare_seconds = timed(flow)
 
-        full = Counted(args.n, conn, topics, client_id="full", protocol=args.protocol, max_unacked=50_000)
+        settings = msgspec.structs.replace(settings, client_id="full")
+        full = live_source(settings, args.n, protocol=protocol)
         queue_events(broker, full, messages)
         published: list[int] = [0]
-        sink = MQTTSink(conn, client_id="full", on_written=lambda batch, _s: published.__setitem__(
+        sink = MQTTSink(conn, client_id="full", commit_gated=False, on_written=lambda batch, _s: published.__setitem__(
             0, published[0] + len(batch)))
-        full_seconds = timed(build_flow(settings, full, sink, input_done=full.done))
+        full_seconds = timed(build_flow(settings, full, sink, stream_clock=StreamClock(full.low_watermark),
+                                        input_done=full.done))
 
     bare_rate, full_rate = bare.got / bare_seconds, full.got / full_seconds
-    print(f"MQTT input only ({args.protocol}): {bare_rate:10,.0f} events/s ({bare.got} in {bare_seconds:.2f}s)")
-    print(f"end to end, QoS 1:      {full_rate:10,.0f} events/s ({full.got} in {full_seconds:.2f}s, "
+    print(f"MQTT input only ({_protocol_of(bare)}):   {bare_rate:10,.0f} events/s ({bare.got} in {bare_seconds:.2f}s)")
+    print(f"end to end ({_protocol_of(full)}), QoS 1: {full_rate:10,.0f} events/s ({full.got} in {full_seconds:.2f}s, "
           f"{published[0]} messages published and acked)")
     print(f"end-to-end/input ratio: {full_rate / bare_rate:.2f}")
 
