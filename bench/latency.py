@@ -1,14 +1,18 @@
-"""How long after its interval can close a record arrives, with commit-gated output.
+"""How long after its interval can close a record arrives, with and without recovery.
 
     .venv/bin/python bench/latency.py [--epochs 1 3] [--seconds 30]
 
-A private mosquitto, the real flow with recovery (`-s` = each epoch length
-given) and paced traffic with event times = now. A driver's interval can
-close at the earliest when its clock passes the interval's end plus the
+A private mosquitto, the real flow and paced traffic with event times = now,
+plus one late event a second (for a driver already seen, an interval long
+closed). With recovery (``-r``, ``-s`` = each epoch length given) output is
+commit-gated; a last run without recovery (``-s`` = the first epoch length)
+publishes at once, there being no commit to wait for. A driver's interval
+can close at the earliest when its clock passes the interval's end plus the
 allowed lateness; the delay measured per record is from then until the
-record arrives at a subscriber. Per epoch length, one line with the median,
-95th percentile and maximum, in seconds and in epochs; the last line is the
-largest maximum in epochs (the README's bound: about 2).
+record arrives at a subscriber, and per late event from its publishing
+until its rejection arrives. One line per run with the median, 95th
+percentile and maximum (records also in epochs); the last line is the
+largest maximum in epochs with recovery (the README's bound: about 2).
 """
 
 from __future__ import annotations
@@ -17,38 +21,75 @@ import argparse
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from connectors.mqtt.testing import Collector, Mosquitto, Publisher  # noqa: E402
-from driver_stats.contract import decode_stats  # noqa: E402
+from driver_stats.contract import DriverRated, decode_stats, encode_event  # noqa: E402
 from driver_stats.testing.live_flow import LiveFlow, wait_for_records  # noqa: E402
 from driver_stats.testing.paced import PacedTraffic  # noqa: E402
 
 WINDOW, LATENESS = 4, 1
 
 
-def delays(epoch: int, seconds: float, tmp: Path) -> list[float]:
-    with Mosquitto(tmp / f"broker-{epoch}") as broker:
-        collector = Collector(broker, "output/driver_stats", client_id=f"latency-{epoch}")
-        flow = LiveFlow(broker, tmp / f"flow-{epoch}", client_id=f"latency{epoch}", window=WINDOW,
-                        lateness=LATENESS, recovery=True, epoch_seconds=epoch).start()
-        traffic = PacedTraffic(Publisher(broker), count=int(seconds * 40), rate=40, drivers=10,
+class LateEvents(threading.Thread):
+    """One late rating a second, on the topic of a rating the traffic sent for its driver: ``sent``, payload -> time."""
+
+    def __init__(self, publisher: Publisher, traffic: PacedTraffic):
+        super().__init__(daemon=True)
+        self.publisher, self.traffic = publisher, traffic
+        self.sent: dict[bytes, float] = {}
+
+    def run(self) -> None:
+        time.sleep(WINDOW + LATENESS + 2)  # the drivers have events by then
+        n = 0
+        while time.time() < self.traffic.last_due:
+            now = time.time()
+            message = [m for m in self.traffic.messages if isinstance(m.event, DriverRated) and m.at <= now][-1]
+            old = datetime.fromtimestamp(now - 10 * WINDOW, timezone.utc)
+            late = DriverRated(driver_id=message.event.driver_id, rider_id="r", journey_id=f"late-{n}",
+                               rated_at=old, rating=3)
+            payload = encode_event(late)
+            self.sent[payload] = time.time()
+            self.publisher.client.publish(message.topic if self.traffic.plain else message.shard_topic, payload, qos=1)
+            n += 1
+            time.sleep(1.0)
+
+
+def delays(tmp: Path, name: str, *, epoch: int, seconds: float, recovery: bool) -> tuple[list[float], list[float]]:
+    """(interval closable -> record received, late event published -> rejection received) of one run."""
+    with Mosquitto(tmp / f"broker-{name}") as broker:
+        collector = Collector(broker, "output/driver_stats", "rejected/#", client_id=f"latency-{name}")
+        flow = LiveFlow(broker, tmp / f"flow-{name}", client_id=f"latency{name}", window=WINDOW,
+                        lateness=LATENESS, recovery=recovery, epoch_seconds=epoch).start()
+        publisher = Publisher(broker)
+        traffic = PacedTraffic(publisher, count=int(seconds * 40), rate=40, drivers=10,
                                window=WINDOW, lateness=LATENESS, duplicates=0.0)
+        late = LateEvents(Publisher(broker, client_id="late-publisher"), traffic)
         traffic.start()
+        late.start()
         traffic.join()
+        late.join()
         wait_for_records(collector, traffic.expected(), timeout=WINDOW + LATENESS + 4 * epoch + 30)
         flow.kill()
         with collector.lock:
             arrivals = list(zip(collector.messages, collector.arrived_at))
-    out = []
+    records, rejections = [], []
     for message, arrived in arrivals:
-        stats = decode_stats(message.payload)
-        can_close = stats.interval_end.timestamp() + LATENESS
-        out.append(arrived - can_close)
-    return out
+        if message.topic == "output/driver_stats":
+            stats = decode_stats(message.payload)
+            records.append(arrived - (stats.interval_end.timestamp() + LATENESS))
+        elif message.payload in late.sent:
+            rejections.append(arrived - late.sent[message.payload])
+    return sorted(records), sorted(rejections)
+
+
+def spread(d: list[float]) -> tuple[float, float, float]:
+    return statistics.median(d), d[int(0.95 * (len(d) - 1))], d[-1]
 
 
 def main() -> None:
@@ -57,15 +98,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30, help="traffic per run, s (default 30)")
     args = parser.parse_args()
     worst = 0.0
+    runs = [(f"-s {epoch}", epoch, True) for epoch in args.epochs]
+    runs.append((f"no -r, -s {args.epochs[0]}", args.epochs[0], False))
     with tempfile.TemporaryDirectory() as tmp:
-        for epoch in args.epochs:
-            d = sorted(delays(epoch, args.seconds, Path(tmp)))
-            p50, p95, top = statistics.median(d), d[int(0.95 * (len(d) - 1))], d[-1]
-            worst = max(worst, top / epoch)
-            print(f"-s {epoch}: {len(d)} records, interval closable -> received: median {p50:.2f}s "
-                  f"({p50 / epoch:.2f} epochs), p95 {p95:.2f}s, max {top:.2f}s ({top / epoch:.2f} epochs)",
+        for n, (label, epoch, recovery) in enumerate(runs):
+            records, rejections = delays(Path(tmp), str(n), epoch=epoch, seconds=args.seconds, recovery=recovery)
+            p50, p95, top = spread(records)
+            r50, _, rtop = spread(rejections)
+            if recovery:
+                worst = max(worst, top / epoch)
+            print(f"{label}: {len(records)} records, interval closable -> received: median {p50:.2f}s "
+                  f"({p50 / epoch:.2f} epochs), p95 {p95:.2f}s, max {top:.2f}s ({top / epoch:.2f} epochs); "
+                  f"{len(rejections)} late events -> rejection received: median {r50:.3f}s, max {rtop:.3f}s",
                   flush=True)
-    print(f"max delay in epochs: {worst:.2f}")
+    print(f"max delay in epochs with recovery: {worst:.2f}")
 
 
 if __name__ == "__main__":

@@ -402,9 +402,9 @@ class _MQTTSinkPartition(StatefulSinkPartition[Union[MQTTMessage, _CommitTick], 
             refusal = self._refusal = _Refusal(topic, reason, since=now, retry_at=now + RETRY_FIRST,
                                                delay=RETRY_FIRST, next_log=now + REFUSAL_LOG_EVERY)
             log.error("%s: the broker refused to publish on %r: %s; the record waits in the snapshot with "
-                      "the %d behind it, retried from %.0fs to every %.0fs until the broker accepts it",
-                      self._link.label, topic, reason, len(self._ready) - 1, RETRY_FIRST, RETRY_MAX,
-                      extra={"partition": self._link.label, "state": "refused"})
+                      "the %d ready behind it, retried after %gs and then less often, at most %gs apart, "
+                      "until the broker accepts it", self._link.label, topic, reason, len(self._ready) - 1,
+                      RETRY_FIRST, RETRY_MAX, extra={"partition": self._link.label, "state": "refused"})
         elif refusal.probe == record[0]:
             refusal.topic, refusal.reason, refusal.probe = topic, reason, None
             refusal.refusals += 1

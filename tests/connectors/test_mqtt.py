@@ -765,7 +765,8 @@ marker_contents = st.one_of(
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, derandomize=True,  # the suite sees the same examples every run
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(at_start=marker_contents, while_running=marker_contents)
 def test_random_content_on_the_progress_topic_never_skips_loses_or_crashes(mosquitto, at_start, while_running):
     """Whatever lies on the marker topic when a partition starts, or lands there while it runs."""

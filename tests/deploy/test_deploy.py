@@ -515,8 +515,10 @@ def test_mosquitto_conf_and_compose_apply_the_acl(compose):
     assert mounts["mosquitto-auth"] == str(Path(conf["password_file"]).parent)
     users = compose["services"]["mosquitto-users"]
     assert "mosquitto-auth:/mosquitto/auth" in users["volumes"]
-    assert conf["password_file"] + ".new " in command_of(users)[-1] and command_of(users)[-1].endswith(conf["password_file"])
-    assert compose["services"]["mosquitto"]["depends_on"]["mosquitto-users"]["condition"] == "service_completed_successfully"
+    line = command_of(users)[-1]
+    assert conf["password_file"] + ".new " in line and line.endswith(conf["password_file"])
+    depends = compose["services"]["mosquitto"]["depends_on"]
+    assert depends["mosquitto-users"]["condition"] == "service_completed_successfully"
     # Each client of the stack logs in as the user the ACL gives its rights to.
     acl_users = re.findall(r"^user (\S+)$", MOSQUITTO_ACL.read_text(), re.M)
     assert acl_users == ["driver-stats", "producer", "consumer"]
