@@ -4,9 +4,10 @@
 runs (through :func:`flows.driver_stats.build_live_flow`): JSON logs, a
 broker check that turns a wrong URL or credential into one line, the
 metrics and health server (:mod:`flows.health`), a quiet stop on SIGTERM
-and Ctrl-C, and the :class:`~connectors.mqtt.MQTTSource` and
-:class:`~connectors.mqtt.MQTTSink` whose connection events and stats feed
-the metrics, the health checks and the stream clock.
+and Ctrl-C, and the :class:`~connectors.mqtt.MQTTSource` (reading the shard topics, with
+the event time as its partitions' watermark, which is the stream clock) and
+:class:`~connectors.mqtt.MQTTSink`, whose connection events and stats feed
+the metrics and the health checks.
 
 The flow is not told Bytewax's command line, but two of its options matter:
 the recovery directory (``-r`` or ``BYTEWAX_RECOVERY_DIRECTORY``: the

@@ -24,7 +24,9 @@ mop.output("out", op.merge("all", out, rejected), connection=conn, client_id="ec
 
 Modules: :mod:`.message` (the items), :mod:`.connection` (where to connect,
 errors, connecting), :mod:`.link` (a client kept connected, its log lines
-and counters), :mod:`.source` (:class:`MQTTSource`), :mod:`.sink`
+and counters), :mod:`.source` (:class:`MQTTSource`), :mod:`.partitions`
+(who reads which shard; changing the count), :mod:`.watermarks` (how far
+each partition has read), :mod:`.sink`
 (:class:`MQTTSink`), :mod:`.operators` (``input``/``output``) and
 :mod:`.testing` (a private mosquitto and test clients). A broker that cannot
 be reached when a partition starts (refused, unknown host, TLS failure, bad
@@ -38,26 +40,23 @@ worker lists them and Bytewax assigns each to one worker. A partition is one
 paho client with a stable client id (:meth:`MQTTSource.client_id_for`, e.g.
 ``driver-stats-in-0``; the count is not part of it), a persistent session
 (MQTT 3.1.1 ``clean_session=False``; with ``protocol="5"``: clean start off
-and a session expiry interval) and **plain** QoS 1 subscriptions to all the
-topics, so every partition's session receives the whole stream. Partition
-``i`` of ``N`` *takes* a message when ``zlib.crc32(payload) % N == i``
-(:mod:`.partitions`) and PUBACKs every other message at once, from paho's
-callback (never buffered or counted as unacknowledged): its owner has a copy
-of its own in its own session until it commits. One session for all topics
-matters: the broker queues a disconnected client's messages in one queue in
-publish order, so after an outage or a restart the backlog comes back
-interleaved across topics as it was published, not one topic's whole
-backlog before the next (which would make the later topics' events look
-late).
+and a session expiry interval) and **plain** QoS 1 subscriptions to the
+topics it owns. With ``shards=S`` each topic ``t`` is also read as ``S``
+shard topics ``t/<s>``; partition ``i`` of ``N`` owns the shards with
+``s % N == i`` (:mod:`.partitions`), and partition 0 owns the plain topics.
+So the broker delivers each message once, to its owner, and producers choose
+the shard: one key per shard (driver-stats: the driver) keeps a key's
+messages in one session, in publish order. One session for all of a
+partition's topics matters: the broker queues a disconnected client's
+messages in one queue in publish order, so after an outage or a restart the
+backlog comes back interleaved across topics as it was published, not one
+topic's whole backlog before the next.
 
 Order: within a partition, messages come in publish order (across its
-topics); there is **no order across partitions**, so with ``N > 1`` a
-consumer keyed by something other than the payload sees its messages from
-several partitions interleaved in any way (the driver-stats flow routes by
-driver after the input and tolerates this within its allowed lateness).
-Identical payloads (a producer's repeat) always go to the same partition.
+topics); there is **no order across partitions**. Identical payloads on the
+same topic always go to the same partition.
 
-Why not shared subscriptions (``$share/<group>/<topic>``, used up to this
+Why not shared subscriptions (``$share/<group>/<topic>``, used in an earlier
 version): mosquitto 2.0 does not restore them from its persistence file
 (measured with 2.0.11: the session is reported present, the shared
 subscription is gone, so everything published after a broker restart and
@@ -67,55 +66,61 @@ the server, and for a member that went away it only says the server MAY
 wait for it to reconnect (section 4.8.2). EMQX's documentation advises clean
 sessions for shared subscribers, and its Message Queue page (EMQX 6.0) says
 shared subscriptions keep nothing while no member is online; VerneMQ's
-describes only how messages are spread over the members present. Plain subscriptions in
-persistent sessions are what every broker persists.
-
-The cost: each partition receives, parses and acknowledges every message,
-so a process reads ``partitions on it × stream`` messages. Measured with
-``bench/ingest.py 100000`` (mosquitto 2.0.11, 2 cores, one process,
-1-worker flow, input only): MQTT 5: 17.5k events/s with 1 partition, 5.7k
-with 2, 2.3k with 4 (ratio 0.13; another run 0.24); MQTT 3.1.1: 28.4k,
-12.5k, 3.5k (0.12). Several partitions in one process share one
-interpreter, so they cost more than their share. The ingest
-capacity of the whole flow is therefore about that of one process reading
-the whole stream, whatever the count: more than one partition per process
-only costs, and partitions spread the work after the input, which Bytewax
-spreads by key anyway.
+describes only how messages are spread over the members present. Plain
+subscriptions in persistent sessions are what every broker persists. (The
+version before this one had every partition read every message and keep
+those whose payload hash named it: safe, but each process read the whole
+stream, so adding processes added CPU and no speed.)
 
 **Changing the count** (any N to any M, across a restart) loses nothing and
 leaves no session behind. Each partition publishes a retained marker
-``connectors-mqtt/partitions/<client_id>/in-<i>`` (``{"partitions": M}``,
-plus ``"draining_from": [N]`` while in transition) after its SUBACK, and
-every session subscribes to ``connectors-mqtt/partitions/<client_id>/+``
+``connectors-mqtt/partitions/<client_id>/in-<i>`` (``{"partitions": M,
+"shards": S}``, plus ``"draining_from": [N]`` while in transition) after its
+SUBACK, and every session subscribes to ``connectors-mqtt/partitions/<client_id>/+``
 too, so markers arrive in each session's stream; before connecting, a
 partition reads the retained markers with a short clean-session client
 (:func:`.source.read_markers`). A partition whose own marker names another
-count takes a message owned by it under the old count *or* the new one
-until its stream has carried a marker with ``partitions == M`` from every
-partition ``k < M``: that marker was published after ``k`` subscribed, and
-the broker delivers a session's messages in publish order, so every message
-after it is in ``k``'s queue too. (MQTT promises that order per topic only;
-mosquitto keeps one queue per session, so it holds across topics there. A
-fixed count does not depend on it.) A session ``j >= M`` left by a larger
-count is listed as an extra partition ``in-<j>`` (from its marker) that
-takes what ``j`` owned under the old count until the same holds in ``j``'s
-stream, waits until all it took is committed, then marks its marker
-``retired``, deletes the session (clean-session connect) and ends (EOF, so
-Bytewax drops its recovery state). Retired markers stay (tiny), so
-``in-<j>`` keeps being listed and a recovery store that still holds its key
-resumes. A message taken under both counts is a duplicate, absorbed by the
-dataflow's dedupe. A session left by a version before markers (shared
-subscriptions) takes everything in its queue until the change is over;
-upgrade from such a version keeping the partition count, and change it
-afterwards (a session above the new count without a marker is not found).
-ACLs must let the flow's user publish and subscribe
-``connectors-mqtt/partitions/<client_id>/#``.
+count subscribes to, and takes, the shards it owned under the old count *or*
+the new one until its stream has carried a marker with ``partitions == M``
+from every partition ``k < M``: that marker was published after ``k``
+subscribed, and the broker delivers a session's messages in publish order,
+so every message after it is in ``k``'s queue too. (MQTT promises that order
+per topic only; mosquitto keeps one queue per session, so it holds across
+topics there. A fixed count does not depend on it.) Then it unsubscribes the
+shards it no longer owns. A session ``j >= M`` left by a larger count is
+listed as an extra partition ``in-<j>`` (from its marker) that takes what
+``j`` owned under the old count until the same holds in ``j``'s stream,
+waits until all it took is committed, then marks its marker ``retired``,
+deletes the session (clean-session connect) and ends (EOF, so Bytewax drops
+its recovery state). Retired markers stay (tiny), so ``in-<j>`` keeps being
+listed and a recovery store that still holds its key resumes. A message
+taken under both counts is a duplicate, absorbed by the dataflow's dedupe. A
+session left by an earlier layout (a marker without ``shards``, or none:
+shared subscriptions) takes everything in its queue until the change is
+over; its marker says so (``"draining_from": [0]``) across a crash. Nothing
+on a marker topic can crash a partition or make it take less (an unreadable
+marker counts as none). ACLs must let the flow's user publish and subscribe
+``connectors-mqtt/#``.
 
-MQTT 3.1.1 is the default for input: through a 1-worker flow, QoS 1,
-100-byte payloads, this connector received about 43k msg/s with 3.1.1 and
-22k msg/s with 5 on a 2-core machine; ``bench/end_to_end.py --protocol
-3.1.1`` (or ``5``) measures it again on its "MQTT input only" line. Use
-``protocol="5"`` only to receive user properties.
+## Watermarks
+
+With a ``position`` function (a message's place in the stream in Unix
+seconds: driver-stats gives the event time), each partition publishes its
+*watermark* on the retained ``connectors-mqtt/watermarks/<client_id>/in-<i>``:
+the newest position it has emitted, once the epoch that emitted it is
+complete (the acknowledgements' gate, below), so everything the partition
+emitted before is processed by the whole dataflow. :meth:`MQTTSource.low_watermark`
+is the lowest over the listed partitions: no message still to come from any
+partition lies behind what it read before. A partition that is caught up and
+idle (its own probe through its session comes back fast, twice, with no data
+in between) moves its watermark with the wall clock. Details and the rules:
+:mod:`.watermarks`.
+
+The input prefers MQTT 5 (3.1.1 where the broker lacks it): its Receive
+Maximum bounds what the broker sends unacknowledged. 3.1.1 is cheaper:
+through a 1-worker flow, QoS 1, 100-byte payloads, this connector received
+about 43k msg/s with 3.1.1 and 22k msg/s with 5 on a 2-core machine;
+``bench/end_to_end.py`` measures both on its "MQTT input only" lines.
 
 ## When a message is acknowledged
 

@@ -16,7 +16,7 @@ from typing import Callable
 
 import msgspec
 
-from ..contract import DecodeError, Event, EventDecoder, Reason, Rejection
+from ..contract import EVENT_TYPES, DecodeError, Event, EventDecoder, Reason, Rejection
 from ..settings import Settings
 from .validation import problem
 
@@ -32,6 +32,21 @@ class Accepted(msgspec.Struct, frozen=True, array_like=True, gc=False):
     event_time: float  # Unix seconds
     source_topic: str
     payload: bytes
+
+    def __reduce__(self):
+        # Bytewax pickles every item that crosses to another process (the
+        # window step is keyed by driver): the payload it was decoded from
+        # travels several times cheaper than the struct with its datetimes,
+        # and decodes back to the same event.
+        return _from_payload, (type(self.event), self.payload, self.event_time, self.source_topic)
+
+
+_DECODERS = {event_type: EventDecoder(event_type) for event_type in EVENT_TYPES}
+
+
+def _from_payload(event_type: type, payload: bytes, event_time: float, source_topic: str) -> Accepted:
+    """An :class:`Accepted` back from what its ``__reduce__`` sent (the payload decoded once already)."""
+    return Accepted(_DECODERS[event_type].decode(payload), event_time, source_topic, payload)
 
 
 class Intake:
