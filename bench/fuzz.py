@@ -468,9 +468,9 @@ class Run:
 
     def stream_time(self) -> float:
         # The live flow's stream time trails the wall clock (the producers'
-        # lag, the epochs before a watermark is published): two intervals here,
+        # lag, the epochs before a watermark is published): three intervals here,
         # so most events land in open intervals and some in closed ones.
-        return self.now - 2 * self.window
+        return self.now - 3 * self.window
 
     def run(self, batches: list[Batch]) -> None:
         for batch in batches:

@@ -84,7 +84,7 @@ def test_a_quiet_driver_in_a_busy_stream_gets_its_record_within_the_bound(mosqui
     flow = LiveFlow(mosquitto, tmp_path, client_id="quiet", window=WINDOW, lateness=LATENESS, recovery=True,
                     epoch_seconds=EPOCH, partitions_per_topic=2).start()
     publisher = Publisher(mosquitto, client_id="quiet-publisher")
-    traffic = PacedTraffic(publisher, count=1500, rate=60, drivers=30, window=WINDOW, lateness=LATENESS)
+    traffic = PacedTraffic(publisher, count=1000, rate=60, drivers=30, window=WINDOW, lateness=LATENESS)
     try:
         traffic.start()
         time.sleep(2)
