@@ -54,7 +54,6 @@ session take more (duplicates), never less.
 from __future__ import annotations
 
 import json
-import zlib
 from dataclasses import dataclass
 from typing import AbstractSet, Iterable, Optional
 

@@ -21,9 +21,9 @@ from connectors.mqtt.source import has_session, read_markers
 from connectors.mqtt.testing import Collector, Publisher, wait_for
 from driver_stats.cli.traffic import Traffic
 from driver_stats.contract import INPUT_SHARDS
-from driver_stats.testing.live_flow import LiveFlow, wait_for_records
-from driver_stats.testing.paced import PacedTraffic, compare
-from tests.support import drain_backlog
+from driver_stats.testing.live_flow import LiveFlow
+from driver_stats.testing.paced import PacedTraffic
+from tests.support import assert_counted_once, drain_backlog
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(180)]
 
@@ -36,14 +36,8 @@ def layout(partitions: int) -> dict:
 
 def check_counted_once(traffic: PacedTraffic, collector: Collector, flow: LiveFlow) -> dict:
     """Every event counted exactly once: every record right, none conflicting, nothing rejected."""
-    expected = traffic.expected()
     traffic.join()
-    wait_for_records(collector, expected, timeout=WINDOW + LATENESS + 40)
-    counts = compare(expected, collector.messages)
-    rejected = [(m.topic, dict(m.user_properties)) for m in collector.messages if m.topic.startswith("rejected/")]
-    assert counts["lost"] == counts["wrong"] == counts["conflicting"] == 0 and not rejected, (
-        counts, rejected[:5], flow.logs()[-2000:])
-    return counts
+    return assert_counted_once(traffic.expected(), collector, flow, timeout=WINDOW + LATENESS + 40)
 
 
 def flow_under_traffic(broker, tmp_path, name: str, partitions: int) -> tuple[Collector, LiveFlow, PacedTraffic]:
