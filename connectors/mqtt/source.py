@@ -178,6 +178,8 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         def on_subscribe(*_args) -> None:
             if not self._drain:
                 self._publish_marker()
+            log.info("%s subscribed to %d topics", link.label, len(self._subscribed_shards) * len(source.topics),
+                     extra={"partition": f"in-{self._index}", "client_id": client_id})
             self._subscribed.set()
 
         link.after_connect = after_connect

@@ -77,13 +77,14 @@ class LiveFlow:
     def logs(self) -> str:
         return "".join(p.read_text() for p in self.workdir.glob("flow-*.log"))
 
-    def _input_connects(self) -> int:
+    def _input_subscriptions(self) -> int:
+        # After the SUBACK: a message published from then on reaches the partition.
         return sum(line.count('"message":"mqtt input') for line in self.logs().splitlines()
-                   if " connected (" in line)
+                   if " subscribed to " in line)
 
     def start(self, timeout: float = 30.0) -> LiveFlow:
         self.starts += 1
-        before = self._input_connects()
+        before = self._input_subscriptions()
         addresses = None
         if self.processes > 1:
             addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(self.processes))
@@ -93,8 +94,8 @@ class LiveFlow:
                     self._command(index, addresses), cwd=self.workdir, env=self.env,
                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         wanted = before + self.partitions
-        wait_for(lambda: self._input_connects() >= wanted or any(p.poll() is not None for p in self.procs),
-                 timeout, "flow's input partitions connected")
+        wait_for(lambda: self._input_subscriptions() >= wanted or any(p.poll() is not None for p in self.procs),
+                 timeout, "flow's input partitions subscribed")
         assert all(p.poll() is None for p in self.procs), self.logs()[-4000:]
         return self
 
