@@ -63,11 +63,11 @@ def test_traffic_faster_than_the_unacked_cap_lets_the_flow_read_is_all_counted(m
 def test_a_frozen_broker_makes_nothing_late(mosquitto, tmp_path):
     collector = Collector(mosquitto, STATS_TOPIC, "rejected/#", client_id="frozen-collector")
     flow = LiveFlow(mosquitto, tmp_path, client_id="frozen", window=WINDOW, lateness=LATENESS, recovery=True).start()
-    traffic = PacedTraffic(Publisher(mosquitto, client_id="frozen-publisher"), count=2600, rate=100, drivers=100,
+    traffic = PacedTraffic(Publisher(mosquitto, client_id="frozen-publisher"), count=2300, rate=100, drivers=100,
                            window=WINDOW, lateness=LATENESS)
     try:
         traffic.start()
-        time.sleep(3)
+        time.sleep(1.5)
         os.kill(mosquitto.pid, signal.SIGSTOP)  # producers keep publishing into their sockets
         time.sleep(20)
         os.kill(mosquitto.pid, signal.SIGCONT)

@@ -35,7 +35,7 @@ before each batch, the lowest over partitions of the newest event time each
 one delivered in earlier batches. Neither may change anything: the records
 equal the reference's for the publish order, and nothing is rejected.
 
-Examples: 400 per property by default (200 for the partition property, to
+Examples: 250 per property by default (200 for the partition property, to
 keep the suite's time), the same every run (the suite); set
 ``DRIVER_STATS_MODEL_EXAMPLES=3000`` for a long run (random, not
 derandomized; with ``--timeout=0``, as it outlasts pytest-timeout's 300 s).
@@ -79,7 +79,7 @@ from flows.driver_stats import build_flow
 LONG_RUN = int(os.environ.get("DRIVER_STATS_MODEL_EXAMPLES", "0"))
 settings.register_profile(
     "driver-stats-model",
-    max_examples=LONG_RUN or 400,
+    max_examples=LONG_RUN or 250,
     derandomize=not LONG_RUN,  # the suite sees the same examples every run
     deadline=None,
     database=None,
