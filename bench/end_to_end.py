@@ -74,7 +74,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from bench.dataflow import TOPICS, synthetic_events  # noqa: E402
 from connectors.mqtt import MQTTSink, MQTTSource  # noqa: E402
-from connectors.mqtt.testing import Mosquitto  # noqa: E402
+from connectors.mqtt.testing import Mosquitto, create_sessions  # noqa: E402
 from driver_stats.contract import INPUT_SHARDS, decode_stats, encode_event, sharded_topic  # noqa: E402
 from driver_stats.core.intake import Intake  # noqa: E402
 from driver_stats.core.stream_clock import StreamClock  # noqa: E402
@@ -133,14 +133,6 @@ def queue_events(broker: Mosquitto, source: MQTTSource, messages: list[tuple[str
     """Create the source's sessions, then publish everything while they are away."""
     create_sessions(source)
     publish_all(broker, messages)
-
-
-def create_sessions(source: MQTTSource) -> None:
-    for part in source.list_parts():
-        source.build_part("in", part, None).close()
-    if source._board is not None:  # a position source reads the watermarks: not needed here
-        source._board.stop()
-        source._board = None
 
 
 def publish_all(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> None:

@@ -32,9 +32,9 @@ from bytewax.dataflow import Dataflow  # noqa: E402
 from bytewax.testing import run_main  # noqa: E402
 
 from bench.dataflow import TOPICS, synthetic_events  # noqa: E402
-from bench.end_to_end import Counted, create_sessions, publish_all  # noqa: E402
+from bench.end_to_end import Counted, publish_all  # noqa: E402
 from connectors.mqtt import MQTTConnection  # noqa: E402
-from connectors.mqtt.testing import Mosquitto  # noqa: E402
+from connectors.mqtt.testing import Mosquitto, create_sessions  # noqa: E402
 from driver_stats.contract import INPUT_SHARDS, encode_event, sharded_topic  # noqa: E402
 
 COUNTS = (1, 2, 4)

@@ -190,6 +190,8 @@ def start(settings: Settings) -> LiveIO:
         on_event=_count_reconnects,
         # The event time: each partition's watermark, which moves the stream clock.
         position=Intake(settings).position,
+        # Intake.position ignores events further ahead (they are rejected as future).
+        position_max_ahead=settings.max_future_seconds + 60,
     )
     stream_clock = StreamClock(source.low_watermark)
     sink = mqtt.MQTTSink(

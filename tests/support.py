@@ -8,9 +8,12 @@ import signal
 import subprocess
 from datetime import datetime, timedelta, timezone
 
-from connectors.mqtt.testing import Collector, Publisher
+from connectors.mqtt import MQTTConnection, MQTTSource
+from connectors.mqtt.testing import Collector, Publisher, create_sessions
 from driver_stats.cli.traffic import COUNTED_KINDS
-from driver_stats.contract import STATS_TOPIC, DriverRated, DriverTipped, FinishReason, JourneyFinished, encode_event
+from driver_stats.contract import (INPUT_SHARDS, STATS_TOPIC, DriverRated, DriverTipped, FinishReason,
+                                   JourneyFinished, encode_event)
+from driver_stats.settings import Settings
 from driver_stats.testing.live_flow import LiveFlow, expected_stats, published_stats, wait_for_records
 from driver_stats.testing.paced import compare
 
@@ -111,8 +114,10 @@ def drain_backlog(broker, tmp_path, name: str, messages, window: int, lateness: 
     """
     collector = Collector(broker, STATS_TOPIC, "rejected/#", client_id=f"{name}-collector")
     flow = LiveFlow(broker, tmp_path / name, client_id=name, window=window, lateness=lateness, recovery=True,
-                    processes=processes, partitions_per_topic=partitions).start()
-    assert flow.kill(signal.SIGTERM) == [0] * processes
+                    processes=processes, partitions_per_topic=partitions)
+    # The flow's input sessions, as a first run leaves them.
+    create_sessions(MQTTSource(MQTTConnection(host=broker.host, port=broker.port), Settings().input_topics,
+                               client_id=name, partitions=partitions, shards=INPUT_SHARDS))
     publisher = Publisher(broker, client_id=f"{name}-publisher")
     for message in messages:
         publisher.client.publish(message.shard_topic, message.payload, qos=1)

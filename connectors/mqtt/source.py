@@ -29,6 +29,7 @@ held, never for a reused id alone. ``next_batch`` never blocks.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
@@ -504,6 +505,8 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         position: ``position(message)``: the time in Unix seconds a message
             stands for in the stream (e.g. its event time), or None. Turns on
             watermarks (:mod:`.watermarks`, :meth:`low_watermark`).
+        position_max_ahead: Positions are never more than this many seconds
+            ahead of the wall clock: a watermark beyond is ignored (forged).
         probe_interval: Seconds between a partition's idle probes.
     """
 
@@ -522,6 +525,7 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         session_expiry: int = _SESSION_EXPIRY_S,
         on_event: Optional[EventHook] = None,
         position: Optional[Callable[[MQTTMessage], Optional[float]]] = None,
+        position_max_ahead: float = math.inf,
         probe_interval: float = 1.0,
     ) -> None:
         self.connection = connection
@@ -536,6 +540,7 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         self.session_expiry = session_expiry
         self.on_event = on_event
         self.position = position
+        self.position_max_ahead = position_max_ahead
         self.probe_interval = probe_interval
         self.stats: dict[str, MQTTLinkStats] = {}
         """Counters per client id, filled as partitions start on this process."""
@@ -579,7 +584,7 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
     def board(self) -> WatermarkBoard:
         """The watermarks of all partitions (started on first use)."""
         if self._board is None:
-            self._board = WatermarkBoard(self.connection, self.client_id)
+            self._board = WatermarkBoard(self.connection, self.client_id, self.position_max_ahead)
         return self._board.start()
 
     def low_watermark(self) -> float:
@@ -594,6 +599,12 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         if not self._parts:
             self.list_parts()
         return self.board().low(self._parts)
+
+    def close(self) -> None:
+        """Stop the watermark reader, if one runs (the partitions close with the dataflow)."""
+        if self._board is not None:
+            self._board.stop()
+            self._board = None
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: None

@@ -335,3 +335,14 @@ class Publisher:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def create_sessions(source) -> None:
+    """Open and close every partition of an :class:`~connectors.mqtt.MQTTSource` once.
+
+    Its persistent sessions then exist with their subscriptions, so what is
+    published from now on waits for the dataflow (a backlog), as after an outage.
+    """
+    for part in source.list_parts():
+        source.build_part("in", part, None).close()
+    source.close()

@@ -47,6 +47,7 @@ import json
 import logging
 import math
 import threading
+import time
 import uuid
 from typing import Dict, Iterable, Optional
 
@@ -188,12 +189,16 @@ class WatermarkBoard:
 
     :meth:`low` is the lowest over the partitions asked for (``-inf`` while
     one has none). Started by :meth:`start`, which returns once the retained
-    ones are in (a barrier message of its own comes after them).
+    ones are in (a barrier message of its own comes after them). A value more
+    than ``max_ahead`` seconds ahead of the wall clock is no partition's (the
+    positions are bounded the same way): it is ignored with a warning, so
+    that a forged one cannot close intervals early.
     """
 
-    def __init__(self, connection: MQTTConnection, client_id: str) -> None:
+    def __init__(self, connection: MQTTConnection, client_id: str, max_ahead: float = math.inf) -> None:
         self._connection = connection
         self._client_id = client_id
+        self._max_ahead = max_ahead
         self._prefix = f"{WATERMARK_ROOT}/{client_id}/in-"
         self._values: Dict[int, float] = {}
         self._client = None
@@ -234,6 +239,9 @@ class WatermarkBoard:
         value = decode_watermark(payload)
         if value is None:
             log.warning("ignored a malformed watermark on %s (%d bytes)", topic, len(payload))
+            return
+        if value != DONE and value > time.time() + self._max_ahead:
+            log.warning("ignored a watermark on %s %.0fs ahead of the wall clock", topic, value - time.time())
             return
         with self._lock:
             self._values[int(tail)] = value

@@ -124,3 +124,31 @@ def test_8_partitions_in_8_processes_drain_a_backlog_once_without_reconnects(mos
     assert len(records) > 500
     assert '"state":"reconnected"' not in logs and "Keep alive timeout" not in logs
     assert logs.count('"message":"mqtt input #') >= 8
+
+
+def test_forged_coordination_messages_neither_stop_the_flow_nor_skip_data(mosquitto, tmp_path):
+    # What an attacker or a broken client could leave on the coordination
+    # topics (the shipped ACL keeps them off: deploy/mosquitto/acl).
+    name = "forged"
+    forger = Publisher(mosquitto, client_id="forger")
+    retained = [
+        (f"connectors-mqtt/partitions/{name}/in-0", b'{"partitions": 1e400}'),
+        (f"connectors-mqtt/partitions/{name}/in-1", b'{"partitions": 2, "shards": "64", "draining_from": [-1]}'),
+        (f"connectors-mqtt/partitions/{name}/in-9999", b"\xff\xfe" * 3000),
+        (f"connectors-mqtt/watermarks/{name}/in-0", b'{"watermark": 1e300}'),  # would close everything
+        (f"connectors-mqtt/watermarks/{name}/in-1", b'{"watermark": NaN}'),
+    ]
+    for topic, payload in retained:
+        forger.client.publish(topic, payload, qos=1, retain=True)
+    forger.publish("warm/up", [b""])
+    collector, flow, traffic = flow_under_traffic(mosquitto, tmp_path, name, 2)
+    try:
+        time.sleep(2)
+        for topic, payload in [(f"connectors-mqtt/watermarks/{name}/in-1", b'{"watermark": 1e12}'),
+                               (f"connectors-mqtt/probes/{name}/in-0", b"not a time"),
+                               (f"connectors-mqtt/partitions/{name}/in-1", b"[" * 50_000)]:
+            forger.client.publish(topic, payload, qos=1)
+        check_counted_once(traffic, collector, flow)
+    finally:
+        flow.kill()
+    assert "ignored a watermark" in flow.logs() and "Traceback" not in flow.logs()
