@@ -194,7 +194,8 @@ def test_parity_the_live_flow_publishes_what_replay_computes_from_the_truth(mosq
                     allowed_lateness_seconds=lateness, client_id=f"parity-{uuid.uuid4().hex[:8]}")
     flow_log = tmp_path / "flow.log"
     with open(flow_log, "wb") as log:
-        flow = subprocess.Popen([sys.executable, "-m", "bytewax.run", "flows.driver_stats"], env=env,
+        # -s 1 as the README advises without -r: watermarks move once per epoch.
+        flow = subprocess.Popen([sys.executable, "-m", "bytewax.run", "flows.driver_stats", "-s", "1"], env=env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
     collector = Collector(mosquitto, ["output/driver_stats", "rejected/#"])
     truth = tmp_path / "truth"
@@ -216,8 +217,7 @@ def test_parity_the_live_flow_publishes_what_replay_computes_from_the_truth(mosq
         replayed = sorted((truth / "driver_stats.jsonl").read_bytes().splitlines())
         assert len(replayed) >= 10 * 2
         # Every interval closes once the stream passed its end + lateness: the
-        # last ones when the idle input's watermarks move on (Bytewax's default
-        # 10 s epochs here, as the documented command runs without -s).
+        # last ones when the idle input's watermarks move on.
         deadline = time.monotonic() + 60
         while len(collector.messages) < len(replayed) and time.monotonic() < deadline:
             time.sleep(0.2)

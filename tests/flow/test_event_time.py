@@ -48,7 +48,7 @@ def test_traffic_faster_than_the_unacked_cap_lets_the_flow_read_is_all_counted(m
     collector = Collector(mosquitto, STATS_TOPIC, "rejected/#", client_id="slow-collector")
     flow = LiveFlow(mosquitto, tmp_path, client_id="slow", window=WINDOW, lateness=LATENESS, recovery=True,
                     max_unacked_messages=100).start()
-    traffic = PacedTraffic(Publisher(mosquitto, client_id="slow-publisher"), count=1500, rate=300, drivers=600,
+    traffic = PacedTraffic(Publisher(mosquitto, client_id="slow-publisher"), count=1100, rate=300, drivers=600,
                            window=WINDOW, lateness=LATENESS)
     try:
         traffic.start()
@@ -61,10 +61,11 @@ def test_traffic_faster_than_the_unacked_cap_lets_the_flow_read_is_all_counted(m
 
 
 def test_a_frozen_broker_makes_nothing_late(mosquitto, tmp_path):
+    # 4 s windows: five intervals end during the freeze.
     collector = Collector(mosquitto, STATS_TOPIC, "rejected/#", client_id="frozen-collector")
-    flow = LiveFlow(mosquitto, tmp_path, client_id="frozen", window=WINDOW, lateness=LATENESS, recovery=True).start()
+    flow = LiveFlow(mosquitto, tmp_path, client_id="frozen", window=4, lateness=LATENESS, recovery=True).start()
     traffic = PacedTraffic(Publisher(mosquitto, client_id="frozen-publisher"), count=2300, rate=100, drivers=100,
-                           window=WINDOW, lateness=LATENESS)
+                           window=4, lateness=LATENESS)
     try:
         traffic.start()
         time.sleep(1.5)
