@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import urllib.error
+import urllib.request
 from datetime import datetime, timedelta, timezone
 
 from connectors.mqtt import MQTTConnection, MQTTSource
@@ -131,3 +133,12 @@ def drain_backlog(broker, tmp_path, name: str, messages, window: int, lateness: 
         flow.kill()
         publisher.close()
         collector.close()
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    """(status, body) of a GET on 127.0.0.1:``port`` (the health and metrics server), errors included."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()

@@ -17,8 +17,6 @@ import json
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -29,6 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from connectors.mqtt.testing import Collector, Mosquitto, Publisher, free_port, wait_for
 from driver_stats.testing.live_flow import LiveFlow, wait_for_records
 from driver_stats.testing.paced import PacedTraffic, compare
+from tests.support import http_get
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(120)]
 
@@ -48,14 +47,6 @@ def make_password_file(directory: Path) -> Path:
     subprocess.run(["sh", "-c", line], env={"PATH": "/usr/bin:/bin", **PASSWORDS}, check=True,
                    capture_output=True, timeout=30)
     return directory / "passwd"
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
 
 
 def publish_v5(broker: Mosquitto, user: str, password: str, topic: str, payload: bytes, *, retain: bool = False):
@@ -116,13 +107,13 @@ def test_only_the_flow_writes_its_topics_and_a_refused_output_waits_for_the_acl(
 
         # The flow's user may not write output/#: records wait, /readyz says why.
         def refused():
-            status, body = get(port, "/readyz")
+            status, body = http_get(port, "/readyz")
             return status == 503 and "refuses to publish on 'output/driver_stats'" in body and body
 
         answer = json.loads(wait_for(refused, 30, "/readyz to name the refusal"))
         assert answer["reason"].startswith("output driver-stats-out-0: the broker refuses to publish on "
                                            "'output/driver_stats': Not authorized (0x87)"), answer
-        assert 'driver_stats_publish_refused_total{reason="Not authorized (0x87)"}' in get(port, "/metrics")[1]
+        assert 'driver_stats_publish_refused_total{reason="Not authorized (0x87)"}' in http_get(port, "/metrics")[1]
         assert consumer.payloads("output/driver_stats") == []
 
         # The operator installs the shipped ACL and reloads the broker: every record, once.
@@ -132,7 +123,7 @@ def test_only_the_flow_writes_its_topics_and_a_refused_output_waits_for_the_acl(
         wait_for_records(consumer, traffic.expected(), timeout=60)
         counts = compare(traffic.expected(), list(consumer.messages))
         assert counts == {"lost": 0, "wrong": 0, "conflicting": 0, "duplicate_records": 0}, counts
-        wait_for(lambda: get(port, "/readyz")[0] == 200, 20, "/readyz ready again")
+        wait_for(lambda: http_get(port, "/readyz")[0] == 200, 20, "/readyz ready again")
 
         # The producer may write the inputs only: not the flow's progress marker, not a record.
         marker_topic = "connectors-mqtt/progress/driver-stats-out-0"

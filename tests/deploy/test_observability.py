@@ -28,7 +28,7 @@ import pytest
 from connectors.mqtt.testing import Publisher, free_port, wait_for, wait_listening
 from driver_stats.testing.live_flow import LiveFlow
 from driver_stats.testing.paced import PacedTraffic
-from tests.support import wire, rated
+from tests.support import http_get, rated, wire
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
@@ -131,16 +131,8 @@ class Prometheus:
         self.log.close()
 
 
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
-
-
 def health(port: int, path: str) -> tuple[int, dict]:
-    status, body = get(port, path)
+    status, body = http_get(port, path)
     assert body.endswith("\n") and body.count("\n") == 1, body  # one line of JSON
     return status, json.loads(body)
 
@@ -214,15 +206,15 @@ def test_a_real_prometheus_scrapes_a_live_flow(mosquitto, tmp_path):
             wait_for(lambda: [r["value"][1] for r in prometheus.query("driver_stats_ready")] == ["1"], 15,
                      "Prometheus to see the flow ready")
         except AssertionError:
-            raise AssertionError(f"/readyz: {get(port, '/readyz')}; {flow.logs()[-3000:]}") from None
+            raise AssertionError(f"/readyz: {http_get(port, '/readyz')}; {flow.logs()[-3000:]}") from None
 
         # What /metrics reveals: counts and sizes by topic, reason, kind, client and worker.
-        _, text = get(port, "/metrics")
+        _, text = http_get(port, "/metrics")
         ours = "\n".join(line for line in text.splitlines() if line.startswith("driver_stats_"))
         labels = set(re.findall(r"[{,](\w+)=\"", ours))
         assert labels <= ALLOWED_LABELS, labels - ALLOWED_LABELS
         assert str(mosquitto.port) not in text and "driver-0" not in text
-        assert get(port, "/nothing-here")[0] == 404
+        assert http_get(port, "/nothing-here")[0] == 404
 
         # SIGTERM: two log lines and exit code 0, nothing else on stderr.
         traffic.join()

@@ -308,13 +308,18 @@ def within_lateness(draw, events: list[Ev], lateness: int) -> list[Ev]:
     return [events[i] for i in order]
 
 
-@MODEL
-@given(st.data())
-def test_records_match_the_reference_when_events_arrive_within_the_lateness(data):
+def publish_order_within_lateness(data) -> tuple[int, list[Ev]]:
+    """A lateness, and events with repeats in an order where none is late by it."""
     lateness = data.draw(st.sampled_from([0, 3, WINDOW]), label="lateness")
     events = data.draw(event_sequences(repeats_move=data.draw(st.booleans(), label="repeats move")),
                        label="events")
-    arrivals = within_lateness(data.draw, events, lateness)
+    return lateness, within_lateness(data.draw, events, lateness)
+
+
+@MODEL
+@given(st.data())
+def test_records_match_the_reference_when_events_arrive_within_the_lateness(data):
+    lateness, arrivals = publish_order_within_lateness(data)
     batch_size = data.draw(st.sampled_from([1, 2, 7, 1000]), label="batch_size")
     output = data.draw(st.sampled_from(["protobuf", "json"]), label="output format")
     check(arrivals, lateness=lateness, complete=False, batch_size=batch_size, output=output)
@@ -381,10 +386,7 @@ def gated_low_watermark(order: list[tuple[int, Ev]], batch_size: int, stream: li
 @settings(MODEL, max_examples=LONG_RUN or 200)
 @given(st.data())
 def test_partitions_and_their_delivery_delays_do_not_change_the_records(data):
-    lateness = data.draw(st.sampled_from([0, 3, WINDOW]), label="lateness")
-    events = data.draw(event_sequences(repeats_move=data.draw(st.booleans(), label="repeats move")),
-                       label="events")
-    published = within_lateness(data.draw, events, lateness)
+    lateness, published = publish_order_within_lateness(data)
     order = delivered(data.draw, published, data.draw(st.integers(1, 4), label="partitions"))
     batch_size = data.draw(st.sampled_from([1, 2, 3, 7]), label="batch_size")
     output = data.draw(st.sampled_from(["protobuf", "json"]), label="output format")
