@@ -6,8 +6,8 @@ the synthetic mix of bench/dataflow.py, ~10k drivers) while the flow is
 down, each on its driver's shard topic ``<topic>/<shard>``
 (``driver_stats.contract.sharded_topic``), as the producers do. The flow's
 input and output are wired as the live flow wires them (flows/live.py
-``start``): ``MQTTSource(shards=INPUT_SHARDS, position=Intake(settings).position)``
-in the product's default protocol (MQTT 5, 3.1.1 only for a broker without
+``mqtt_source``, the source reading the shard topics with the event time as
+its watermark) in the product's default protocol (MQTT 5, 3.1.1 only for a broker without
 it), the stream clock on its low watermark, and an ``MQTTSink`` publishing
 each record with QoS 1 at once (``commit_gated=False``, as the live flow
 without a recovery directory). There is no recovery; epochs last 1 s.
@@ -52,6 +52,7 @@ about the flow.
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing
 import os
 import pickle
@@ -76,11 +77,10 @@ from bench.dataflow import TOPICS, synthetic_events  # noqa: E402
 from connectors.mqtt import MQTTSink, MQTTSource  # noqa: E402
 from connectors.mqtt.testing import Mosquitto, create_sessions  # noqa: E402
 from driver_stats.contract import INPUT_SHARDS, decode_stats, encode_event, sharded_topic  # noqa: E402
-from driver_stats.core.intake import Intake  # noqa: E402
 from driver_stats.core.stream_clock import StreamClock  # noqa: E402
 from driver_stats.settings import Settings  # noqa: E402
 from flows.driver_stats import build_flow  # noqa: E402
-from flows.live import mqtt_connection  # noqa: E402
+from flows.live import mqtt_connection, mqtt_source  # noqa: E402
 
 EPOCH = timedelta(seconds=1)
 
@@ -122,11 +122,8 @@ class Counted(MQTTSource):
 
 
 def live_source(settings: Settings, n: int, *, taken=None, protocol: str | None = None) -> Counted:
-    """The live flow's input (flows/live.py ``start``), counted."""
-    return Counted(n, mqtt_connection(settings), settings.input_topics, taken=taken,
-                   client_id=settings.client_id, partitions=settings.partitions_per_topic, shards=INPUT_SHARDS,
-                   max_unacked=settings.max_unacked_messages, protocol=protocol,
-                   position=Intake(settings).position)
+    """The live flow's input (flows/live.py ``mqtt_source``), counted."""
+    return mqtt_source(settings, source_type=functools.partial(Counted, n, taken=taken), protocol=protocol)
 
 
 def queue_events(broker: Mosquitto, source: MQTTSource, messages: list[tuple[str, bytes]]) -> None:

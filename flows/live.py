@@ -157,6 +157,29 @@ def bytewax_run_options(argv: Optional[list[str]] = None, environ=None) -> tuple
     return options.recovery_directory or None, interval
 
 
+def mqtt_source(settings: Settings, *, source_type: Callable[..., mqtt.MQTTSource] = mqtt.MQTTSource,
+                **options) -> mqtt.MQTTSource:
+    """The live flow's input as the settings configure it (``options``: more MQTTSource arguments).
+
+    ``source_type`` builds it (a subclass, for a benchmark that counts).
+    """
+    return source_type(
+        mqtt_connection(settings),
+        settings.input_topics,
+        client_id=settings.client_id,
+        partitions=settings.partitions_per_topic,
+        # Producers may publish a driver's events on <topic>/<its shard>: each
+        # partition then reads its shards only (the plain topics: partition 0).
+        shards=INPUT_SHARDS,
+        max_unacked=settings.max_unacked_messages,
+        # The event time: each partition's watermark, which moves the stream clock.
+        newest_position=Intake(settings).newest_event_time,
+        # newest_event_time ignores events further ahead (they are rejected as future).
+        position_max_ahead=settings.max_future_seconds + 60,
+        **options,
+    )
+
+
 class LiveIO(NamedTuple):
     """The live flow's input and output, and the clock its input drives."""
 
@@ -178,21 +201,7 @@ def start(settings: Settings) -> LiveIO:
     except mqtt.MQTTConnectError as err:
         raise SystemExit(f"driver-stats: {err} (DRIVER_STATS_MQTT_URL={settings.mqtt_url})") from None
     _stop_quietly_on_signals()
-    source = mqtt.MQTTSource(
-        connection,
-        settings.input_topics,
-        client_id=settings.client_id,
-        partitions=settings.partitions_per_topic,
-        # Producers may publish a driver's events on <topic>/<its shard>: each
-        # partition then reads its shards only (the plain topics: partition 0).
-        shards=INPUT_SHARDS,
-        max_unacked=settings.max_unacked_messages,
-        on_event=_count_reconnects,
-        # The event time: each partition's watermark, which moves the stream clock.
-        position=Intake(settings).position,
-        # Intake.position ignores events further ahead (they are rejected as future).
-        position_max_ahead=settings.max_future_seconds + 60,
-    )
+    source = mqtt_source(settings, on_event=_count_reconnects)
     stream_clock = StreamClock(source.low_watermark)
     sink = mqtt.MQTTSink(
         connection,

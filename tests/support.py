@@ -10,14 +10,13 @@ import urllib.error
 import urllib.request
 from datetime import datetime, timedelta, timezone
 
-from connectors.mqtt import MQTTConnection, MQTTSource
 from connectors.mqtt.testing import Collector, Publisher, create_sessions
 from driver_stats.cli.traffic import COUNTED_KINDS
-from driver_stats.contract import (INPUT_SHARDS, STATS_TOPIC, DriverRated, DriverTipped, FinishReason,
-                                   JourneyFinished, encode_event)
+from driver_stats.contract import STATS_TOPIC, DriverRated, DriverTipped, FinishReason, JourneyFinished, encode_event
 from driver_stats.settings import Settings
 from driver_stats.testing.live_flow import LiveFlow, expected_stats, published_stats, wait_for_records
 from driver_stats.testing.paced import compare
+from flows.live import mqtt_source
 
 # Aligned to every window length the tests use (10 s and 600 s).
 T0 = datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc)
@@ -118,8 +117,8 @@ def drain_backlog(broker, tmp_path, name: str, messages, window: int, lateness: 
     flow = LiveFlow(broker, tmp_path / name, client_id=name, window=window, lateness=lateness, recovery=True,
                     processes=processes, partitions_per_topic=partitions)
     # The flow's input sessions, as a first run leaves them.
-    create_sessions(MQTTSource(MQTTConnection(host=broker.host, port=broker.port), Settings().input_topics,
-                               client_id=name, partitions=partitions, shards=INPUT_SHARDS))
+    create_sessions(mqtt_source(Settings(mqtt_url=f"mqtt://{broker.host}:{broker.port}", client_id=name,
+                                         partitions_per_topic=partitions)))
     publisher = Publisher(broker, client_id=f"{name}-publisher")
     for message in messages:
         publisher.client.publish(message.shard_topic, message.payload, qos=1)

@@ -104,9 +104,9 @@ marker counts as none). ACLs must let the flow's user publish and subscribe
 
 ## Watermarks
 
-With a ``position`` function (a message's place in the stream in Unix
-seconds: driver-stats gives the event time), each partition publishes its
-*watermark* on the retained ``connectors-mqtt/watermarks/<client_id>/in-<i>``:
+With a ``newest_position`` function (the newest place in the stream, in
+Unix seconds, of a batch of messages: driver-stats gives the event time),
+each partition publishes its *watermark* on the retained ``connectors-mqtt/watermarks/<client_id>/in-<i>``:
 the newest position it has emitted, once the epoch that emitted it is
 complete (the acknowledgements' gate, below), so everything the partition
 emitted before is processed by the whole dataflow. :meth:`MQTTSource.low_watermark`

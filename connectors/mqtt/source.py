@@ -9,7 +9,7 @@ PUBACKs those at once from paho's callback (their owner has its own copy).
 Why not shared subscriptions (mosquitto 2.0 does not persist them), the
 order and how a change of ``N`` loses nothing: the package documentation,
 "Partitions and order", and :mod:`.partitions` for the rules. With a
-``position`` function, each partition also publishes its watermark
+``newest_position`` function, each partition also publishes its watermark
 (:mod:`.watermarks`).
 
 A message it takes is PUBACKed only once Bytewax has committed the epoch it
@@ -77,9 +77,9 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         self._shard_of = source.shard_of_topic
         self._control_b = (control_prefix(source.client_id) + "/").encode()
         self._probe_b = probe_topic(source.client_id, index).encode()
-        self._position = source.position
+        self._newest_position = source.newest_position
         self._watermark: Optional[PartitionClock] = None
-        if source.position is not None:
+        if source.newest_position is not None:
             board = source.board()
             self._watermark = PartitionClock(board.value(index), time.time(), source.probe_interval)
         self._cond = threading.Condition()
@@ -149,7 +149,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         # filter is subscribed on every connection, so the retained markers
         # come each time, in this session's stream.
         control = [(control_prefix(source.client_id) + "/+", 1)]
-        if self._position is not None:
+        if self._watermark is not None:
             control.append((probe_topic(source.client_id, self._index), 1))
         shared = [f"$share/{source.client_id}/{topic}" for topic in source.topics]
         client, first = link.client, [True]
@@ -282,7 +282,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
                 self._unacked += 1
             self._buffer.append(((msg.mid, msg.qos, gen), self._convert(msg)))
         if self._watermark is not None:
-            self._watermark.data_read(time.time())
+            self._watermark.data_read()
 
     def _on_probe(self, payload: bytes) -> None:
         """Our own probe came back behind everything queued before it: mark its place in the buffer."""
@@ -365,8 +365,8 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
             else:
                 self._emitted.append(entry)
                 items.append(item)
-        position = self._position
-        self._watermark.emitted([position(item) for item in items if type(item) is MQTTMessage], time.time())
+        self._watermark.emitted(self._newest_position([item for item in items if type(item) is MQTTMessage]),
+                                time.time())
         return items
 
     def _tend_watermark(self) -> None:
@@ -502,9 +502,10 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         session_expiry: MQTT 5 session expiry interval, seconds.
         on_event: ``on_event(event, client_id, detail)`` on each change of
             connection state.
-        position: ``position(message)``: the time in Unix seconds a message
-            stands for in the stream (e.g. its event time), or None. Turns on
-            watermarks (:mod:`.watermarks`, :meth:`low_watermark`).
+        newest_position: ``newest_position(messages)``: the newest time in
+            Unix seconds a batch of messages stands for in the stream (e.g.
+            their newest event time), or None. Turns on watermarks
+            (:mod:`.watermarks`, :meth:`low_watermark`).
         position_max_ahead: Positions are never more than this many seconds
             ahead of the wall clock: a watermark beyond is ignored (forged).
         probe_interval: Seconds between a partition's idle probes.
@@ -524,7 +525,7 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         protocol: Optional[Protocol] = None,
         session_expiry: int = _SESSION_EXPIRY_S,
         on_event: Optional[EventHook] = None,
-        position: Optional[Callable[[MQTTMessage], Optional[float]]] = None,
+        newest_position: Optional[Callable[[List[MQTTMessage]], Optional[float]]] = None,
         position_max_ahead: float = math.inf,
         probe_interval: float = 1.0,
     ) -> None:
@@ -539,7 +540,7 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         self.protocol = protocol
         self.session_expiry = session_expiry
         self.on_event = on_event
-        self.position = position
+        self.newest_position = newest_position
         self.position_max_ahead = position_max_ahead
         self.probe_interval = probe_interval
         self.stats: dict[str, MQTTLinkStats] = {}
@@ -588,14 +589,14 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         return self._board.start()
 
     def low_watermark(self) -> float:
-        """The lowest watermark over the partitions (``-inf`` until each has one); needs ``position``.
+        """The lowest watermark over the partitions (``-inf`` until each has one); needs ``newest_position``.
 
         Every message any partition has yet to emit comes after what that
         partition had read when it published its watermark, and everything
         before that has been processed by the whole dataflow.
         """
-        if self.position is None:
-            raise ValueError("low_watermark needs a position function")
+        if self.newest_position is None:
+            raise ValueError("low_watermark needs a newest_position function")
         if not self._parts:
             self.list_parts()
         return self.board().low(self._parts)

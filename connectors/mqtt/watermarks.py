@@ -1,9 +1,9 @@
 """How far each input partition has read, in the stream's own time, as far as the whole dataflow has processed.
 
-A source built with a ``position`` function (:class:`~.source.MQTTSource`)
-gives every data message a *position*, a time in Unix seconds taken from
-the message itself (driver-stats: the event time). Each partition then
-keeps a *watermark*: the newest position it has emitted, published only once
+A source built with a ``newest_position`` function (:class:`~.source.MQTTSource`)
+gives every batch of data messages a *position*, the newest time in Unix
+seconds the messages themselves carry (driver-stats: the event time). Each
+partition then keeps a *watermark*: the newest position it has emitted, published only once
 the epoch that emitted it is complete, i.e. once every step of the dataflow,
 on every worker, has processed everything the partition emitted before it
 (the same gate as the acknowledgements). It is a retained QoS 1 message on
@@ -34,7 +34,7 @@ had to move since; a partition that never read anything assumes positions
 follow the wall clock.
 
 >>> clock = PartitionClock(restored=None, now=100.0)
->>> clock.emitted(positions=[50.0, 52.0], now=101.0)
+>>> clock.emitted(newest=52.0, now=101.0)
 >>> clock.seal(); clock.release()       # not committed yet / committed
 52.0
 >>> clock.release() is None             # unchanged: nothing to publish
@@ -113,7 +113,7 @@ class PartitionClock:
     Called from the worker thread (:meth:`emitted`, :meth:`seal`,
     :meth:`release`, :meth:`probe_due`) and from paho's network thread
     (:meth:`data_read`, :meth:`probe_returned`); the values they share are
-    single floats, each written by one side.
+    single values, each written by one side.
 
     ``restored``: the partition's last published watermark (from an earlier
     run), which it starts from; the wall time spent down does not count.
@@ -128,16 +128,15 @@ class PartitionClock:
         self._epoch = -math.inf  # newest value emitted in the current epoch
         self._sealed = -math.inf  # emitted before the last snapshot: publishable once committed
         self._published = -math.inf
-        self._last_data_read = -math.inf  # wall time paho last received a data message
+        self._data_since_probe = False  # paho received data since the probe in flight was sent
         self._probe_sent: Optional[float] = None  # the probe in flight
         self._probe_back = -math.inf  # wall time the last probe came back
         self._last_fast = False
 
     # Worker thread.
-    def emitted(self, positions: Iterable[Optional[float]], now: float) -> None:
-        """Data emitted in this epoch, with the positions of the messages (None: none known)."""
-        newest = max((p for p in positions if p is not None), default=-math.inf)
-        if newest > self._position:
+    def emitted(self, newest: Optional[float], now: float) -> None:
+        """Data emitted in this epoch, the newest position among it (None: none known)."""
+        if newest is not None and newest > self._position:
             self._position, self._position_wall, self._has_position = newest, now, True
         self._epoch = max(self._epoch, self._position)
 
@@ -166,12 +165,12 @@ class PartitionClock:
             return False
         if now - self._probe_back < self.probe_interval:
             return False
-        self._probe_sent = now
+        self._probe_sent, self._data_since_probe = now, False
         return True
 
     # Paho's network thread.
-    def data_read(self, now: float) -> None:
-        self._last_data_read = now
+    def data_read(self) -> None:
+        self._data_since_probe = True
 
     def probe_returned(self, sent: float, now: float) -> bool:
         """A probe sent at ``sent`` came back at ``now``: whether it shows the partition idle and caught up."""
@@ -179,7 +178,7 @@ class PartitionClock:
             self._probe_sent = None
         self._probe_back = now
         fast = 0.0 <= now - sent <= FAST_ROUND_TRIP
-        idle = fast and self._last_fast and self._last_data_read < sent
+        idle = fast and self._last_fast and not self._data_since_probe
         self._last_fast = fast
         return idle
 

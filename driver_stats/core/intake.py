@@ -92,20 +92,23 @@ class Intake:
         except Exception as err:  # noqa: BLE001 - whatever the bytes, a rejection, never a crash
             return Rejection(topic, payload, Reason.UNDECODABLE, f"{type(err).__name__}: {str(err)[:200]}")
 
-    def position(self, message) -> float | None:
-        """Where ``message`` stands in the stream: its event time, if it has a plausible one.
+    def newest_event_time(self, messages: list) -> float | None:
+        """The newest plausible event time among ``messages`` (with ``.topic`` and ``.payload``), or None.
 
         For the input's watermark, so it reads as little as it can: an event
         time more than ``max_future_seconds`` ahead (it will be rejected as
-        ``future``) or none at all gives None.
+        ``future``), or none at all, does not count.
         """
-        decoder = self._decoders.get(message.topic)
-        if decoder is None or len(message.payload) > self._max_bytes:
-            return None
-        seconds = decoder.event_seconds(message.payload)
-        if seconds is None or seconds > self._clock() + self._max_future:
-            return None
-        return float(seconds)
+        limit = self._clock() + self._max_future  # once per batch, not per message
+        decoders, max_bytes, newest = self._decoders, self._max_bytes, None
+        for message in messages:
+            decoder = decoders.get(message.topic)
+            if decoder is None or len(message.payload) > max_bytes:
+                continue
+            seconds = decoder.event_seconds(message.payload)
+            if seconds is not None and seconds <= limit and (newest is None or seconds > newest):
+                newest = seconds
+        return None if newest is None else float(newest)
 
     def batch(self, messages: list) -> list[Accepted | Rejection]:
         """:meth:`__call__` over a batch of messages with ``.topic`` and ``.payload``."""
