@@ -21,7 +21,8 @@ its end, so connecting is included.
 
 one process, one worker, one input and one output partition, in turn:
 
-* input only: the MQTT input alone (input -> drop; no position function);
+* input only: the MQTT input alone, reading in a process of its own as the
+  live flow's does (input -> drop; no position function);
 * end to end: the driver-stats flow (decode, validate, dedupe, windows,
   encode, publish).
 
@@ -288,7 +289,7 @@ def main() -> None:
         conn = mqtt_connection(settings)
 
         bare = Counted(args.n, conn, settings.input_topics, client_id="bare", shards=INPUT_SHARDS,
-                       protocol=protocol, max_unacked=settings.max_unacked_messages)
+                       protocol=protocol, max_unacked=settings.max_unacked_messages, own_process=True)
         queue_events(broker, bare, messages)
         flow = Dataflow("bare_input")
         op.inspect("drop", op.filter("none", op.input("in", flow, bare), lambda _m: False))

@@ -4,8 +4,9 @@
 runs (through :func:`flows.driver_stats.build_live_flow`): JSON logs, a
 broker check that turns a wrong URL or credential into one line, the
 metrics and health server (:mod:`flows.health`), a quiet stop on SIGTERM
-and Ctrl-C, and the :class:`~connectors.mqtt.MQTTSource` (reading the shard topics, with
-the event time as its partitions' watermark, which is the stream clock) and
+and Ctrl-C, and the :class:`~connectors.mqtt.MQTTSource` (reading the
+shard topics, each partition in a process of its own, with the event time as
+its partitions' watermark, which is the stream clock) and
 :class:`~connectors.mqtt.MQTTSink`, whose connection events and stats feed
 the metrics and the health checks.
 
@@ -176,6 +177,9 @@ def mqtt_source(settings: Settings, *, source_type: Callable[..., mqtt.MQTTSourc
         newest_position=Intake(settings).newest_event_time,
         # newest_event_time ignores events further ahead (they are rejected as future).
         position_max_ahead=settings.max_future_seconds + 60,
+        # Reading MQTT (paho's packet decoding, per-message checks, the
+        # position) in a process per partition leaves the worker's GIL to the flow.
+        own_process=True,
         **options,
     )
 

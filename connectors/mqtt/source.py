@@ -45,6 +45,7 @@ from .link import EventHook, Link, MQTTLinkStats, one_wake_up
 from .message import MQTTError, MQTTMessage
 from .partitions import (Marker, control_prefix, counts_at_start, marker_index, marker_topic, owned_shards,
                          takes, transition_over)
+from .reader import PartitionProcess
 from .watermarks import DONE, PartitionClock, WatermarkBoard, encode_watermark, probe_topic, watermark_topic
 
 log = logging.getLogger("connectors.mqtt")
@@ -67,8 +68,10 @@ def check_client_id(client_id: str) -> None:
 class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError], None]):
     """Partition ``in-<index>``: its own session (``index < partitions``), or one left to drain."""
 
-    def __init__(self, source: MQTTSource, index: int) -> None:
+    def __init__(self, source: MQTTSource, index: int, *, start_watermark: Optional[float] = None,
+                 on_event: Optional[EventHook] = None) -> None:
         self._source = source
+        self._on_event = on_event
         self._batch_size = source.batch_size
         self._max_unacked = source.max_unacked
         self._max_bytes = source.max_message_bytes
@@ -79,9 +82,8 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         self._probe_b = probe_topic(source.client_id, index).encode()
         self._newest_position = source.newest_position
         self._watermark: Optional[PartitionClock] = None
-        if source.newest_position is not None:
-            board = source.board()
-            self._watermark = PartitionClock(board.value(index), time.time(), source.probe_interval)
+        if source.newest_position is not None:  # from its own retained watermark (downtime does not count)
+            self._watermark = PartitionClock(start_watermark, time.time(), source.probe_interval)
         self._cond = threading.Condition()
         # Received, not yet emitted: (entry, item).
         self._buffer: deque[Tuple[_Entry, Union[MQTTMessage, MQTTError]]] = deque()
@@ -104,6 +106,8 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         # count(s) its session ran under (partitions.py).
         self._marker = read_markers(source.connection, source.client_id, label=client_id).get(index)
         self._counts = frozenset({source.partitions})  # set from the marker on connecting
+        self._taken: Dict[bytes, bool] = {}  # topic -> whether this partition takes it, under _counts
+        self._count_by(self._counts)
         self._over = True  # the change of count is over in this session's stream
         self._proven: set[int] = set()  # partitions whose marker with the new count came
         self._subscribed_shards: List[Optional[int]] = []  # asked for on the last connect
@@ -140,7 +144,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
             receive_maximum=self._max_unacked,
             manual_ack=True,
             stats=self.stats,
-            on_event=None if self._drain else source.on_event,
+            on_event=None if self._drain else self._on_event,
         )
         # One session for all topics: the broker queues a disconnected
         # client's messages in one queue, in publish order across topics, so
@@ -160,7 +164,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
                 counts = counts_at_start(self._marker, self._partitions, self._shards, session_present)
                 if self._drain:  # nothing to drain from a session the broker no longer had
                     counts = counts - {self._partitions} if session_present else frozenset()
-                self._counts = counts
+                self._count_by(counts)
                 self._over = self._counts <= {self._partitions}
             if not self._drain:
                 # Shared subscriptions left by a version before markers
@@ -191,6 +195,11 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         link.start()
         return link
 
+    def _count_by(self, counts: frozenset) -> None:
+        """Own by each of ``counts`` from now on (one per message would cost ~1 µs)."""
+        self._counts = counts
+        self._taken = {topic: takes(shard, self._index, counts) for topic, shard in self._shard_of.items()}
+
     def _publish_marker(self) -> None:
         old = tuple(sorted(self._counts - {self._partitions}))  # EVERYTHING (0) included
         self._link.client.publish(marker_topic(self._source.client_id, self._index),
@@ -206,10 +215,10 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
             return
         self._over = True
         if self._drain:
-            self._counts = frozenset()
+            self._count_by(frozenset())
             log.info("%s: every message it must take is taken; deleted once committed", self._link.label)
         else:
-            self._counts = frozenset({self._partitions})
+            self._count_by(frozenset({self._partitions}))
             owned = owned_shards(self._index, self._counts, self._shards)
             gone = [shard for shard in self._subscribed_shards if shard not in owned]
             if gone:
@@ -259,13 +268,15 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
                 if key in self._held:
                     self.stats.redeliveries_skipped += 1
                     return
-        shard = self._shard_of.get(msg._topic)
-        if shard is None and self._plain_unwarned:
+        if self._plain_unwarned and self._shard_of.get(msg._topic) is None:
             self._plain_unwarned = False
             log.warning("%s: messages on the plain topics (%s) are all read by partition in-0; publish on "
                         "<topic>/<shard> to spread them over the %d partitions", self._link.label,
                         msg._topic.decode("utf-8", "replace"), self._partitions)
-        if not takes(shard, self._index, self._counts):
+        taken = self._taken.get(msg._topic)
+        if taken is None:  # a topic no longer configured, left subscribed in the session: plain
+            taken = takes(None, self._index, self._counts)
+        if not taken:
             # Another partition takes it, from its own copy: done with ours.
             if msg.qos > 0:
                 client.ack(msg.mid, msg.qos)
@@ -381,6 +392,10 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         now = time.time()
         if clock.probe_due(now):
             link.client.publish(probe_topic(self._source.client_id, self._index), repr(now).encode(), qos=1)
+
+    def has_buffered(self) -> bool:
+        """Whether messages wait for the next ``next_batch``."""
+        return bool(self._buffer)
 
     def next_awake(self) -> Optional[datetime]:
         if self._buffer:
@@ -509,6 +524,9 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         position_max_ahead: Positions are never more than this many seconds
             ahead of the wall clock: a watermark beyond is ignored (forged).
         probe_interval: Seconds between a partition's idle probes.
+        own_process: Run each partition's MQTT client, and the work per
+            message, in a child process of its own (:mod:`.reader`): the
+            worker's interpreter only unpickles batches.
     """
 
     def __init__(
@@ -528,6 +546,7 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         newest_position: Optional[Callable[[List[MQTTMessage]], Optional[float]]] = None,
         position_max_ahead: float = math.inf,
         probe_interval: float = 1.0,
+        own_process: bool = False,
     ) -> None:
         self.connection = connection
         self.topics = list(topics)
@@ -543,6 +562,7 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         self.newest_position = newest_position
         self.position_max_ahead = position_max_ahead
         self.probe_interval = probe_interval
+        self.own_process = own_process
         self.stats: dict[str, MQTTLinkStats] = {}
         """Counters per client id, filled as partitions start on this process."""
         check_client_id(client_id)
@@ -609,5 +629,15 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: None
-    ) -> _MQTTSourcePartition:
-        return _MQTTSourcePartition(self, int(for_part.removeprefix("in-")))
+    ) -> Union[_MQTTSourcePartition, PartitionProcess]:
+        index = int(for_part.removeprefix("in-"))
+        # Read here, not in a child: the board's lock is its client thread's.
+        start = None if self.newest_position is None else self.board().value(index)
+        if not self.own_process:
+            return _MQTTSourcePartition(self, index, start_watermark=start, on_event=self.on_event)
+        stats = MQTTLinkStats()
+        if index < self.partitions:
+            stats = self.stats.setdefault(self.client_id_for(index), stats)
+        return PartitionProcess(
+            lambda on_event: _MQTTSourcePartition(self, index, start_watermark=start, on_event=on_event),
+            stats, self.on_event, label=f"mqtt-reader-in-{index}")

@@ -319,13 +319,14 @@ def test_tls_and_password(tmp_path):
         refused(plain)  # a plain client on a TLS port: no CONNACK / connection reset
 
 
-def test_unreachable_broker_is_one_clear_line():
+@pytest.mark.parametrize("own_process", [False, True], ids=["in-worker", "own-process"])
+def test_unreachable_broker_is_one_clear_line(own_process):
     from connectors.mqtt.testing import free_port
 
     port = free_port()
     conn = MQTTConnection(host="127.0.0.1", port=port, password="hunter2")
     with pytest.raises(MQTTConnectError) as info:
-        MQTTSource(conn, ["x"], client_id="c").build_part("in", "in-0", None)
+        MQTTSource(conn, ["x"], client_id="c", own_process=own_process).build_part("in", "in-0", None)
     assert str(info.value) == (
         f"cannot connect to MQTT broker 127.0.0.1:{port} as c-in-0: connection refused"
     )
@@ -474,10 +475,12 @@ def read_partitions(src: MQTTSource, n: int, what: str, after_open=lambda: None)
             p.close()
 
 
-def test_partitions_read_their_shards_once_each_in_publish_order_and_ids_are_stable(mosquitto, clients):
+@pytest.mark.parametrize("own_process", [False, True], ids=["in-worker", "own-process"])
+def test_partitions_read_their_shards_once_each_in_publish_order_and_ids_are_stable(mosquitto, clients,
+                                                                                     own_process):
     pub = clients(Publisher)
     conn = MQTTConnection(host="127.0.0.1", port=mosquitto.port)
-    src = MQTTSource(conn, ["in/s", "in/t"], client_id="grp", partitions=2, shards=4)
+    src = MQTTSource(conn, ["in/s", "in/t"], client_id="grp", partitions=2, shards=4, own_process=own_process)
     assert src.list_parts() == ["in-0", "in-1"]
     assert src.client_id_for(1) == "grp-in-1"
     # Interleaved over the plain topic and its 4 shards.
