@@ -6,9 +6,10 @@ the synthetic mix of bench/dataflow.py, ~10k drivers) while the flow is
 down, each on its driver's shard topic ``<topic>/<shard>``
 (``driver_stats.contract.sharded_topic``), as the producers do. The flow's
 input and output are wired as the live flow wires them (flows/live.py
-``mqtt_source``, the source reading the shard topics with the event time as
-its watermark) in the product's default protocol (MQTT 5, 3.1.1 only for a broker without
-it), the stream clock on its low watermark, and an ``MQTTSink`` publishing
+``mqtt_source`` and ``mqtt_sink``: the source reading the shard topics with
+the event time as its watermark, each partition of both in a process of its
+own) in the product's default protocol (MQTT 5, 3.1.1 only for a broker
+without it), the stream clock on its low watermark, and the sink publishing
 each record with QoS 1 at once (``commit_gated=False``, as the live flow
 without a recovery directory). There is no recovery; epochs last 1 s.
 ``Settings(max_future_seconds=10**10)`` accepts the 2024 event times. A
@@ -75,13 +76,13 @@ from bytewax.testing import cluster_main, run_main  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from bench.dataflow import TOPICS, synthetic_events  # noqa: E402
-from connectors.mqtt import MQTTSink, MQTTSource  # noqa: E402
+from connectors.mqtt import MQTTSource  # noqa: E402
 from connectors.mqtt.testing import Mosquitto, create_sessions  # noqa: E402
 from driver_stats.contract import INPUT_SHARDS, decode_stats, encode_event, sharded_topic  # noqa: E402
 from driver_stats.core.stream_clock import StreamClock  # noqa: E402
 from driver_stats.settings import Settings  # noqa: E402
 from flows.driver_stats import build_flow  # noqa: E402
-from flows.live import mqtt_connection, mqtt_source  # noqa: E402
+from flows.live import mqtt_connection, mqtt_sink, mqtt_source  # noqa: E402
 
 EPOCH = timedelta(seconds=1)
 
@@ -188,8 +189,7 @@ def _scale_process(settings: Settings, n: int, taken, addresses: list[str], proc
             else:
                 others[0] += 1
 
-    sink = MQTTSink(mqtt_connection(settings), client_id=settings.client_id,
-                    partitions=settings.partitions_per_topic, on_written=written, commit_gated=False)
+    sink = mqtt_sink(settings, on_written=written, commit_gated=False)
     flow = build_flow(settings, source, sink, stream_clock=StreamClock(source.low_watermark),
                       input_done=source.done)
     cluster_main(flow, addresses, proc_id, epoch_interval=EPOCH, worker_count_per_proc=1)
@@ -299,7 +299,7 @@ def main() -> None:
         full = live_source(settings, args.n, protocol=protocol)
         queue_events(broker, full, messages)
         published: list[int] = [0]
-        sink = MQTTSink(conn, client_id="full", commit_gated=False, on_written=lambda batch, _s: published.__setitem__(
+        sink = mqtt_sink(settings, commit_gated=False, on_written=lambda batch, _s: published.__setitem__(
             0, published[0] + len(batch)))
         full_seconds = timed(build_flow(settings, full, sink, stream_clock=StreamClock(full.low_watermark),
                                         input_done=full.done))

@@ -184,6 +184,20 @@ def mqtt_source(settings: Settings, *, source_type: Callable[..., mqtt.MQTTSourc
     )
 
 
+def mqtt_sink(settings: Settings, **options) -> mqtt.MQTTSink:
+    """The live flow's output as the settings configure it (``options``: more MQTTSink arguments)."""
+    return mqtt.MQTTSink(
+        mqtt_connection(settings),
+        client_id=settings.client_id,
+        partitions=settings.partitions_per_topic,
+        timeout=settings.publish_timeout_seconds or None,
+        # Publishing (paho's packets, PUBACKs, progress markers) in a
+        # process per partition leaves the worker's GIL to the flow.
+        own_process=True,
+        **options,
+    )
+
+
 class LiveIO(NamedTuple):
     """The live flow's input and output, and the clock its input drives."""
 
@@ -207,11 +221,8 @@ def start(settings: Settings) -> LiveIO:
     _stop_quietly_on_signals()
     source = mqtt_source(settings, on_event=_count_reconnects)
     stream_clock = StreamClock(source.low_watermark)
-    sink = mqtt.MQTTSink(
-        connection,
-        client_id=settings.client_id,
-        partitions=settings.partitions_per_topic,
-        timeout=settings.publish_timeout_seconds or None,
+    sink = mqtt_sink(
+        settings,
         on_event=_count_reconnects,
         on_written=_published_counter(settings.topic_driver_stats),
         on_refused=metrics.count_refused,

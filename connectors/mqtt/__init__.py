@@ -24,8 +24,9 @@ mop.output("out", op.merge("all", out, rejected), connection=conn, client_id="ec
 
 Modules: :mod:`.message` (the items), :mod:`.connection` (where to connect,
 errors, connecting), :mod:`.link` (a client kept connected, its log lines
-and counters), :mod:`.source` (:class:`MQTTSource`), :mod:`.reader` (a source
-partition in a process of its own), :mod:`.partitions`
+and counters), :mod:`.source` (:class:`MQTTSource`), :mod:`.process` (partitions
+in processes of their own), :mod:`.batch_client` (paho's client reading
+whole socket buffers, MQTT 5 PUBLISH decoded by the ``mqtt5`` codec), :mod:`.partitions`
 (who reads which shard; changing the count), :mod:`.watermarks` (how far
 each partition has read), :mod:`.sink`
 (:class:`MQTTSink`), :mod:`.operators` (``input``/``output``) and

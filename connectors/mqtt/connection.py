@@ -19,6 +19,8 @@ from typing import Callable, Literal, Optional, TypeVar
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from .batch_client import BatchReadingClient
+
 Protocol = Literal["3.1.1", "5"]
 PROTOCOLS = {"3.1.1": paho.MQTTv311, "5": paho.MQTTv5}
 
@@ -110,6 +112,7 @@ class MQTTConnection:
         protocol: Protocol = "3.1.1",
         persistent: bool = False,
         manual_ack: bool = False,
+        batch_read: bool = False,
     ) -> paho.Client:
         """A paho client for this broker, not connected yet.
 
@@ -120,9 +123,11 @@ class MQTTConnection:
                 with 5 the session is chosen at :func:`connect`).
             manual_ack: Acknowledge received QoS 1 messages only on
                 ``client.ack``.
+            batch_read: A :class:`~.batch_client.BatchReadingClient`, for
+                a client that receives many messages.
         """
         v5 = protocol == "5"
-        client = paho.Client(
+        client = (BatchReadingClient if batch_read else paho.Client)(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             clean_session=None if v5 else not persistent,

@@ -81,6 +81,7 @@ class Link:
         receive_maximum: MQTT 5: the most unacknowledged QoS 1 messages the
             broker may send this client at a time.
         manual_ack: Acknowledge QoS 1 messages only on ``client.ack``.
+        batch_read: Read with a :class:`~.batch_client.BatchReadingClient`.
         stats: Counters to update (default: its own).
         on_event: Called on each change of state; its errors are logged.
     """
@@ -98,6 +99,7 @@ class Link:
         session_expiry: int = 0,
         receive_maximum: Optional[int] = None,
         manual_ack: bool = False,
+        batch_read: bool = False,
         stats: Optional[MQTTLinkStats] = None,
         on_event: Optional[EventHook] = None,
     ) -> None:
@@ -114,7 +116,7 @@ class Link:
         self._v5 = protocol == "5"
         self.protocol = protocol
         self.client = connection.client(
-            client_id, protocol=protocol, persistent=persistent, manual_ack=manual_ack
+            client_id, protocol=protocol, persistent=persistent, manual_ack=manual_ack, batch_read=batch_read
         )
         self.client.reconnect_delay_set(1, 30)
         self.client.on_connect = self._on_connect

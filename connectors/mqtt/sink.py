@@ -63,6 +63,7 @@ up to ``timeout`` seconds, then raises :class:`MQTTPublishError`.
 from __future__ import annotations
 
 import bisect
+import copy
 import json
 import logging
 import secrets
@@ -81,6 +82,7 @@ from paho.mqtt.properties import Properties
 from .connection import MQTTConnection, MQTTConnectError, MQTTPublishError, Protocol, connect_preferring_v5
 from .link import EventHook, Link, MQTTLinkStats, one_wake_up
 from .message import MQTTMessage
+from .process import Forward, SinkPartitionProcess, pack
 from .source import check_client_id
 
 log = logging.getLogger("connectors.mqtt")
@@ -277,7 +279,7 @@ class _MQTTSinkPartition(StatefulSinkPartition[Union[MQTTMessage, _CommitTick], 
         # A fresh session each time: nothing is left to receive.
         link = Link(sink.connection, client_id, protocol=protocol, label=f"mqtt output #{index}",
                     partition=f"out-{index}", session_expiry=sink.session_expiry, stats=self.stats,
-                    on_event=sink.on_event)
+                    on_event=sink.on_event, batch_read=True)
         client = link.client
         # Our own bound (max_inflight) applies; paho must not hold records
         # back behind its window, or a progress marker would wait for PUBACKs.
@@ -620,6 +622,9 @@ class MQTTSink(FixedPartitionedSink[Union[MQTTMessage, _CommitTick], SinkState])
         on_refused: ``on_refused(topic, reason)`` for each publish the
             broker refused (a record, or a progress marker), reason as
             ``Not authorized (0x87)``; called from the worker.
+        own_process: Run each partition that gets records (its MQTT client,
+            publishing, PUBACKs, markers) in a child process of its own
+            (:mod:`.process`): the worker's interpreter only pickles them.
     """
 
     def __init__(
@@ -636,6 +641,7 @@ class MQTTSink(FixedPartitionedSink[Union[MQTTMessage, _CommitTick], SinkState])
         on_written: Optional[Callable[[List[MQTTMessage], float], None]] = None,
         on_refused: Optional[Callable[[str, str], None]] = None,
         commit_gated: bool = True,
+        own_process: bool = False,
     ) -> None:
         check_client_id(client_id)
         if not 1 <= partitions <= MAX_PARTITIONS:
@@ -657,6 +663,7 @@ class MQTTSink(FixedPartitionedSink[Union[MQTTMessage, _CommitTick], SinkState])
         self.on_written = on_written
         self.on_refused = on_refused
         self.commit_gated = commit_gated
+        self.own_process = own_process
         self.stats: dict[str, MQTTLinkStats] = {}
         self._position = {name: i for i, name in enumerate(sorted(self.list_parts()))}
 
@@ -686,5 +693,22 @@ class MQTTSink(FixedPartitionedSink[Union[MQTTMessage, _CommitTick], SinkState])
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: Optional[SinkState]
-    ) -> _MQTTSinkPartition:
-        return _MQTTSinkPartition(self, int(for_part), resume_state)
+    ) -> Union[_MQTTSinkPartition, SinkPartitionProcess]:
+        index = int(for_part)
+        if not self.own_process:
+            return _MQTTSinkPartition(self, index, resume_state)
+
+        def build(forward: Forward) -> _MQTTSinkPartition:
+            # In the child: the same sink, its hooks forwarded to the worker.
+            local = copy.copy(self)
+            local.stats = {}
+            local.on_event = None if self.on_event is None else lambda *event: forward("event", *event)
+            local.on_written = None if self.on_written is None else (
+                lambda messages, seconds: forward("written", pack(messages), seconds))
+            local.on_refused = None if self.on_refused is None else (
+                lambda topic, reason: forward("refused", topic, reason))
+            return _MQTTSinkPartition(local, index, resume_state)
+
+        stats = self.stats.setdefault(f"{self.client_id}-out-{index}", MQTTLinkStats())
+        hooks = {"event": self.on_event, "written": self.on_written, "refused": self.on_refused}
+        return SinkPartitionProcess(build, COMMIT_TICK, stats, hooks, label=f"mqtt-out-{index}")

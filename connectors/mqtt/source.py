@@ -45,7 +45,7 @@ from .link import EventHook, Link, MQTTLinkStats, one_wake_up
 from .message import MQTTError, MQTTMessage
 from .partitions import (Marker, control_prefix, counts_at_start, marker_index, marker_topic, owned_shards,
                          takes, transition_over)
-from .reader import PartitionProcess
+from .process import SourcePartitionProcess
 from .watermarks import DONE, PartitionClock, WatermarkBoard, encode_watermark, probe_topic, watermark_topic
 
 log = logging.getLogger("connectors.mqtt")
@@ -143,6 +143,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
             # in-flight limit (mosquitto: 20 by default) does not throttle.
             receive_maximum=self._max_unacked,
             manual_ack=True,
+            batch_read=True,
             stats=self.stats,
             on_event=None if self._drain else self._on_event,
         )
@@ -525,8 +526,8 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
             ahead of the wall clock: a watermark beyond is ignored (forged).
         probe_interval: Seconds between a partition's idle probes.
         own_process: Run each partition's MQTT client, and the work per
-            message, in a child process of its own (:mod:`.reader`): the
-            worker's interpreter only unpickles batches.
+            message, in a child process of its own (:mod:`.process`): the
+            worker's interpreter only unpickles batches (:mod:`.process`).
     """
 
     def __init__(
@@ -585,7 +586,7 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
             for topic in self.topics_of([shard]):
                 self.shard_of_topic[topic.encode()] = shard
         self._board: Optional[WatermarkBoard] = None
-        self._parts: List[int] = []  # partitions whose watermark counts (listed, not retired)
+        self._parts: Tuple[int, ...] = ()  # partitions whose watermark counts (listed, not retired)
 
     def topics_of(self, shards: Iterable[Optional[int]]) -> List[str]:
         """The topic names of ``shards`` (None: the plain topics)."""
@@ -599,7 +600,7 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         """``in-0`` … ``in-<partitions-1>``, and ``in-<j>`` for each session a larger count left (to drain)."""
         left = read_markers(self.connection, self.client_id, label=f"{self.client_id}-in")
         drains = [j for j in sorted(left) if j >= self.partitions]
-        self._parts = list(range(self.partitions)) + [j for j in drains if not left[j].retired]
+        self._parts = (*range(self.partitions), *(j for j in drains if not left[j].retired))
         return [f"in-{i}" for i in range(self.partitions)] + [f"in-{j}" for j in drains]
 
     def board(self) -> WatermarkBoard:
@@ -615,11 +616,14 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         partition had read when it published its watermark, and everything
         before that has been processed by the whole dataflow.
         """
-        if self.newest_position is None:
-            raise ValueError("low_watermark needs a newest_position function")
-        if not self._parts:
-            self.list_parts()
-        return self.board().low(self._parts)
+        board = self._board
+        if board is None or not self._parts:
+            if self.newest_position is None:
+                raise ValueError("low_watermark needs a newest_position function")
+            if not self._parts:
+                self.list_parts()
+            board = self.board()
+        return board.low(self._parts)
 
     def close(self) -> None:
         """Stop the watermark reader, if one runs (the partitions close with the dataflow)."""
@@ -629,7 +633,7 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: None
-    ) -> Union[_MQTTSourcePartition, PartitionProcess]:
+    ) -> Union[_MQTTSourcePartition, SourcePartitionProcess]:
         index = int(for_part.removeprefix("in-"))
         # Read here, not in a child: the board's lock is its client thread's.
         start = None if self.newest_position is None else self.board().value(index)
@@ -638,6 +642,7 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         stats = MQTTLinkStats()
         if index < self.partitions:
             stats = self.stats.setdefault(self.client_id_for(index), stats)
-        return PartitionProcess(
-            lambda on_event: _MQTTSourcePartition(self, index, start_watermark=start, on_event=on_event),
-            stats, self.on_event, label=f"mqtt-reader-in-{index}")
+        return SourcePartitionProcess(
+            lambda forward: _MQTTSourcePartition(self, index, start_watermark=start,
+                                                 on_event=lambda *event: forward("event", *event)),
+            stats, self.on_event, label=f"mqtt-in-{index}")

@@ -247,6 +247,15 @@ class Mosquitto:
 # -- clients ------------------------------------------------------------------
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, exited and not yet reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition"):
     """Poll ``predicate`` until it is true; its value, or AssertionError after ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -49,7 +49,7 @@ import math
 import threading
 import time
 import uuid
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, Optional, Tuple
 
 from .connection import MQTTConnection, connect
 
@@ -200,6 +200,9 @@ class WatermarkBoard:
         self._max_ahead = max_ahead
         self._prefix = f"{WATERMARK_ROOT}/{client_id}/in-"
         self._values: Dict[int, float] = {}
+        # low() per set of partitions, until a value changes: the window step
+        # asks on every batch of every state key, a watermark comes once an epoch.
+        self._lows: Dict[Tuple[int, ...], float] = {}
         self._client = None
         self._lock = threading.Lock()
 
@@ -234,6 +237,7 @@ class WatermarkBoard:
         if not payload:  # cleared
             with self._lock:
                 self._values.pop(int(tail), None)
+                self._lows = {}
             return
         value = decode_watermark(payload)
         if value is None:
@@ -244,15 +248,20 @@ class WatermarkBoard:
             return
         with self._lock:
             self._values[int(tail)] = value
+            self._lows = {}
 
     def value(self, index: int) -> Optional[float]:
         with self._lock:
             return self._values.get(index)
 
-    def low(self, indexes: Iterable[int]) -> float:
+    def low(self, indexes: Tuple[int, ...]) -> float:
         """The lowest watermark over ``indexes`` (``-inf`` if one has none yet)."""
-        with self._lock:
-            return min((self._values.get(i, -math.inf) for i in indexes), default=-math.inf)
+        low = self._lows.get(indexes)
+        if low is None:
+            with self._lock:
+                lows = self._lows
+                low = lows[indexes] = min((self._values.get(i, -math.inf) for i in indexes), default=-math.inf)
+        return low
 
     def stop(self) -> None:
         if self._client is not None:

@@ -30,7 +30,7 @@ from connectors.mqtt import (
 )
 from connectors.mqtt import sink as sink_module
 from connectors.mqtt.source import read_markers
-from connectors.mqtt.testing import Collector, Mosquitto, Publisher, TlsFiles, wait_for
+from connectors.mqtt.testing import Collector, Mosquitto, Publisher, TlsFiles, process_alive, wait_for
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(90)]
 
@@ -544,6 +544,10 @@ def test_the_sink_waits_out_a_broker_outage_by_default(mosquitto, clients):
 
 def crash(part) -> None:
     """Drop the partition as kill -9 would: no close(), nothing more published."""
+    if hasattr(part, "pid"):  # in a process of its own
+        os.kill(part.pid, signal.SIGKILL)
+        wait_for(lambda: not process_alive(part.pid), 10, "the partition's process to die")
+        return
     client = part._link.client
     client._thread_terminate = True
     if client._sockpairW is not None:
@@ -552,10 +556,14 @@ def crash(part) -> None:
     client._sock_close()
 
 
-def test_sink_publishes_a_record_once_its_epoch_is_committed_and_once_only_after_a_crash(mosquitto, clients):
+@pytest.mark.parametrize("own_process", [False, True], ids=["in-worker", "own-process"])
+def test_sink_publishes_a_record_once_its_epoch_is_committed_and_once_only_after_a_crash(mosquitto, clients,
+                                                                                         own_process):
     out = clients(Collector, "out/#", client_id="gated-collector")
     conn = MQTTConnection(host="127.0.0.1", port=mosquitto.port)
-    sink = MQTTSink(conn, client_id="gated")
+    written: list = []
+    sink = MQTTSink(conn, client_id="gated", own_process=own_process,
+                    on_written=lambda messages, _seconds: written.extend(messages))
     msgs = [MQTTMessage("out/x", b"m%d" % i) for i in range(6)]
 
     part = sink.build_part("out", "0", None)
@@ -571,6 +579,7 @@ def test_sink_publishes_a_record_once_its_epoch_is_committed_and_once_only_after
     wait_for(lambda: part.snapshot().records == [(2, msgs[2])], 10, "m0, m1 acknowledged")
     part.write_batch([msgs[3]])
     committed_2 = part.snapshot()  # epoch 2 ends holding m2 and m3; it commits, and then
+    assert written == msgs[:2]  # on_written, in the worker (from a process of its own: with the snapshot)
     crash(part)  # the process dies before the tick
 
     # Resumed from epoch 1's snapshot (as if 2 had not committed): m0 and m1 are

@@ -1,4 +1,4 @@
-"""connectors.mqtt.reader: a source partition in its own process, against a private mosquitto."""
+"""connectors.mqtt.process: source and sink partitions in processes of their own, against a private mosquitto."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from connectors.mqtt import MQTTConnection, MQTTSource
-from connectors.mqtt.testing import Publisher, wait_for
+from connectors.mqtt.testing import Publisher, process_alive, wait_for
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(60)]
 
@@ -60,7 +60,7 @@ def test_a_worker_killed_takes_its_reader_with_it_and_loses_nothing(mosquitto, t
         src = MQTTSource(MQTTConnection(host="127.0.0.1", port={mosquitto.port}), ["in/k"],
                          client_id="killed", own_process=True)
         part = src.build_part("in", "in-0", None)
-        print(part._process.pid, flush=True)
+        print(part.pid, flush=True)
         got = []
         while len(got) < 3:
             got += part.next_batch()
@@ -76,7 +76,7 @@ def test_a_worker_killed_takes_its_reader_with_it_and_loses_nothing(mosquitto, t
         assert worker.stdout.readline().strip() == "read"
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
-        wait_for(lambda: not _alive(reader_pid), 10, "the reader process to exit")
+        wait_for(lambda: not process_alive(reader_pid), 10, "the reader process to exit")
         src = MQTTSource(MQTTConnection(host="127.0.0.1", port=mosquitto.port), ["in/k"],
                          client_id="killed", own_process=True)
         part = src.build_part("in", "in-0", None)
@@ -87,10 +87,3 @@ def test_a_worker_killed_takes_its_reader_with_it_and_loses_nothing(mosquitto, t
         worker.kill()
         pub.close()
 
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"  # a zombie has exited (its new parent reaps it)

@@ -1,0 +1,309 @@
+"""Partitions in processes of their own: MQTT work off the worker's interpreter.
+
+With ``MQTTSource(own_process=True)`` or ``MQTTSink(own_process=True)``
+each partition's paho client, its network thread and the partition's own
+work per message (the source: decoding, redelivery and ownership checks,
+the buffer, the watermark's position; the sink: publishing, PUBACKs,
+progress markers, refusals) run in a child process forked when Bytewax
+builds the partition. The worker keeps a stand-in that forwards Bytewax's
+calls (``next_batch``/``write_batch``, ``snapshot``, ``close``) over a pipe,
+in order, and waits for each answer (``write_batch`` excepted: the child
+publishes while the worker goes on, and a failure comes with the next
+answer); messages cross as plain tuples. The
+guarantees are the partition's own: the child runs the very same code in
+the same order of calls, so a source acknowledges a message only when the
+worker's ``snapshot`` says its epoch is committed, and a sink publishes a
+record only when the worker's commit tick says so.
+
+The child logs to the inherited stderr with the parent's logging set-up (it
+is forked), ignores SIGINT and SIGTERM (the worker stops it through
+``close``), and exits at once, as if killed, when the worker's process is
+gone (it checks every 0.2 s; the pipe alone is not enough, since a sibling
+forked later may hold its other end): a worker killed with -9 takes its
+partitions with it, the source's unacknowledged messages stay with the
+broker and the sink's committed records in the recovery store. Hooks
+(``on_event``, ``on_written``, ``on_refused``) and counters reach the worker
+with the next answer: within ~10 ms for a source, which polls; at the next
+snapshot (each epoch) for a sink.
+
+```python
+from connectors.mqtt import MQTTConnection, MQTTSink, MQTTSource
+
+source = MQTTSource(MQTTConnection(), ["input/a"], client_id="example", own_process=True)
+sink = MQTTSink(MQTTConnection(), client_id="example", own_process=True)
+```
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from multiprocessing.connection import Connection
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+from bytewax.inputs import StatefulSourcePartition
+from bytewax.outputs import StatefulSinkPartition
+
+from .link import MQTTLinkStats
+from .message import MQTTError, MQTTMessage
+
+_IDLE_POLL = timedelta(milliseconds=10)
+
+Forward = Callable[..., None]
+"""``forward(hook, *args)``: in the child, call the worker's ``hook`` with ``args`` (at the next answer)."""
+
+_Packed = Union[None, Tuple[str, bytes, tuple], Tuple[str, bytes, tuple, str]]
+
+
+def pack(items: List[Any]) -> List[_Packed]:
+    """MQTTMessage/MQTTError items as tuples (several times cheaper to pickle); anything else as None."""
+    return [(item.topic, item.payload, item.user_properties) if type(item) is MQTTMessage
+            else (item.message.topic, item.message.payload, item.message.user_properties, item.reason)
+            if type(item) is MQTTError else None
+            for item in items]
+
+
+def unpack(packed: List[_Packed], other: Any = None) -> List[Any]:
+    """:func:`pack` undone; None becomes ``other``."""
+    return [other if item is None else MQTTMessage(*item) if len(item) == 3
+            else MQTTError(MQTTMessage(*item[:3]), item[3])
+            for item in packed]
+
+
+def _exit_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os._exit(0)  # as if killed: nothing more is acknowledged or published
+
+
+def _serve(conn: Connection, build: Callable[[Forward], Any], parent: int) -> None:
+    """The child: build the served object, then answer the worker's calls until closed or orphaned."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(parent,), name="orphan-watch", daemon=True).start()
+    calls: List[Tuple[str, tuple]] = []
+    lock = threading.Lock()
+
+    def forward(hook: str, *args: Any) -> None:  # any thread of the child
+        with lock:
+            calls.append((hook, args))
+
+    def taken() -> List[Tuple[str, tuple]]:
+        with lock:
+            out = calls[:]
+            calls.clear()
+        return out
+
+    try:
+        served = build(forward)
+    except BaseException as err:  # noqa: BLE001 - the worker raises it
+        conn.send(("error", err, taken(), None))
+        return
+    conn.send(("ok", None, taken(), served.stats))
+    failed: Optional[BaseException] = None  # by a call that gets no answer: told at the next one
+    while True:
+        try:
+            method, args, answer = conn.recv()
+        except (EOFError, OSError):  # the worker is gone: so are we
+            served.close()
+            return
+        status, value = "ok", None
+        try:
+            if failed is not None:
+                raise failed
+            value = getattr(served, method)(*args)
+        except StopIteration:
+            status = "stop"
+        except BaseException as err:  # noqa: BLE001 - the worker raises it
+            if not answer:
+                failed = err
+                continue
+            status, value = "error", err
+        if answer:
+            conn.send((status, value, taken(), served.stats))
+        if method == "close" or status == "error":
+            return
+
+
+class _Child:
+    """The worker's end of a child process serving one object."""
+
+    def __init__(self, build: Callable[[Forward], Any], stats: MQTTLinkStats,
+                 hooks: Dict[str, Optional[Callable[..., None]]], label: str) -> None:
+        self.stats = stats
+        self._hooks = hooks
+        self._done = False
+        # Fork: the child inherits the logging set-up and the partition's
+        # settings (functions included) as they are, with nothing to pickle.
+        ctx = multiprocessing.get_context("fork")
+        self._conn, child_end = ctx.Pipe()
+        self._process = ctx.Process(target=_serve, args=(child_end, build, os.getpid()), name=label, daemon=True)
+        self._process.start()
+        child_end.close()
+        self._answer()  # built (or its error)
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._process.pid
+
+    def call(self, method: str, *args: Any) -> Any:
+        """Call ``method`` in the child and wait for its answer."""
+        self._conn.send((method, args, True))
+        return self._answer()
+
+    def send(self, method: str, *args: Any) -> None:
+        """Call ``method`` in the child without waiting: its error, if any, comes with the next answer.
+
+        The pipe keeps the calls in order; when the child is behind, the
+        pipe fills and this waits (backpressure).
+        """
+        self._conn.send((method, args, False))
+
+    def _answer(self) -> Any:
+        try:
+            status, value, calls, stats = self._conn.recv()
+        except (EOFError, OSError) as err:
+            self._done = True
+            raise RuntimeError(f"MQTT partition process {self._process.name} exited "
+                               f"(exit code {self._process.exitcode})") from err
+        if stats is not None:
+            self.stats.__dict__.update(stats.__dict__)
+        for hook, args in calls:
+            fn = self._hooks.get(hook)
+            if fn is not None:
+                fn(*args)
+        if status == "error":
+            self._done = True
+            self._process.join(5)
+            raise value
+        if status == "stop":
+            raise StopIteration
+        return value
+
+    def close(self) -> Any:
+        if self._done:
+            return None
+        self._done = True
+        try:
+            return self.call("close")
+        except (RuntimeError, StopIteration):
+            return None
+        finally:
+            self._conn.close()
+            self._process.join(10)
+
+
+class _ServedSource:
+    """The child's side of a source partition."""
+
+    def __init__(self, part) -> None:
+        self.part = part
+        self.stats = part.stats
+
+    def next_batch(self) -> Tuple[List[_Packed], bool]:
+        return pack(self.part.next_batch()), self.part.has_buffered()
+
+    def snapshot(self) -> None:
+        return self.part.snapshot()
+
+    def close(self) -> None:
+        self.part.close()
+
+
+class SourcePartitionProcess(StatefulSourcePartition[Union[MQTTMessage, MQTTError], None]):
+    """The worker's stand-in for a source partition that runs in a child process.
+
+    Args:
+        build: ``build(forward)`` makes the real partition, in the child
+            (with ``next_batch``, ``has_buffered``, ``snapshot``, ``close``
+            and ``stats``); its ``on_event`` hook is ``forward("event", ...)``.
+        stats: Where the worker sees the child's counters.
+        on_event: The worker's connection-event hook.
+        label: Names the child process.
+    """
+
+    def __init__(self, build: Callable[[Forward], Any], stats: MQTTLinkStats,
+                 on_event: Optional[Callable[..., None]], label: str) -> None:
+        self._child = _Child(lambda forward: _ServedSource(build(forward)), stats, {"event": on_event}, label)
+        self.stats = stats
+        self._more = False
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The child's process id."""
+        return self._child.pid
+
+    def next_batch(self) -> List[Union[MQTTMessage, MQTTError]]:
+        packed, self._more = self._child.call("next_batch")
+        return unpack(packed)
+
+    def next_awake(self) -> Optional[datetime]:
+        return None if self._more else datetime.now(timezone.utc) + _IDLE_POLL
+
+    def snapshot(self) -> None:
+        self._child.call("snapshot")
+        return None
+
+    def close(self) -> None:
+        self._child.close()
+
+
+class _ServedSink:
+    """The child's side of a sink partition."""
+
+    def __init__(self, part, tick: Any) -> None:
+        self.part = part
+        self.stats = part.stats
+        self._tick = tick
+
+    def write_batch(self, packed: List[_Packed]) -> None:
+        self.part.write_batch(unpack(packed, self._tick))
+
+    def snapshot(self) -> Any:
+        return self.part.snapshot()
+
+    def close(self) -> None:
+        self.part.close()
+
+
+class SinkPartitionProcess(StatefulSinkPartition[Any, Any]):
+    """The worker's stand-in for a sink partition that runs in a child process.
+
+    Args:
+        build: ``build(forward)`` makes the real partition, in the child
+            (with ``write_batch``, ``snapshot``, ``close`` and ``stats``).
+        tick: The one item that is not an :class:`MQTTMessage` (the
+            commit tick): it crosses as None.
+        stats: Where the worker sees the child's counters.
+        hooks: The worker's functions the child's ``forward(name, ...)``
+            calls; ``"written"`` gets packed messages (unpacked here).
+        label: Names the child process.
+    """
+
+    def __init__(self, build: Callable[[Forward], Any], tick: Any, stats: MQTTLinkStats,
+                 hooks: Dict[str, Optional[Callable[..., None]]], label: str) -> None:
+        written = hooks.get("written")
+        hooks = {**hooks, "written": None if written is None else
+                 lambda packed, seconds: written(unpack(packed), seconds)}
+        self._child = _Child(lambda forward: _ServedSink(build(forward), tick), stats, hooks, label)
+        self.stats = stats
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The child's process id."""
+        return self._child.pid
+
+    def write_batch(self, items: List[Any]) -> None:
+        # Not waited for: the child publishes while the worker goes on; the
+        # snapshot (answered) comes after it in the pipe, so it holds it.
+        self._child.send("write_batch", pack(items))
+
+    def snapshot(self) -> Any:
+        return self._child.call("snapshot")
+
+    def close(self) -> None:
+        self._child.close()
