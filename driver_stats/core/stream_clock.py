@@ -24,6 +24,9 @@ from typing import Callable
 MAX_NOTIFY_DELAY = 5.0
 """Seconds a window step sleeps at most before looking at the stream time again."""
 
+SPEED_SAMPLE = 1.0
+"""Wall seconds over which the stream's speed (stream seconds per wall second) is measured."""
+
 
 class StreamClock:
     """``now()`` = the stream time; :meth:`to_wall` says when to look again.
@@ -31,11 +34,24 @@ class StreamClock:
     >>> clock = StreamClock(lambda: 100.0, wall=lambda: 5000.0)
     >>> clock.now(), clock.to_wall(102.0), clock.to_wall(99.0), clock.to_wall(1e9)
     (100.0, 5002.0, 5000.0, 5005.0)
+
+    A stream that reads a backlog runs ahead of the wall clock; the wait
+    shrinks with its measured speed (here 600 stream seconds per wall second):
+
+    >>> times = {"wall": 0.0, "stream": 1000.0}
+    >>> clock = StreamClock(lambda: times["stream"], wall=lambda: times["wall"])
+    >>> clock.to_wall(1600.0)
+    5.0
+    >>> times.update(wall=1.0, stream=1600.0)
+    >>> clock.to_wall(2200.0)
+    2.0
     """
 
     def __init__(self, stream_time: Callable[[], float], wall: Callable[[], float] = time.time):
         self._stream_time = stream_time
         self._wall = wall
+        self._speed = 1.0
+        self._mark: tuple[float, float] | None = None  # (wall, stream) where the speed is measured from
 
     def now(self) -> float:
         return self._stream_time()
@@ -43,10 +59,25 @@ class StreamClock:
     def to_wall(self, stream_time: float) -> float:
         """The wall time to look again for ``stream_time``.
 
-        A caught-up stream moves about as fast as the wall clock; a backlog
-        moves it faster, so the wait is capped at :data:`MAX_NOTIFY_DELAY`.
+        A caught-up stream moves about as fast as the wall clock; one that
+        reads a backlog moves faster, by the speed measured over the last
+        :data:`SPEED_SAMPLE` seconds (never taken below 1), so the wait is
+        the distance divided by that speed, at most :data:`MAX_NOTIFY_DELAY`.
         """
-        ahead = stream_time - self.now()
+        now, wall = self.now(), self._wall()
+        self._measure(wall, now)
+        ahead = (stream_time - now) / self._speed
         if math.isnan(ahead):
             ahead = math.inf
-        return self._wall() + min(max(ahead, 0.0), MAX_NOTIFY_DELAY)
+        return wall + min(max(ahead, 0.0), MAX_NOTIFY_DELAY)
+
+    def _measure(self, wall: float, stream: float) -> None:
+        if not math.isfinite(stream):
+            return
+        if self._mark is None:
+            self._mark = (wall, stream)
+            return
+        since, then = self._mark
+        if wall - since >= SPEED_SAMPLE:
+            self._speed = max(1.0, (stream - then) / (wall - since))
+            self._mark = (wall, stream)
