@@ -290,10 +290,21 @@ def forget_sessions(broker: Mosquitto, prefix: str) -> None:
 
 
 def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` and of its live descendants (driver-stats' MQTT processes)."""
     if pid is None:
         return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        stats[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    tree, ticks = {pid}, 0
+    for _ in range(4):  # children, grandchildren, ...
+        tree |= {p for p, (parent, _) in stats.items() if parent in tree}
+    ticks = sum(stats[p][1] for p in tree if p in stats)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # -- the systems -------------------------------------------------------------------

@@ -24,8 +24,16 @@ from typing import Callable
 MAX_NOTIFY_DELAY = 5.0
 """Seconds a window step sleeps at most before looking at the stream time again."""
 
+BACKLOG_NOTIFY_DELAY = 1.0
+"""... while the stream runs faster than the wall clock (a backlog, a replay):
+it moves in jumps there (once an epoch), so no distance says when it will
+arrive. Each state key with open intervals then wakes once a second."""
+
+BACKLOG_SPEED = 1.5
+"""Stream seconds per wall second above which the stream is reading a backlog."""
+
 SPEED_SAMPLE = 1.0
-"""Wall seconds over which the stream's speed (stream seconds per wall second) is measured."""
+"""Wall seconds over which the stream's speed is measured."""
 
 
 class StreamClock:
@@ -35,16 +43,16 @@ class StreamClock:
     >>> clock.now(), clock.to_wall(102.0), clock.to_wall(99.0), clock.to_wall(1e9)
     (100.0, 5002.0, 5000.0, 5005.0)
 
-    A stream that reads a backlog runs ahead of the wall clock; the wait
-    shrinks with its measured speed (here 600 stream seconds per wall second):
+    A stream that reads a backlog (here 600 stream seconds per wall second)
+    is looked at again within :data:`BACKLOG_NOTIFY_DELAY`:
 
     >>> times = {"wall": 0.0, "stream": 1000.0}
     >>> clock = StreamClock(lambda: times["stream"], wall=lambda: times["wall"])
     >>> clock.to_wall(1600.0)
     5.0
     >>> times.update(wall=1.0, stream=1600.0)
-    >>> clock.to_wall(2200.0)
-    2.0
+    >>> clock.to_wall(2200.0), clock.to_wall(1600.5)
+    (2.0, 1.5)
     """
 
     def __init__(self, stream_time: Callable[[], float], wall: Callable[[], float] = time.time):
@@ -59,17 +67,20 @@ class StreamClock:
     def to_wall(self, stream_time: float) -> float:
         """The wall time to look again for ``stream_time``.
 
-        A caught-up stream moves about as fast as the wall clock; one that
-        reads a backlog moves faster, by the speed measured over the last
-        :data:`SPEED_SAMPLE` seconds (never taken below 1), so the wait is
-        the distance divided by that speed, at most :data:`MAX_NOTIFY_DELAY`.
+        A caught-up stream moves about as fast as the wall clock: look again
+        after the distance, at most :data:`MAX_NOTIFY_DELAY`. One that reads
+        a backlog moves faster and in jumps: at most
+        :data:`BACKLOG_NOTIFY_DELAY`, while its speed, measured over the last
+        :data:`SPEED_SAMPLE` seconds (and never below half the one before,
+        since a second may see no jump at all), is above :data:`BACKLOG_SPEED`.
         """
         now, wall = self.now(), self._wall()
         self._measure(wall, now)
-        ahead = (stream_time - now) / self._speed
+        ahead = stream_time - now
         if math.isnan(ahead):
             ahead = math.inf
-        return wall + min(max(ahead, 0.0), MAX_NOTIFY_DELAY)
+        cap = BACKLOG_NOTIFY_DELAY if self._speed > BACKLOG_SPEED else MAX_NOTIFY_DELAY
+        return wall + min(max(ahead, 0.0), cap)
 
     def _measure(self, wall: float, stream: float) -> None:
         if not math.isfinite(stream):
@@ -79,5 +90,5 @@ class StreamClock:
             return
         since, then = self._mark
         if wall - since >= SPEED_SAMPLE:
-            self._speed = max(1.0, (stream - then) / (wall - since))
+            self._speed = max(1.0, (stream - then) / (wall - since), self._speed / 2)
             self._mark = (wall, stream)

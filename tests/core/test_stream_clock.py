@@ -6,7 +6,7 @@ import doctest
 import math
 
 from driver_stats.core import stream_clock
-from driver_stats.core.stream_clock import MAX_NOTIFY_DELAY, StreamClock
+from driver_stats.core.stream_clock import BACKLOG_NOTIFY_DELAY, MAX_NOTIFY_DELAY, StreamClock
 
 
 class Scripted:
@@ -23,15 +23,30 @@ def test_the_docstring_examples():
     assert doctest.testmod(stream_clock).failed == 0
 
 
-def test_a_backlog_read_fast_is_looked_at_again_sooner():
+def test_a_backlog_read_fast_is_looked_at_again_every_second():
     t = Scripted(stream=0.0)
     clock = t.clock()
     assert clock.to_wall(3.0) == 3.0  # no speed known: the wall clock's
     for second in range(1, 4):  # a replay: 1 hour of event time per second
         t.wall, t.stream = float(second), second * 3600.0
         clock.to_wall(t.stream)
-    # 10 minutes of event time ahead is a sixth of a second away at that speed.
-    assert math.isclose(clock.to_wall(t.stream + 600) - t.wall, 600 / 3600)
+    # Hours ahead in event time, but the stream may jump there in its next epoch.
+    assert clock.to_wall(t.stream + 7200) - t.wall == BACKLOG_NOTIFY_DELAY
+    assert clock.to_wall(t.stream + 0.25) - t.wall == 0.25
+
+
+def test_the_backlog_fades_over_seconds_not_at_once():
+    t = Scripted(stream=0.0)
+    clock = t.clock()
+    clock.to_wall(0)
+    t.wall, t.stream = 1.0, 3600.0
+    clock.to_wall(0)  # 3600 stream seconds per wall second
+    t.wall = 2.0  # then a second without a jump (the next watermark is an epoch away)
+    assert clock.to_wall(t.stream + 3600) - t.wall == BACKLOG_NOTIFY_DELAY
+    for second in range(3, 20):
+        t.wall = float(second)
+        clock.to_wall(0)
+    assert clock.to_wall(t.stream + 3) - t.wall == 3.0  # caught up: the wall clock's
 
 
 def test_a_slow_or_stalled_stream_waits_no_longer_than_the_wall_clock_says_nor_than_the_cap():
