@@ -61,16 +61,16 @@ def test_traffic_faster_than_the_unacked_cap_lets_the_flow_read_is_all_counted(m
 
 
 def test_a_frozen_broker_makes_nothing_late(mosquitto, tmp_path):
-    # 4 s windows: five intervals end during the freeze.
+    # 4 s windows: three intervals end during the 12 s freeze, six times the lateness.
     collector = Collector(mosquitto, STATS_TOPIC, "rejected/#", client_id="frozen-collector")
     flow = LiveFlow(mosquitto, tmp_path, client_id="frozen", window=4, lateness=LATENESS, recovery=True).start()
-    traffic = PacedTraffic(Publisher(mosquitto, client_id="frozen-publisher"), count=2300, rate=100, drivers=100,
+    traffic = PacedTraffic(Publisher(mosquitto, client_id="frozen-publisher"), count=1500, rate=100, drivers=100,
                            window=4, lateness=LATENESS)
     try:
         traffic.start()
         time.sleep(1.5)
         os.kill(mosquitto.pid, signal.SIGSTOP)  # producers keep publishing into their sockets
-        time.sleep(20)
+        time.sleep(12)
         os.kill(mosquitto.pid, signal.SIGCONT)
         traffic.join()
         assert_counted_once(traffic.expected(), collector, flow, timeout=60)
