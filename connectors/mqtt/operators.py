@@ -13,13 +13,14 @@ mop.output("out", inp.oks, connection=MQTTConnection(), client_id="example")
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable, List, Optional, Tuple, Union
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream, operator
-from bytewax.inputs import DynamicSource, StatelessSourcePartition
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from .connection import MQTTConnection, Protocol
 from .link import EventHook
@@ -85,33 +86,68 @@ def input(  # noqa: A001
     return op.input("mqtt_input", flow, source).then(_split, "split")
 
 
-class _CommitTicksPartition(StatelessSourcePartition[Tuple[str, _CommitTick]]):
+_TICKS_WAKE = timedelta(milliseconds=10)
+"""How often the commit ticks' input wakes: as often as the MQTT input polls while idle."""
+
+
+class _CommitTicksPartition(StatefulSourcePartition[Tuple[str, _CommitTick], None]):
     def __init__(self, keys: List[str], interval: timedelta, until: Optional[Callable[[], bool]]) -> None:
         self._ticks = [(key, COMMIT_TICK) for key in keys]
-        self._interval = interval
+        self._interval = interval.total_seconds()
+        self._wake = min(interval, _TICKS_WAKE)
         self._until = until
+        self._due = 0.0
 
     def next_batch(self) -> List[Tuple[str, _CommitTick]]:
         if self._until is not None and self._until():
             raise StopIteration
+        now = time.monotonic()
+        if now < self._due:
+            return []
+        self._due = now + self._interval
         return self._ticks
 
     def next_awake(self) -> Optional[datetime]:
-        return datetime.now(timezone.utc) + self._interval
+        return datetime.now(timezone.utc) + self._wake
+
+    def snapshot(self) -> None:
+        return None
 
 
-class _CommitTicks(DynamicSource[Tuple[str, _CommitTick]]):
-    """A tick per sink partition every ``interval``, from worker 0 only.
+class _CommitTicks(FixedPartitionedSource[Tuple[str, _CommitTick], None]):
+    """A tick per sink partition every ``interval``, from a single partition (so on one worker).
 
     Bytewax calls an input's ``next_batch`` in epoch E only once epoch E-1
     is committed, so a tick's arrival at the sink proves that.
+
+    Its epoch clock matters. Bytewax 0.21.1 moves each input to the next
+    epoch on its own clock, ``epoch_interval`` after the last move, and then
+    lets it wait until every input everywhere has left the previous epoch;
+    an input whose wake-up (``next_awake``) falls due while it waits is
+    re-activated at once, again and again: its worker spins for as long as
+    its clock runs ahead of the slowest input's, every epoch. So this is a
+    fixed-partitioned source, whose clock Bytewax starts when the recovery
+    loads are done, a moment all workers see together, as it does for the
+    MQTT input's partitions (a :class:`~bytewax.inputs.DynamicSource`'s
+    clock starts when its worker builds the dataflow, which
+    ``cluster_main`` processes do up to a second apart: a lead that
+    persists). And it wakes every 10 ms (ticking every ``interval``), as
+    the MQTT input polls while idle, so its clock moves on as promptly as
+    theirs: one woken only every 100 ms moves on late by the delays of its
+    ten wake-ups, falls further behind the MQTT input's each epoch, and
+    makes every worker spin for the gap.
     """
 
     def __init__(self, keys: List[str], interval: timedelta, until: Optional[Callable[[], bool]]) -> None:
         self.keys, self.interval, self.until = keys, interval, until
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _CommitTicksPartition:
-        return _CommitTicksPartition(self.keys if worker_index == 0 else [], self.interval, self.until)
+    def list_parts(self) -> List[str]:
+        # One partition, whatever the sink's count: a recovery store's
+        # partitions must all be listed again on resuming.
+        return ["ticks"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _CommitTicksPartition:
+        return _CommitTicksPartition(self.keys, self.interval, self.until)
 
 
 @operator
