@@ -59,7 +59,6 @@ import multiprocessing
 import os
 import pickle
 import resource
-import socket
 import sys
 import tempfile
 import time
@@ -77,7 +76,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from bench.dataflow import TOPICS, synthetic_events  # noqa: E402
 from connectors.mqtt import MQTTSource  # noqa: E402
-from connectors.mqtt.testing import Mosquitto, create_sessions  # noqa: E402
+from connectors.mqtt.testing import Mosquitto, create_sessions, free_port, process_cpu_seconds  # noqa: E402
 from driver_stats.contract import INPUT_SHARDS, decode_stats, encode_event, sharded_topic  # noqa: E402
 from driver_stats.core.stream_clock import StreamClock  # noqa: E402
 from driver_stats.settings import Settings  # noqa: E402
@@ -155,20 +154,9 @@ def timed(flow: Dataflow) -> float:
     return time.perf_counter() - start
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def _cpu_seconds(broker: Mosquitto) -> float:
-    fields = Path(f"/proc/{broker.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _protocol_of(source: MQTTSource) -> str:
@@ -212,18 +200,18 @@ def scaled(broker: Mosquitto, settings: Settings, messages, n: int, processes: i
     queue_events(broker, live_source(settings, n), messages)
     taken = multiprocessing.Value("q", 0)
     out = tempfile.mkdtemp(dir=tmp)
-    addresses = [f"127.0.0.1:{_free_port()}" for _ in range(processes)]
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(processes)]
     fork = multiprocessing.get_context("fork")
     procs = [fork.Process(target=_scale_process, args=(settings, n, taken, addresses, i, out))
              for i in range(processes)]
-    broker_cpu, flows_cpu = _cpu_seconds(broker), _children_cpu_seconds()
+    broker_cpu, flows_cpu = process_cpu_seconds(broker.pid), _children_cpu_seconds()
     start = time.perf_counter()
     for proc in procs:
         proc.start()
     for proc in procs:
         proc.join()
     seconds = time.perf_counter() - start
-    broker_cpu, flows_cpu = _cpu_seconds(broker) - broker_cpu, _children_cpu_seconds() - flows_cpu
+    broker_cpu, flows_cpu = process_cpu_seconds(broker.pid) - broker_cpu, _children_cpu_seconds() - flows_cpu
     if any(proc.exitcode for proc in procs) or taken.value < n:
         raise SystemExit(f"{processes}-process run failed: exit codes {[p.exitcode for p in procs]}, "
                          f"{taken.value} of {n} taken")

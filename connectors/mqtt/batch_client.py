@@ -65,7 +65,7 @@ class BatchReadingClient(paho.Client):
         if not data:
             return MQTTErrorCode.MQTT_ERR_CONN_LOST
         buf = self._pending + data if self._pending else data
-        end, pos = len(buf), 0
+        end, pos, view = len(buf), 0, memoryview(buf)
         fast = self._protocol == paho.MQTTv5
         while end - pos >= 2:
             # The fixed header: type and flags, then the remaining length (1-4 bytes, 7 bits each).
@@ -90,7 +90,7 @@ class BatchReadingClient(paho.Client):
                     self._pending = b""
                     return rc
             elif not (fast and command & 0xF0 == _PUBLISH and command & 0x06 != 0x04
-                      and self._deliver(buf, pos, packet_end)):
+                      and self._deliver(view[pos:packet_end])):
                 rc = self._handle_with_paho(command, buf[at:packet_end], length)
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     self._pending = b""
@@ -104,10 +104,10 @@ class BatchReadingClient(paho.Client):
             self._last_bytes_received = paho.time_func()
         return MQTTErrorCode.MQTT_ERR_AGAIN  # all read: back to select
 
-    def _deliver(self, buf: bytes, start: int, end: int) -> bool:
+    def _deliver(self, packet_bytes: memoryview) -> bool:
         """Decode a QoS 0/1 PUBLISH with the codec and hand it to ``on_message``; False: let paho do it."""
         try:
-            packet, _ = mqtt5.read(memoryview(buf)[start:end])
+            packet, _ = mqtt5.read(packet_bytes)
             topic = packet.topic.encode()
         except BaseException:  # noqa: BLE001 - refused (or panicked) by the codec: paho decides
             return False

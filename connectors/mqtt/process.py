@@ -220,7 +220,7 @@ class SourcePartitionProcess(StatefulSourcePartition[Union[MQTTMessage, MQTTErro
     Args:
         build: ``build(forward)`` makes the real partition, in the child
             (with ``next_batch``, ``has_buffered``, ``snapshot``, ``close``
-            and ``stats``); its ``on_event`` hook is ``forward("event", ...)``.
+            and ``stats``), calling ``forward("event", ...)`` for ``on_event``.
         stats: Where the worker sees the child's counters.
         on_event: The worker's connection-event hook.
         label: Names the child process.

@@ -701,7 +701,6 @@ class MQTTSink(FixedPartitionedSink[Union[MQTTMessage, _CommitTick], SinkState])
         def build(forward: Forward) -> _MQTTSinkPartition:
             # In the child: the same sink, its hooks forwarded to the worker.
             local = copy.copy(self)
-            local.stats = {}
             local.on_event = None if self.on_event is None else lambda *event: forward("event", *event)
             local.on_written = None if self.on_written is None else (
                 lambda messages, seconds: forward("written", pack(messages), seconds))

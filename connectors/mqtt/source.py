@@ -28,6 +28,7 @@ held, never for a reused id alone. ``next_batch`` never blocks.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import re
@@ -45,7 +46,7 @@ from .link import EventHook, Link, MQTTLinkStats, one_wake_up
 from .message import MQTTError, MQTTMessage
 from .partitions import (Marker, control_prefix, counts_at_start, marker_index, marker_topic, owned_shards,
                          takes, transition_over)
-from .process import SourcePartitionProcess
+from .process import Forward, SourcePartitionProcess
 from .watermarks import DONE, PartitionClock, WatermarkBoard, encode_watermark, probe_topic, watermark_topic
 
 log = logging.getLogger("connectors.mqtt")
@@ -68,10 +69,8 @@ def check_client_id(client_id: str) -> None:
 class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError], None]):
     """Partition ``in-<index>``: its own session (``index < partitions``), or one left to drain."""
 
-    def __init__(self, source: MQTTSource, index: int, *, start_watermark: Optional[float] = None,
-                 on_event: Optional[EventHook] = None) -> None:
+    def __init__(self, source: MQTTSource, index: int, start_watermark: Optional[float] = None) -> None:
         self._source = source
-        self._on_event = on_event
         self._batch_size = source.batch_size
         self._max_unacked = source.max_unacked
         self._max_bytes = source.max_message_bytes
@@ -145,7 +144,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
             manual_ack=True,
             batch_read=True,
             stats=self.stats,
-            on_event=None if self._drain else self._on_event,
+            on_event=None if self._drain else source.on_event,
         )
         # One session for all topics: the broker queues a disconnected
         # client's messages in one queue, in publish order across topics, so
@@ -638,11 +637,15 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         # Read here, not in a child: the board's lock is its client thread's.
         start = None if self.newest_position is None else self.board().value(index)
         if not self.own_process:
-            return _MQTTSourcePartition(self, index, start_watermark=start, on_event=self.on_event)
+            return _MQTTSourcePartition(self, index, start)
+
+        def build(forward: Forward) -> _MQTTSourcePartition:
+            # In the child: the same source, its hook forwarded to the worker.
+            local = copy.copy(self)
+            local.on_event = None if self.on_event is None else lambda *event: forward("event", *event)
+            return _MQTTSourcePartition(local, index, start)
+
         stats = MQTTLinkStats()
         if index < self.partitions:
             stats = self.stats.setdefault(self.client_id_for(index), stats)
-        return SourcePartitionProcess(
-            lambda forward: _MQTTSourcePartition(self, index, start_watermark=start,
-                                                 on_event=lambda *event: forward("event", *event)),
-            stats, self.on_event, label=f"mqtt-in-{index}")
+        return SourcePartitionProcess(build, stats, self.on_event, label=f"mqtt-in-{index}")

@@ -247,6 +247,12 @@ class Mosquitto:
 # -- clients ------------------------------------------------------------------
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads; Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_alive(pid: int) -> bool:
     """Whether process ``pid`` runs (a zombie, exited and not yet reaped, does not)."""
     try:

@@ -49,7 +49,7 @@ import math
 import threading
 import time
 import uuid
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from .connection import MQTTConnection, connect
 

@@ -9,8 +9,6 @@ epoch; the commit ticks' input must not give a worker such a wait (see
 from __future__ import annotations
 
 import multiprocessing
-import os
-import socket
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -24,6 +22,7 @@ from bytewax.testing import cluster_main
 
 from connectors.mqtt import COMMIT_TICK, MQTTConnection, MQTTSink
 from connectors.mqtt.operators import _CommitTicks
+from connectors.mqtt.testing import free_port, process_cpu_seconds
 
 INTERVAL = timedelta(milliseconds=100)
 
@@ -145,24 +144,12 @@ def _process(addresses, proc_id: int, deadline: float, out: str) -> None:
     cluster_main(flow, addresses, proc_id, epoch_interval=timedelta(seconds=1), worker_count_per_proc=1)
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads CPU time from /proc")
 def test_no_worker_spins_across_four_processes(tmp_path):
     # The old ticks (a DynamicSource on every worker) made the workers that
     # built first spin for the skew (mod 100 ms), every epoch: 40-70 % of a
     # core over 10 s in 6 runs of 6 with this skew, 4 of 8 without it.
     warmup, measured = 4.0, 6.0
-    addresses = [f"127.0.0.1:{_free_port()}" for _ in range(PROCESSES)]
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(PROCESSES)]
     start = time.time()
     deadline = start + SKEW * PROCESSES + warmup + measured + 1.0
     fork = multiprocessing.get_context("fork")
@@ -172,9 +159,9 @@ def test_no_worker_spins_across_four_processes(tmp_path):
         proc.start()
     try:
         time.sleep(SKEW * PROCESSES + warmup)
-        before, t0 = [_cpu_seconds(p.pid) for p in procs], time.monotonic()
+        before, t0 = [process_cpu_seconds(p.pid) for p in procs], time.monotonic()
         time.sleep(measured)
-        after, t1 = [_cpu_seconds(p.pid) for p in procs], time.monotonic()
+        after, t1 = [process_cpu_seconds(p.pid) for p in procs], time.monotonic()
         for proc in procs:
             proc.join(timeout=60)
         assert [proc.exitcode for proc in procs] == [0] * PROCESSES

@@ -18,6 +18,7 @@ import urllib.request
 import pytest
 
 from connectors.mqtt import MQTTLinkStats
+from connectors.mqtt.testing import free_port
 from driver_stats.core.intake import Accepted
 from driver_stats.core.shards import DriverShard
 from driver_stats.core.stream_clock import StreamClock
@@ -141,7 +142,7 @@ def get(port: int, path: str) -> tuple[int, str, str]:
 def test_the_server_answers_metrics_and_health_on_its_address():
     sources = {"c-in-0": Stats(last_call=time.monotonic())}
     check = health.Health(sources, {})
-    server = health.serve("127.0.0.1", _free_port(), check)
+    server = health.serve("127.0.0.1", free_port(), check)
     assert server is not None and server.server_address[0] == "127.0.0.1"
     port = server.server_address[1]
     try:
@@ -169,12 +170,6 @@ def test_a_busy_port_is_a_warning_not_a_crash(caplog):
         busy.listen()
         assert health.serve("127.0.0.1", busy.getsockname()[1], None) is None
     assert "metrics not served" in caplog.text
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_the_metrics_address_setting():
