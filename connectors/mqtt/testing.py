@@ -49,11 +49,28 @@ def find_mosquitto() -> Optional[str]:
     return "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
 
 
+_PORTS_BASE, _PORTS_PER_RUNNER = 20_000, 1_500
+"""Test ports come from below Linux's ephemeral range (32768 and up), where
+no outgoing connection takes them between this choice and the broker's
+bind; each parallel test runner (pytest-xdist's ``gwN``) has a slice of its own."""
+_handed_out: set = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on right now, not handed out before by this process."""
+    runner = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+    first = _PORTS_BASE + (int(runner) % 8 if runner.isdigit() else 0) * _PORTS_PER_RUNNER
+    candidates = [port for port in range(first, first + _PORTS_PER_RUNNER) if port not in _handed_out]
+    secrets.SystemRandom().shuffle(candidates)
+    for port in candidates:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free test port in {first}-{first + _PORTS_PER_RUNNER - 1}")
 
 
 def wait_listening(port: int, proc: subprocess.Popen, timeout: float, host: str = "127.0.0.1") -> bool:
