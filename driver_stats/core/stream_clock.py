@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from typing import Callable
 
 MAX_NOTIFY_DELAY = 5.0
@@ -27,13 +28,26 @@ MAX_NOTIFY_DELAY = 5.0
 BACKLOG_NOTIFY_DELAY = 1.0
 """... while the stream runs faster than the wall clock (a backlog, a replay):
 it moves in jumps there (once an epoch), so no distance says when it will
-arrive. Each state key with open intervals then wakes once a second."""
+arrive. Each state key with open intervals then looks again just after the
+stream's next jump is due (:data:`JUMP_MARGIN`), or, until the jumps'
+cadence is known, within this many seconds."""
 
 BACKLOG_SPEED = 1.5
 """Stream seconds per wall second above which the stream is reading a backlog."""
 
 SPEED_SAMPLE = 1.0
 """Wall seconds over which the stream's speed is measured."""
+
+JUMP_MARGIN = 0.1
+"""Seconds after a jump is due that a window step in a backlog looks: the
+jumps come once an epoch, give or take a few hundredths of a second."""
+
+JUMPS_MEASURED = 5
+"""The cadence of the jumps is the median of the last this many gaps between them."""
+
+SAME_JUMP = 0.2
+"""Changes less than this many seconds after a jump are part of it (the
+watermarks of several partitions arrive one after the other)."""
 
 
 class StreamClock:
@@ -43,16 +57,19 @@ class StreamClock:
     >>> clock.now(), clock.to_wall(102.0), clock.to_wall(99.0), clock.to_wall(1e9)
     (100.0, 5002.0, 5000.0, 5005.0)
 
-    A stream that reads a backlog (here 600 stream seconds per wall second)
-    is looked at again within :data:`BACKLOG_NOTIFY_DELAY`:
+    A stream that reads a backlog (here 600 stream seconds per wall second,
+    in one jump a second) is looked at again just after its next jump is due:
 
     >>> times = {"wall": 0.0, "stream": 1000.0}
     >>> clock = StreamClock(lambda: times["stream"], wall=lambda: times["wall"])
     >>> clock.to_wall(1600.0)
     5.0
-    >>> times.update(wall=1.0, stream=1600.0)
-    >>> clock.to_wall(2200.0), clock.to_wall(1600.5)
-    (2.0, 1.5)
+    >>> for second in (1, 2, 3):
+    ...     times.update(wall=float(second), stream=1000.0 + 600 * second)
+    ...     _ = clock.to_wall(1e9)
+    >>> times.update(wall=3.4)
+    >>> clock.to_wall(3000.0), clock.to_wall(2800.5)
+    (4.1, 4.1)
     """
 
     def __init__(self, stream_time: Callable[[], float], wall: Callable[[], float] = time.time):
@@ -60,6 +77,9 @@ class StreamClock:
         self._wall = wall
         self._speed = 1.0
         self._mark: tuple[float, float] | None = None  # (wall, stream) where the speed is measured from
+        self._seen = -math.inf  # the stream time last seen
+        self._jumped: float | None = None  # wall time the last jump was first seen
+        self._gaps: deque[float] = deque(maxlen=JUMPS_MEASURED)  # wall seconds between the last jumps
 
     def now(self) -> float:
         return self._stream_time()
@@ -69,22 +89,44 @@ class StreamClock:
 
         A caught-up stream moves about as fast as the wall clock: look again
         after the distance, at most :data:`MAX_NOTIFY_DELAY`. One that reads
-        a backlog moves faster and in jumps: at most
-        :data:`BACKLOG_NOTIFY_DELAY`, while its speed, measured over the last
-        :data:`SPEED_SAMPLE` seconds (and never below half the one before,
-        since a second may see no jump at all), is above :data:`BACKLOG_SPEED`.
+        a backlog moves faster and in jumps, once an epoch, while its speed,
+        measured over the last :data:`SPEED_SAMPLE` seconds (and never below
+        half the one before, since a second may see no jump at all), is above
+        :data:`BACKLOG_SPEED`: look again :data:`JUMP_MARGIN` after its next
+        jump is due (from the cadence of the last ones; until that is known,
+        within :data:`BACKLOG_NOTIFY_DELAY`). Every state key then looks
+        together, just after the jump, and its records close in the epoch
+        that follows the jump rather than in a later one.
         """
         now, wall = self.now(), self._wall()
         self._measure(wall, now)
         ahead = stream_time - now
         if math.isnan(ahead):
             ahead = math.inf
-        cap = BACKLOG_NOTIFY_DELAY if self._speed > BACKLOG_SPEED else MAX_NOTIFY_DELAY
-        return wall + min(max(ahead, 0.0), cap)
+        if ahead <= 0:
+            return wall
+        if self._speed <= BACKLOG_SPEED:
+            return wall + min(ahead, MAX_NOTIFY_DELAY)
+        if self._jumped is None or not self._gaps:  # no cadence yet
+            return wall + min(ahead, BACKLOG_NOTIFY_DELAY)
+        # The stream stays where it is until then, however close the target.
+        cadence = sorted(self._gaps)[len(self._gaps) // 2]
+        due = self._jumped + cadence * max(1, math.floor((wall - self._jumped - JUMP_MARGIN) / cadence))
+        while due + JUMP_MARGIN <= wall:  # strictly later: a wake-up now would only come back now
+            due += cadence
+        return min(due + JUMP_MARGIN, wall + MAX_NOTIFY_DELAY)
 
     def _measure(self, wall: float, stream: float) -> None:
         if not math.isfinite(stream):
             return
+        if stream != self._seen:
+            first, self._seen = self._seen == -math.inf, stream
+            if first:
+                pass  # not a jump: when the stream got there is unknown
+            elif self._jumped is None or wall - self._jumped >= SAME_JUMP:
+                if self._jumped is not None:
+                    self._gaps.append(wall - self._jumped)
+                self._jumped = wall
         if self._mark is None:
             self._mark = (wall, stream)
             return

@@ -6,7 +6,7 @@ import doctest
 import math
 
 from driver_stats.core import stream_clock
-from driver_stats.core.stream_clock import BACKLOG_NOTIFY_DELAY, MAX_NOTIFY_DELAY, StreamClock
+from driver_stats.core.stream_clock import BACKLOG_NOTIFY_DELAY, JUMP_MARGIN, MAX_NOTIFY_DELAY, StreamClock
 
 
 class Scripted:
@@ -23,16 +23,30 @@ def test_the_docstring_examples():
     assert doctest.testmod(stream_clock).failed == 0
 
 
-def test_a_backlog_read_fast_is_looked_at_again_every_second():
+def test_a_backlog_read_fast_is_looked_at_again_just_after_each_jump():
     t = Scripted(stream=0.0)
     clock = t.clock()
     assert clock.to_wall(3.0) == 3.0  # no speed known: the wall clock's
-    for second in range(1, 4):  # a replay: 1 hour of event time per second
+    t.wall, t.stream = 1.0, 3600.0  # a replay: 1 hour of event time per second, one jump an epoch
+    # Fast, but no cadence yet: within BACKLOG_NOTIFY_DELAY, however far ahead.
+    assert clock.to_wall(t.stream + 7200) - t.wall == BACKLOG_NOTIFY_DELAY
+    for second in (2, 3):
         t.wall, t.stream = float(second), second * 3600.0
         clock.to_wall(t.stream)
-    # Hours ahead in event time, but the stream may jump there in its next epoch.
-    assert clock.to_wall(t.stream + 7200) - t.wall == BACKLOG_NOTIFY_DELAY
-    assert clock.to_wall(t.stream + 0.25) - t.wall == 0.25
+    # Hours ahead or a quarter of a second: the stream stays put until its
+    # next jump (due at 4.0), so every key looks just after it, together.
+    t.wall = 3.4
+    assert clock.to_wall(t.stream + 7200) == clock.to_wall(t.stream + 0.25) == 4.0 + JUMP_MARGIN
+    assert clock.to_wall(t.stream) == t.wall  # reached: now
+    # The jump is late: looked at 4.1 and nothing yet; the next one is due at 5.
+    t.wall = 4.0 + JUMP_MARGIN
+    assert clock.to_wall(t.stream + 1) == 5.0 + JUMP_MARGIN
+    # It comes at 4.3 (the cadence stays 1 s, the median) with a second
+    # partition's watermark right after it, which is the same jump.
+    t.wall, t.stream = 4.3, 4 * 3600.0
+    clock.to_wall(t.stream + 1)
+    t.wall, t.stream = 4.35, 4 * 3600.0 + 5
+    assert clock.to_wall(t.stream + 1) == 5.3 + JUMP_MARGIN
 
 
 def test_the_backlog_fades_over_seconds_not_at_once():
@@ -42,7 +56,7 @@ def test_the_backlog_fades_over_seconds_not_at_once():
     t.wall, t.stream = 1.0, 3600.0
     clock.to_wall(0)  # 3600 stream seconds per wall second
     t.wall = 2.0  # then a second without a jump (the next watermark is an epoch away)
-    assert clock.to_wall(t.stream + 3600) - t.wall == BACKLOG_NOTIFY_DELAY
+    assert 0 < clock.to_wall(t.stream + 3600) - t.wall <= BACKLOG_NOTIFY_DELAY
     for second in range(3, 20):
         t.wall = float(second)
         clock.to_wall(0)
