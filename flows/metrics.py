@@ -36,7 +36,7 @@ from typing import Callable, Iterable, Mapping, Optional
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from driver_stats.contract import decode_stats
+from driver_stats.contract import stats_interval_end
 
 log = logging.getLogger("driver_stats.metrics")
 
@@ -132,7 +132,7 @@ def observe_record_delays(payloads: Iterable[bytes], now: Optional[float] = None
     seen = 0
     for payload in payloads:
         try:
-            end = decode_stats(payload).interval_end.timestamp()
+            end = stats_interval_end(payload)
         except Exception:  # noqa: BLE001 - a gauge must never stop the sink
             continue
         RECORD_DELAY.observe(max(0.0, now - end))

@@ -15,11 +15,12 @@ properties (2 bytes) goes to ``on_publish`` as paho would, with one shared
 success reason code; every other packet (CONNACK, SUBACK, other PUBACKs,
 PINGRESP, DISCONNECT, QoS 2, MQTT 3.1.1 PUBLISH, or a PUBLISH the codec
 refuses) goes to paho's own handler, so sessions, keepalive and
-reconnecting stay paho's. Bytes of a packet not yet whole wait for the
+reconnecting stay paho's. :meth:`BatchReadingClient.ack_all` writes many
+PUBACKs at once. Bytes of a packet not yet whole wait for the
 next read (``select`` wakes for those).
 
 paho's ``_packet_read``, ``_packet_handle``, ``_in_packet``,
-``_do_on_publish``, ``_out_messages`` and ``_sock_recv`` are private: this is pinned to paho-mqtt 2.2.0
+``_do_on_publish``, ``_out_messages``, ``_packet_queue`` and ``_sock_recv`` are private: this is pinned to paho-mqtt 2.2.0
 (pyproject.toml), and ``tests/connectors/test_batch_client.py`` checks it
 against paho's own decoding.
 
@@ -28,6 +29,9 @@ against paho's own decoding.
 """
 
 from __future__ import annotations
+
+import struct
+from typing import Iterable, Tuple
 
 import mqtt5
 import paho.mqtt.client as paho
@@ -40,6 +44,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 _READ_SIZE = 256 * 1024
 _PUBLISH = 0x30
 _PUBACK = 0x40
+_PUBACK_PACKET = struct.Struct("!BBH")  # type, remaining length 2, packet id: paho's PUBACK
 # What paho decodes a 2-byte PUBACK into, made once: read-only for on_publish.
 _PUBACK_SUCCESS = ReasonCode(PacketTypes.PUBACK)
 _PUBACK_PROPERTIES = Properties(PacketTypes.PUBACK)
@@ -133,6 +138,24 @@ class BatchReadingClient(paho.Client):
         if qos == 1 and not self._manual_ack:
             self._send_puback(message.mid)
         return True
+
+    def ack_all(self, acks: Iterable[Tuple[int, int]]) -> int:
+        """``ack(mid, qos)`` for every ``(mid, qos)``, the PUBACKs as one packet of bytes; how many were sent.
+
+        paho queues a packet, and makes a system call, per acknowledgement;
+        these PUBACKs (4 bytes each, as paho writes them) go out in one
+        write. Other QoS go through ``ack``.
+        """
+        pubacks, count = bytearray(), 0
+        for mid, qos in acks:
+            if qos == 1 and self._manual_ack:
+                pubacks += _PUBACK_PACKET.pack(_PUBACK, 2, mid)
+                count += 1
+            elif qos > 0:
+                count += self.ack(mid, qos) == MQTTErrorCode.MQTT_ERR_SUCCESS
+        if pubacks:
+            self._packet_queue(_PUBACK, bytes(pubacks), 0, 1)
+        return count
 
     def _puback(self, mid: int) -> MQTTErrorCode:
         """A successful PUBACK without properties, as paho's ``_handle_pubackcomp`` takes it."""

@@ -111,11 +111,14 @@ class _CommitTicksPartition(StatefulSourcePartition[Tuple[str, _CommitTick], Non
         return datetime.now(timezone.utc) + self._wake
 
     def snapshot(self) -> None:
+        # The epoch ends: tick at the first call of the next one, which comes
+        # once this epoch is committed, so the sink publishes its records then.
+        self._due = 0.0
         return None
 
 
 class _CommitTicks(FixedPartitionedSource[Tuple[str, _CommitTick], None]):
-    """A tick per sink partition every ``interval``, from a single partition (so on one worker).
+    """A tick per sink partition every ``interval`` and at the start of every epoch, from a single partition (so on one worker).
 
     Bytewax calls an input's ``next_batch`` in epoch E only once epoch E-1
     is committed, so a tick's arrival at the sink proves that.

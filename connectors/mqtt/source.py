@@ -338,12 +338,8 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
                     self._held[key] -= 1
                 else:
                     del self._held[key]
-        acked = 0
         with one_wake_up(client):
-            for mid, qos, egen in entries:
-                if qos > 0 and egen == gen:
-                    client.ack(mid, qos)
-                    acked += 1
+            acked = client.ack_all((mid, qos) for mid, qos, egen in entries if egen == gen)
         log.debug("%s acknowledged %d messages", self._link.label, acked)
         return []
 

@@ -7,7 +7,16 @@ generated from them (``tests/contract/test_contract.py`` fails when they drift) 
 committed, so installing the project needs no protoc.
 """
 
-from .codec import DecodeError, EventDecoder, decode_stats, encode_event, encode_stats, float32, to_json
+from .codec import (
+    DecodeError,
+    EventDecoder,
+    decode_stats,
+    encode_event,
+    encode_stats,
+    float32,
+    stats_interval_end,
+    to_json,
+)
 from .events import (
     EVENT_TYPES,
     DriverRated,
@@ -40,6 +49,7 @@ __all__ = [
     "Reason",
     "Rejection",
     "decode_stats",
+    "stats_interval_end",
     "encode_event",
     "encode_stats",
     "float32",

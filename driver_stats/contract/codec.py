@@ -194,6 +194,23 @@ def decode_stats(payload: bytes) -> DriverStats:
     )
 
 
+def stats_interval_end(payload: bytes) -> float:
+    """The interval end of a stats record in Unix seconds, without building the record (for metrics).
+
+    Raises :class:`DecodeError` (or a protobuf error) where :func:`decode_stats` would not give one.
+
+    >>> from datetime import datetime, timezone
+    >>> start, end = datetime(2024, 1, 1, tzinfo=timezone.utc), datetime(2024, 1, 1, 0, 10, tzinfo=timezone.utc)
+    >>> record = DriverStats(driver_id="d1", interval_start=start, interval_end=end)
+    >>> stats_interval_end(encode_stats(record)) == stats_interval_end(to_json(record)) == end.timestamp()
+    True
+    """
+    if payload[:1] == b"{":
+        return decode_stats(payload).interval_end.timestamp()
+    end = stats_pb2.DriverStats.FromString(payload).interval_end
+    return end.seconds + end.nanos / 1e9
+
+
 _STATS_JSON = msgspec.json.Decoder(DriverStats)
 _JSON_ENCODER = msgspec.json.Encoder()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import paho.mqtt.client as paho
 import pytest
@@ -88,3 +89,40 @@ def test_received_messages_and_acknowledgements_are_paho_s(mosquitto, monkeypatc
         for client in (fast, stock, publisher):
             client.disconnect()
             client.loop_stop()
+
+
+def test_acknowledgements_written_at_once_are_the_broker_s_and_only_those(mosquitto):
+    conn = MQTTConnection(host="127.0.0.1", port=mosquitto.port)
+    got: list = []
+
+    def reader() -> BatchReadingClient:
+        client = conn.client("ack-all", persistent=True, manual_ack=True, batch_read=True)
+        client.on_message = lambda _c, _u, msg: got.append((msg.mid, msg.qos, msg.payload))
+        client.on_connect = lambda c, *_: c.subscribe("in/acks", qos=1)
+        connect(client, conn, label="ack-all")
+        return client
+
+    client = reader()
+    publisher = conn.client("ack-publisher")
+    connect(publisher, conn, label="ack-publisher")
+    wait_for(lambda: client.is_connected(), 10, "reader connected")
+    time.sleep(0.3)  # subscribed
+    for info in [publisher.publish("in/acks", str(i).encode(), qos=1) for i in range(500)]:
+        info.wait_for_publish(10)
+    wait_for(lambda: len(got) == 500, 10, "500 messages")
+    first = got[:300]
+    assert client.ack_all((mid, qos) for mid, qos, _ in first) == 300
+    time.sleep(0.5)  # written
+    client.disconnect()
+    client.loop_stop()
+    got.clear()
+    client = reader()
+    try:
+        # The session redelivers exactly the 200 not acknowledged, in order.
+        wait_for(lambda: len(got) >= 200, 10, "the unacknowledged messages again")
+        time.sleep(0.5)
+        assert [payload for _, _, payload in got] == [str(i).encode() for i in range(300, 500)]
+    finally:
+        for c in (client, publisher):
+            c.disconnect()
+            c.loop_stop()

@@ -23,6 +23,7 @@ from driver_stats.contract import (
     encode_event,
     encode_stats,
     float32,
+    stats_interval_end,
     to_json,
 )
 from driver_stats.contract import events_pb2, stats_pb2
@@ -241,3 +242,19 @@ def test_an_interval_whose_end_is_past_year_9999_is_invalid():
     result = Intake(Settings(max_future_seconds=10**12))(
         "input/driver_tipped", tip_json(tippedAt="9999-12-31T23:59:00Z"), now=NOW)
     assert result.reason == "invalid: tipped_at"
+
+
+def test_the_codec_docstring_examples():
+    import doctest
+
+    from driver_stats.contract import codec
+
+    assert doctest.testmod(codec).failed == 0
+
+
+@given(st.integers(0, 253402300799 - 600), st.integers(0, 999_999))
+def test_the_interval_end_read_for_metrics_is_the_decoded_records(seconds, micros):
+    end = datetime.fromtimestamp(seconds, timezone.utc).replace(microsecond=micros)
+    record = DriverStats(driver_id="d", interval_start=end, interval_end=end)
+    for payload in (encode_stats(record), to_json(record)):
+        assert stats_interval_end(payload) == decode_stats(payload).interval_end.timestamp()
