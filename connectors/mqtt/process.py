@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import signal
 import threading
 import time
@@ -263,14 +264,17 @@ class _ServedSink:
     def write_batch(self, packed: List[_Packed]) -> None:
         self.part.write_batch(unpack(packed, self._tick))
 
-    def snapshot(self) -> Any:
-        return self.part.snapshot()
+    def snapshot(self) -> bytes:
+        # Pickled once, here: the worker hands the bytes to Bytewax as they
+        # are (unpickling thousands of records only for Bytewax to pickle
+        # them again cost the worker more than the records' encoding).
+        return pickle.dumps(self.part.snapshot(), pickle.HIGHEST_PROTOCOL)
 
     def close(self) -> None:
         self.part.close()
 
 
-class SinkPartitionProcess(StatefulSinkPartition[Any, Any]):
+class SinkPartitionProcess(StatefulSinkPartition[Any, bytes]):
     """The worker's stand-in for a sink partition that runs in a child process.
 
     Args:
@@ -302,7 +306,8 @@ class SinkPartitionProcess(StatefulSinkPartition[Any, Any]):
         # snapshot (answered) comes after it in the pipe, so it holds it.
         self._child.send("write_batch", pack(items))
 
-    def snapshot(self) -> Any:
+    def snapshot(self) -> bytes:
+        """The child partition's state, pickled (its ``build`` gets it back as such)."""
         return self._child.call("snapshot")
 
     def close(self) -> None:

@@ -66,6 +66,7 @@ import bisect
 import copy
 import json
 import logging
+import pickle
 import secrets
 import threading
 import time
@@ -692,9 +693,11 @@ class MQTTSink(FixedPartitionedSink[Union[MQTTMessage, _CommitTick], SinkState])
         return self._position[str(zlib.adler32(item_key.encode()) % self.partitions)]
 
     def build_part(
-        self, step_id: str, for_part: str, resume_state: Optional[SinkState]
+        self, step_id: str, for_part: str, resume_state: Union[None, SinkState, bytes]
     ) -> Union[_MQTTSinkPartition, SinkPartitionProcess]:
         index = int(for_part)
+        if isinstance(resume_state, bytes):  # written by a partition in a process of its own
+            resume_state = pickle.loads(resume_state)
         if not self.own_process:
             return _MQTTSinkPartition(self, index, resume_state)
 
