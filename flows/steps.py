@@ -117,13 +117,22 @@ class DriverShardLogic(StatefulBatchLogic):
         at = self.shard.next_wakeup()
         if at is None:
             return None
-        try:
-            return datetime.fromtimestamp(self.clock.to_wall(at), timezone.utc)
-        except (OverflowError, OSError, ValueError):
-            return None  # beyond year 9999: never, as far as this process is concerned
+        return _wall_datetime(self.clock.to_wall(at))
 
     def snapshot(self) -> tuple:
         return self.shard.snapshot()
+
+
+@functools.lru_cache(maxsize=64)
+def _wall_datetime(wall: float) -> Optional[datetime]:
+    """``wall`` as an aware datetime; None beyond year 9999 (never, as far as this process is concerned).
+
+    Cached: in a backlog every state key asks for the same time, the stream's next jump.
+    """
+    try:
+        return datetime.fromtimestamp(wall, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def count_state(shard: DriverShard) -> tuple[int, int, float]:

@@ -216,9 +216,13 @@ class DriverWindows:
         Returns :data:`COUNTED`, :data:`DUPLICATE` for a repeat, or
         :class:`Refused` (reason ``late`` or ``overflow: <total>``).
         """
-        # Whole seconds from the datetime, exactly: a float loses the
-        # microseconds of far-away dates and could pick the next interval.
-        start = timestamp_parts(event.event_time)[0] // self.window * self.window
+        # Whole seconds, exactly: a float Unix time floors to them only
+        # within EXACT_FLOAT_SECONDS (beyond, its microseconds could round
+        # into the next second, and so into the next interval).
+        if -EXACT_FLOAT_SECONDS < event_time < EXACT_FLOAT_SECONDS:
+            start = math.floor(event_time) // self.window * self.window
+        else:
+            start = timestamp_parts(event.event_time)[0] // self.window * self.window
         key = dedupe_key(event)
         totals = self.open.get(start)
         # A redelivery is a duplicate as long as its keys are held, even when
@@ -261,10 +265,13 @@ class DriverWindows:
         Also forgets the dedupe keys of intervals closed more than the
         retention ago.
         """
-        watermark = self.watermark(stream_time)
-        closed = self._close([start for start in self.open if start + self.window <= watermark])
-        for start in [start for start in self.recent if start + self.window + self.retention <= watermark]:
-            del self.recent[start]
+        # Called for every driver of every batch: most often nothing is due.
+        watermark = self.watermark(stream_time) - self.window
+        open_, recent = self.open, self.recent
+        closed = self._close([s for s in open_ if s <= watermark]) if open_ and min(open_) <= watermark else []
+        if recent and min(recent) + self.retention <= watermark:
+            for start in [s for s in recent if s + self.retention <= watermark]:
+                del recent[start]
         return closed
 
     def close_all(self) -> list[DriverStats]:
@@ -331,6 +338,11 @@ class DriverWindows:
             windows.closed_until, recent = newer
             windows.recent = {start: SeenKeys.restore(log) for start, log in recent}
         return windows
+
+
+EXACT_FLOAT_SECONDS = 2.0**33
+"""Unix seconds (year 2242) within which a float time's floor is its exact whole second: its
+spacing there is under 2 µs, so the nearest float to s + 0.999999 stays below s + 1."""
 
 
 def _iso(seconds: float) -> str:
