@@ -2,6 +2,8 @@
 
 import pickle
 
+import pytest
+
 from driver_stats.contract import FinishReason
 from driver_stats.core.shards import SHARDS, DriverShard, shard_of
 from driver_stats.core.windows import COUNTED, DUPLICATE, LATE, DriverWindows
@@ -240,3 +242,18 @@ def test_an_event_near_year_one_gets_its_interval_exactly():
     w.add(tip, just_before.timestamp(), stream_time=BASE)
     [stats] = w.close_all()
     assert stats.interval_start == datetime(1, 1, 1, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("year", [1697, 1969, 1970, 2026, 2241, 2243, 9998])
+def test_the_last_microsecond_of_an_interval_stays_in_it_whatever_the_year(year):
+    # Within 2^33 s of 1970 (1697..2242) the interval comes from the float
+    # event time, beyond from the datetime: the same interval either way.
+    from datetime import datetime, timezone
+
+    from driver_stats.contract import DriverTipped
+
+    last = datetime(year, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc)
+    w = DriverWindows(600, lateness_seconds=float("inf"))
+    w.add(DriverTipped(driver_id="d1", journey_id="j1", tipped_at=last, amount=1), last.timestamp(), BASE)
+    [stats] = w.close_all()
+    assert stats.interval_start == datetime(year, 12, 31, 23, 50, tzinfo=timezone.utc)
