@@ -35,7 +35,7 @@ import re
 import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
@@ -92,7 +92,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         # (mid, generation) -> how many QoS>0 messages with it are taken and
         # not yet acked (a broker may reuse an id while it is in flight, as
         # mosquitto 2.0 does past 65535), to recognise redeliveries (DUP).
-        self._held: Counter[Tuple[int, int]] = Counter()
+        self._held: Dict[Tuple[int, int], int] = {}  # a dict, not a Counter: Counter's methods are Python
         self._unacked = 0  # the sum of _held
         self._closing = False
         self._block_s = min(1.0, max(0.05, source.connection.keepalive / 4))
@@ -289,7 +289,8 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
             if self._unacked >= self._max_unacked and not self._closing:
                 self._cond.wait(self._block_s)
             if msg.qos > 0:
-                self._held[key] += 1
+                held = self._held
+                held[key] = held.get(key, 0) + 1
                 self._unacked += 1
             self._buffer.append(((msg.mid, msg.qos, gen), self._convert(msg)))
         if self._watermark is not None:
@@ -329,15 +330,15 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         gen = self._link.session_gen
         client = self._link.client
         with self._cond:
+            held = self._held
             for mid, qos, egen in entries:
                 if qos == 0:
                     continue
                 key = (mid, egen)
                 self._unacked -= 1
-                if self._held[key] > 1:
-                    self._held[key] -= 1
-                else:
-                    del self._held[key]
+                count = held.pop(key)
+                if count > 1:
+                    held[key] = count - 1
         with one_wake_up(client):
             acked = client.ack_all((mid, qos) for mid, qos, egen in entries if egen == gen)
         log.debug("%s acknowledged %d messages", self._link.label, acked)
