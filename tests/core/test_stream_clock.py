@@ -38,15 +38,16 @@ def test_a_backlog_read_fast_is_looked_at_again_just_after_each_jump():
     t.wall = 3.4
     assert clock.to_wall(t.stream + 7200) == clock.to_wall(t.stream + 0.25) == 4.0 + JUMP_MARGIN
     assert clock.to_wall(t.stream) == t.wall  # reached: now
-    # The jump is late: looked at 4.1 and nothing yet; the next one is due at 5.
+    # The jump is later still: looked (cadence 1 s, so a margin of
+    # JUMP_MARGIN seconds) and nothing yet; the next one is due at 5.
     t.wall = 4.0 + JUMP_MARGIN
     assert clock.to_wall(t.stream + 1) == 5.0 + JUMP_MARGIN
-    # It comes at 4.3 (the cadence stays 1 s, the median) with a second
+    # It comes at 4.45 (the cadence stays 1 s, the median) with a second
     # partition's watermark right after it, which is the same jump.
-    t.wall, t.stream = 4.3, 4 * 3600.0
+    t.wall, t.stream = 4.45, 4 * 3600.0
     clock.to_wall(t.stream + 1)
-    t.wall, t.stream = 4.35, 4 * 3600.0 + 5
-    assert clock.to_wall(t.stream + 1) == 5.3 + JUMP_MARGIN
+    t.wall, t.stream = 4.5, 4 * 3600.0 + 5
+    assert clock.to_wall(t.stream + 1) == 5.45 + JUMP_MARGIN
 
 
 def test_the_backlog_fades_over_seconds_not_at_once():
@@ -79,3 +80,14 @@ def test_no_stream_time_yet_waits_the_cap():
     assert clock.to_wall(100.0) == MAX_NOTIFY_DELAY
     t.wall, t.stream = 1.5, 50.0
     assert clock.to_wall(60.0) == 1.5 + min(10.0, MAX_NOTIFY_DELAY)  # the first speed sample: 1
+
+
+def test_the_margin_after_a_jump_follows_the_cadence():
+    t = Scripted(stream=0.0)
+    clock = t.clock()
+    clock.to_wall(0)
+    for jump in (1, 2, 3):  # `-s 5`: one jump every 5 s
+        t.wall, t.stream = 5.0 * jump, 18000.0 * jump
+        clock.to_wall(t.stream)
+    t.wall = 16.0
+    assert clock.to_wall(t.stream + 1) == 20.0 + 5 * JUMP_MARGIN
