@@ -5,8 +5,16 @@ from __future__ import annotations
 import doctest
 import math
 
+import pytest
+
 from driver_stats.core import stream_clock
-from driver_stats.core.stream_clock import BACKLOG_NOTIFY_DELAY, JUMP_MARGIN, MAX_NOTIFY_DELAY, StreamClock
+from driver_stats.core.stream_clock import (
+    BACKLOG_NOTIFY_DELAY,
+    JUMP_MARGIN,
+    LATE_JUMP_POLL,
+    MAX_NOTIFY_DELAY,
+    StreamClock,
+)
 
 
 class Scripted:
@@ -38,16 +46,20 @@ def test_a_backlog_read_fast_is_looked_at_again_just_after_each_jump():
     t.wall = 3.4
     assert clock.to_wall(t.stream + 7200) == clock.to_wall(t.stream + 0.25) == 4.0 + JUMP_MARGIN
     assert clock.to_wall(t.stream) == t.wall  # reached: now
-    # The jump is later still: looked (cadence 1 s, so a margin of
-    # JUMP_MARGIN seconds) and nothing yet; the next one is due at 5.
+    # The jump is late: looked at 4.05 and nothing yet. Look again every
+    # LATE_JUMP_POLL for half a cadence, then wait for the next one (5.0).
     t.wall = 4.0 + JUMP_MARGIN
+    assert clock.to_wall(t.stream + 1) == pytest.approx(t.wall + LATE_JUMP_POLL)
+    t.wall = 4.45
+    assert clock.to_wall(t.stream + 1) == 4.5
+    t.wall = 4.5
     assert clock.to_wall(t.stream + 1) == 5.0 + JUMP_MARGIN
-    # It comes at 4.45 (the cadence stays 1 s, the median) with a second
+    # It comes at 4.52 (the cadence stays 1 s, the median) with a second
     # partition's watermark right after it, which is the same jump.
-    t.wall, t.stream = 4.45, 4 * 3600.0
+    t.wall, t.stream = 4.52, 4 * 3600.0
     clock.to_wall(t.stream + 1)
-    t.wall, t.stream = 4.5, 4 * 3600.0 + 5
-    assert clock.to_wall(t.stream + 1) == 5.45 + JUMP_MARGIN
+    t.wall, t.stream = 4.6, 4 * 3600.0 + 5
+    assert clock.to_wall(t.stream + 1) == pytest.approx(5.52 + JUMP_MARGIN)
 
 
 def test_the_backlog_fades_over_seconds_not_at_once():
@@ -82,7 +94,7 @@ def test_no_stream_time_yet_waits_the_cap():
     assert clock.to_wall(60.0) == 1.5 + min(10.0, MAX_NOTIFY_DELAY)  # the first speed sample: 1
 
 
-def test_the_margin_after_a_jump_follows_the_cadence():
+def test_jumps_a_cadence_apart_are_waited_for_a_cadence():
     t = Scripted(stream=0.0)
     clock = t.clock()
     clock.to_wall(0)
@@ -90,4 +102,8 @@ def test_the_margin_after_a_jump_follows_the_cadence():
         t.wall, t.stream = 5.0 * jump, 18000.0 * jump
         clock.to_wall(t.stream)
     t.wall = 17.0
-    assert clock.to_wall(t.stream + 1) == 20.0 + 5 * JUMP_MARGIN  # (within MAX_NOTIFY_DELAY)
+    assert clock.to_wall(t.stream + 1) == 20.0 + JUMP_MARGIN  # (within MAX_NOTIFY_DELAY)
+    t.wall = 21.0  # late: looked again every LATE_JUMP_POLL until 22.5
+    assert clock.to_wall(t.stream + 1) == 21.0 + LATE_JUMP_POLL
+    t.wall = 22.5
+    assert clock.to_wall(t.stream + 1) == 25.0 + JUMP_MARGIN
