@@ -99,7 +99,11 @@ def rejections(collector: Collector) -> list:
 
 def assert_counted_once(expected: dict, collector: Collector, flow: LiveFlow, timeout: float = 60) -> dict:
     """Every expected record arrives and is right; nothing is rejected, nothing conflicts."""
-    wait_for_records(collector, expected, timeout=timeout)
+    try:
+        wait_for_records(collector, expected, timeout=timeout)
+    except AssertionError as missing:  # what the flow said, for a loss that shows rarely
+        raise AssertionError(f"{missing}; rejected: {rejections(collector)[:5]}; the flow's log ends:\n"
+                             f"{flow.logs()[-6000:]}") from None
     counts = compare(expected, list(collector.messages))
     assert counts["lost"] == counts["wrong"] == counts["conflicting"] == 0 and not rejections(collector), (
         counts, rejections(collector)[:5], flow.logs()[-3000:])

@@ -336,7 +336,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
                     continue
                 key = (mid, egen)
                 self._unacked -= 1
-                count = held.pop(key)
+                count = held.pop(key, 0)
                 if count > 1:
                     held[key] = count - 1
         with one_wake_up(client):
