@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PYTHON = VENV / "bin" / "python"
 STAMP = VENV / ".installed-from"
-PARALLEL = ["-n", "3", "--dist", "worksteal"]
+PARALLEL = ["-n", "3", "--dist", "loadgroup"]  # tests/conftest.py: the whole flows one at a time
 
 
 def say(message: str) -> None:
