@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -283,17 +284,24 @@ def test_demo_shows_stats_for_several_drivers_and_ctrl_c_leaves_no_process(tmp_p
         family = _descendants(proc.pid)
         assert len(family) >= 3  # broker, flow, generator
         proc.send_signal(signal.SIGINT)
-        proc.wait(20)
-        err = proc.stderr.read()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(20)
     finally:
-        if proc.poll() is None:
+        stuck = _descendants(proc.pid) if proc.poll() is None else None
+        if stuck is not None:
             # The demo's children run in sessions of their own: a failed
             # stop must not leave a broker, flow or generator behind.
-            for pid in _descendants(proc.pid):
+            for pid in stuck:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    err = proc.stderr.read()
+    # Killed, the demo keeps its work folder: its logs say where it hung.
+    if stuck is not None:
+        logs = [log for folder in re.findall(r"logs in (\S+);", err) for log in sorted(Path(folder).glob("*.log"))]
+        pytest.fail(f"no stop within 20 s of Ctrl-C ({len(stuck)} processes left); stderr:\n{err[-3000:]}"
+                    + "".join(f"\n--- {log}:\n{log.read_text(errors='replace')[-2000:]}" for log in logs))
     assert proc.returncode == 0, err
     assert "stop with Ctrl-C" in err and "Traceback" not in err
     assert [pid for pid in family if _alive(pid)] == []
