@@ -113,7 +113,9 @@ def test_only_the_flow_writes_its_topics_and_a_refused_output_waits_for_the_acl(
         answer = json.loads(wait_for(refused, 30, "/readyz to name the refusal"))
         assert answer["reason"].startswith("output driver-stats-out-0: the broker refuses to publish on "
                                            "'output/driver_stats': Not authorized (0x87)"), answer
-        assert 'driver_stats_publish_refused_total{reason="Not authorized (0x87)"}' in http_get(port, "/metrics")[1]
+        # Counted in the worker when its sink process next answers (an epoch at most).
+        wait_for(lambda: 'driver_stats_publish_refused_total{reason="Not authorized (0x87)"}'
+                 in http_get(port, "/metrics")[1], 10, "the refusal counted")
         assert consumer.payloads("output/driver_stats") == []
 
         # The operator installs the shipped ACL and reloads the broker: every record, once.
