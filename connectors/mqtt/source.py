@@ -42,7 +42,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from .connection import PROTOCOLS, MQTTConnectError, MQTTConnection, Protocol, connect, connect_preferring_v5
-from .link import EventHook, Link, MQTTLinkStats, one_wake_up
+from .link import EventHook, Link, MQTTLinkStats
 from .message import MQTTError, MQTTMessage
 from .partitions import (Marker, control_prefix, counts_at_start, marker_index, marker_topic, owned_shards,
                          takes, transition_over)
@@ -339,8 +339,8 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
                 count = held.pop(key, 0)
                 if count > 1:
                     held[key] = count - 1
-        with one_wake_up(client):
-            acked = client.ack_all((mid, qos) for mid, qos, egen in entries if egen == gen)
+        # One packet of PUBACKs: paho's network thread is woken once.
+        acked = client.ack_all((mid, qos) for mid, qos, egen in entries if egen == gen)
         log.debug("%s acknowledged %d messages", self._link.label, acked)
         return []
 

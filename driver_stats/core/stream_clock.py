@@ -117,7 +117,7 @@ class StreamClock:
             return wall
         if self._speed <= BACKLOG_SPEED:
             return wall + min(ahead, MAX_NOTIFY_DELAY)
-        if self._jumped is None or not self._gaps:  # no cadence yet
+        if not self._gaps:  # no cadence yet
             return wall + min(ahead, BACKLOG_NOTIFY_DELAY)
         # The stream stays where it is until its next jump, however close the target.
         cadence = sorted(self._gaps)[len(self._gaps) // 2]
@@ -131,14 +131,13 @@ class StreamClock:
     def _measure(self, wall: float, stream: float) -> None:
         if not math.isfinite(stream):
             return
-        if stream != self._seen:
-            first, self._seen = self._seen == -math.inf, stream
-            if first:
-                pass  # not a jump: when the stream got there is unknown
-            elif self._jumped is None or wall - self._jumped >= SAME_JUMP:
+        # The first value seen is no jump: when the stream got there is unknown.
+        if stream != self._seen and self._seen != -math.inf:
+            if self._jumped is None or wall - self._jumped >= SAME_JUMP:
                 if self._jumped is not None:
                     self._gaps.append(wall - self._jumped)
                 self._jumped = wall
+        self._seen = stream
         if self._mark is None:
             self._mark = (wall, stream)
             return

@@ -266,11 +266,12 @@ class DriverWindows:
         retention ago.
         """
         # Called for every driver of every batch: most often nothing is due.
-        watermark = self.watermark(stream_time) - self.window
+        last_closable = self.watermark(stream_time) - self.window  # the latest start the watermark passed
         open_, recent = self.open, self.recent
-        closed = self._close([s for s in open_ if s <= watermark]) if open_ and min(open_) <= watermark else []
-        if recent and min(recent) + self.retention <= watermark:
-            for start in [s for s in recent if s + self.retention <= watermark]:
+        closed = (self._close([s for s in open_ if s <= last_closable])
+                  if open_ and min(open_) <= last_closable else [])
+        if recent and min(recent) + self.retention <= last_closable:
+            for start in [s for s in recent if s + self.retention <= last_closable]:
                 del recent[start]
         return closed
 
