@@ -221,7 +221,7 @@ def start(settings: Settings) -> LiveIO:
         raise SystemExit(f"driver-stats: {err} (DRIVER_STATS_MQTT_URL={settings.mqtt_url})") from None
     _stop_quietly_on_signals()
     source = mqtt_source(settings, on_event=_count_reconnects)
-    stream_clock = StreamClock(source.low_watermark)
+    stream_clock = StreamClock.of_input(source.watermarks)
     sink = mqtt_sink(
         settings,
         on_event=_count_reconnects,

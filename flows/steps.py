@@ -51,7 +51,9 @@ class DriverShardLogic(StatefulBatchLogic):
 
     def __init__(self, shard: DriverShard, clock: StreamClock):
         self.shard = shard
-        self.clock = clock
+        self.clock = clock = clock.for_worker()
+        # Where the input has partitions: what this worker handled of each (see notify_at).
+        self.positions = clock.positions
         # The gauges' view of this shard (drivers, open intervals, the oldest
         # one's end): marked stale per batch, recounted when scraped. Bytewax
         # calls on_batch once per shard key of a batch, so in practice about
@@ -94,6 +96,11 @@ class DriverShardLogic(StatefulBatchLogic):
         if out:
             metrics.count_by(metrics.REJECTED, Counter(r.reason for r in out))
         touched = {accepted.event.driver_id for accepted in values}
+        if self.positions is not None:
+            handled = self.positions.pending
+            for accepted in values:
+                if accepted.event_time > handled.get(accepted.partition, -math.inf):
+                    handled[accepted.partition] = accepted.event_time
         self.gauges.stale = True
         return out + self._close(self.shard.close_due(stream_time, touched)), self.RETAIN
 
@@ -114,6 +121,9 @@ class DriverShardLogic(StatefulBatchLogic):
         return self._close(self.shard.close_all()), self.RETAIN
 
     def notify_at(self) -> Optional[datetime]:
+        if self.positions is not None:
+            # Bytewax asks after on_batch of every key the arrival held: all of it is handled now.
+            self.positions.settle()
         at = self.shard.next_wakeup()
         if at is None:
             return None

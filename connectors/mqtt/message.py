@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 
@@ -16,11 +16,15 @@ class MQTTMessage:
         user_properties: MQTT 5 user properties, in order. Input messages
             carry them only with ``protocol="5"``; a sink that fell back to
             MQTT 3.1.1 drops them.
+        partition: Input messages: the index of the source partition that
+            read it (``in-<partition>``, its watermark's index). Not part
+            of the message's identity (equality); a sink ignores it.
     """
 
     topic: str
     payload: bytes
     user_properties: Tuple[Tuple[str, str], ...] = ()
+    partition: int = field(default=0, compare=False)
 
     def user_property(self, name: str) -> Optional[str]:
         """The first user property ``name``, or None."""

@@ -68,10 +68,10 @@ def pack(items: List[Any]) -> List[_Packed]:
             for item in items]
 
 
-def unpack(packed: List[_Packed], other: Any = None) -> List[Any]:
-    """:func:`pack` undone; None becomes ``other``."""
-    return [other if item is None else MQTTMessage(*item) if len(item) == 3
-            else MQTTError(MQTTMessage(*item[:3]), item[3])
+def unpack(packed: List[_Packed], other: Any = None, partition: int = 0) -> List[Any]:
+    """:func:`pack` undone (the messages read by source partition ``partition``); None becomes ``other``."""
+    return [other if item is None else MQTTMessage(*item, partition) if len(item) == 3
+            else MQTTError(MQTTMessage(*item[:3], partition), item[3])
             for item in packed]
 
 
@@ -225,12 +225,14 @@ class SourcePartitionProcess(StatefulSourcePartition[Union[MQTTMessage, MQTTErro
         stats: Where the worker sees the child's counters.
         on_event: The worker's connection-event hook.
         label: Names the child process.
+        index: The partition's index, which its messages carry.
     """
 
     def __init__(self, build: Callable[[Forward], Any], stats: MQTTLinkStats,
-                 on_event: Optional[Callable[..., None]], label: str) -> None:
+                 on_event: Optional[Callable[..., None]], label: str, index: int = 0) -> None:
         self._child = _Child(lambda forward: _ServedSource(build(forward)), stats, {"event": on_event}, label)
         self.stats = stats
+        self._index = index
         self._more = False
 
     @property
@@ -240,7 +242,7 @@ class SourcePartitionProcess(StatefulSourcePartition[Union[MQTTMessage, MQTTErro
 
     def next_batch(self) -> List[Union[MQTTMessage, MQTTError]]:
         packed, self._more = self._child.call("next_batch")
-        return unpack(packed)
+        return unpack(packed, partition=self._index)
 
     def next_awake(self) -> Optional[datetime]:
         return None if self._more else datetime.now(timezone.utc) + _IDLE_POLL

@@ -37,7 +37,7 @@ import time
 import uuid
 from collections import deque
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
@@ -311,11 +311,11 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
             topic = msg.topic
         except UnicodeDecodeError:
             topic = msg._topic.decode("utf-8", "replace")
-            return MQTTError(MQTTMessage(topic, msg.payload), "topic is not UTF-8")
+            return MQTTError(MQTTMessage(topic, msg.payload, (), self._index), "topic is not UTF-8")
         props: Tuple[Tuple[str, str], ...] = ()
         if self._v5 and msg.properties is not None:
             props = tuple(getattr(msg.properties, "UserProperty", ()) or ())
-        message = MQTTMessage(topic, bytes(msg.payload), props)
+        message = MQTTMessage(topic, bytes(msg.payload), props, self._index)
         size = len(message.payload)
         if self._max_bytes is not None and size > self._max_bytes:
             return MQTTError(message, f"too large: {size} bytes > max {self._max_bytes}")
@@ -612,14 +612,23 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         partition had read when it published its watermark, and everything
         before that has been processed by the whole dataflow.
         """
+        return min(self.watermarks().values(), default=-math.inf)
+
+    def watermarks(self) -> Mapping[int, float]:
+        """Each listed partition's watermark (``-inf`` until it has one); needs ``newest_position``.
+
+        The same mapping until a watermark changes. Messages carry the index
+        of the partition that read them (:attr:`MQTTMessage.partition`), so a
+        step can tell how far it has processed each partition itself.
+        """
         board = self._board
         if board is None or not self._parts:
             if self.newest_position is None:
-                raise ValueError("low_watermark needs a newest_position function")
+                raise ValueError("watermarks need a newest_position function")
             if not self._parts:
                 self.list_parts()
             board = self.board()
-        return board.low(self._parts)
+        return board.of(self._parts)
 
     def close(self) -> None:
         """Stop the watermark reader, if one runs (the partitions close with the dataflow)."""
@@ -645,4 +654,4 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         stats = MQTTLinkStats()
         if index < self.partitions:
             stats = self.stats.setdefault(self.client_id_for(index), stats)
-        return SourcePartitionProcess(build, stats, self.on_event, label=f"mqtt-in-{index}")
+        return SourcePartitionProcess(build, stats, self.on_event, label=f"mqtt-in-{index}", index=index)

@@ -49,7 +49,7 @@ import math
 import threading
 import time
 import uuid
-from typing import Dict, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 from .connection import MQTTConnection, connect
 
@@ -200,9 +200,9 @@ class WatermarkBoard:
         self._max_ahead = max_ahead
         self._prefix = f"{WATERMARK_ROOT}/{client_id}/in-"
         self._values: Dict[int, float] = {}
-        # low() per set of partitions, until a value changes: the window step
+        # of() per set of partitions, until a value changes: the window step
         # asks on every batch of every state key, a watermark comes once an epoch.
-        self._lows: Dict[Tuple[int, ...], float] = {}
+        self._marks: Dict[Tuple[int, ...], Dict[int, float]] = {}
         self._client = None
         self._lock = threading.Lock()
 
@@ -237,7 +237,7 @@ class WatermarkBoard:
         if not payload:  # cleared
             with self._lock:
                 self._values.pop(int(tail), None)
-                self._lows = {}
+                self._marks = {}
             return
         value = decode_watermark(payload)
         if value is None:
@@ -248,20 +248,28 @@ class WatermarkBoard:
             return
         with self._lock:
             self._values[int(tail)] = value
-            self._lows = {}
+            self._marks = {}
 
     def value(self, index: int) -> Optional[float]:
         with self._lock:
             return self._values.get(index)
 
+    def of(self, indexes: Tuple[int, ...]) -> Mapping[int, float]:
+        """The watermark of each of ``indexes`` (``-inf`` for one that has none yet).
+
+        The same mapping, unchanged, until a watermark changes: a caller may
+        keep what it computed from it while it gets the same object.
+        """
+        marks = self._marks.get(indexes)
+        if marks is None:
+            with self._lock:
+                known = self._marks
+                marks = known[indexes] = {i: self._values.get(i, -math.inf) for i in indexes}
+        return marks
+
     def low(self, indexes: Tuple[int, ...]) -> float:
         """The lowest watermark over ``indexes`` (``-inf`` if one has none yet)."""
-        low = self._lows.get(indexes)
-        if low is None:
-            with self._lock:
-                lows = self._lows
-                low = lows[indexes] = min((self._values.get(i, -math.inf) for i in indexes), default=-math.inf)
-        return low
+        return min(self.of(indexes).values(), default=-math.inf)
 
     def stop(self) -> None:
         if self._client is not None:

@@ -25,28 +25,32 @@ class Accepted(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A valid event on its way to its driver's intervals.
 
     The source topic and original bytes ride along so that an event found
-    late further on can still be republished unchanged.
+    late further on can still be republished unchanged; the input partition
+    that read it, so that the window step knows how far it has processed
+    each partition (:class:`~driver_stats.core.stream_clock.ProcessedPositions`).
     """
 
     event: Event
     event_time: float  # Unix seconds
     source_topic: str
     payload: bytes
+    partition: int = 0
 
     def __reduce__(self):
         # Bytewax pickles every item that crosses to another process (the
         # window step is keyed by driver): the payload it was decoded from
         # travels several times cheaper than the struct with its datetimes,
         # and decodes back to the same event.
-        return _from_payload, (type(self.event), self.payload, self.event_time, self.source_topic)
+        return _from_payload, (type(self.event), self.payload, self.event_time, self.source_topic, self.partition)
 
 
 _DECODERS = {event_type: EventDecoder(event_type) for event_type in EVENT_TYPES}
 
 
-def _from_payload(event_type: type, payload: bytes, event_time: float, source_topic: str) -> Accepted:
+def _from_payload(event_type: type, payload: bytes, event_time: float, source_topic: str,
+                  partition: int) -> Accepted:
     """An :class:`Accepted` back from what its ``__reduce__`` sent (the payload decoded once already)."""
-    return Accepted(_DECODERS[event_type].decode(payload), event_time, source_topic, payload)
+    return Accepted(_DECODERS[event_type].decode(payload), event_time, source_topic, payload, partition)
 
 
 class Intake:
@@ -70,8 +74,12 @@ class Intake:
         self._window = settings.window_seconds
         self._clock = clock
 
-    def __call__(self, topic: str, payload: bytes, now: float | None = None) -> Accepted | Rejection:
-        """One message; ``now`` (wall clock, for the ``future`` rule) defaults to the clock."""
+    def __call__(self, topic: str, payload: bytes, now: float | None = None, partition: int = 0
+                 ) -> Accepted | Rejection:
+        """One message; ``now`` (wall clock, for the ``future`` rule) defaults to the clock.
+
+        ``partition``: the input partition that read it, which the accepted event carries.
+        """
         decoder = self._decoders.get(topic)
         if decoder is None:
             return Rejection(topic, payload, Reason.UNKNOWN_TOPIC, f"{topic!r} is not an input topic")
@@ -86,7 +94,7 @@ class Intake:
             found = problem(event, now=now, max_future_seconds=self._max_future, window_seconds=self._window)
             if found:
                 return Rejection(topic, payload, *found)
-            return Accepted(event, event.event_time.timestamp(), topic, payload)
+            return Accepted(event, event.event_time.timestamp(), topic, payload, partition)
         except DecodeError as err:
             return Rejection(topic, payload, err.reason, str(err))
         except Exception as err:  # noqa: BLE001 - whatever the bytes, a rejection, never a crash
@@ -111,6 +119,6 @@ class Intake:
         return None if newest is None else float(newest)
 
     def batch(self, messages: list) -> list[Accepted | Rejection]:
-        """:meth:`__call__` over a batch of messages with ``.topic`` and ``.payload``."""
+        """:meth:`__call__` over a batch of messages with ``.topic``, ``.payload`` (and ``.partition``: else 0)."""
         now = self._clock()  # once per batch, not per message
-        return [self(message.topic, message.payload, now) for message in messages]
+        return [self(message.topic, message.payload, now, getattr(message, "partition", 0)) for message in messages]

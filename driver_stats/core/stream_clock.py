@@ -2,14 +2,23 @@
 
 A driver's intervals close once the *stream* has passed them
 (:mod:`driver_stats.core.windows`), also while the driver itself is quiet.
-The stream time comes from the input, never from the wall clock: over MQTT it
-is the input's low watermark (:mod:`connectors.mqtt.watermarks`), the event
-time every input partition had read before the dataflow finished an epoch,
-lowest first. So a flow reading behind its producers (a backlog after an
-outage, a frozen broker, the unacknowledged-message cap, a partition behind
-the others, a restart) moves its clock at the pace it reads, and finds late
-only what was late when it was published. A caught-up, idle input moves it
-with the wall clock (its partitions' probes).
+The stream time comes from the input, never from the wall clock. Over MQTT
+(:meth:`StreamClock.of_input`) it is, for each input partition, the later of
+
+* its *watermark* (:mod:`connectors.mqtt.watermarks`): the event time it had
+  read before the dataflow finished an epoch, i.e. once every worker
+  processed what it read before; it comes once an epoch, and a caught-up,
+  idle partition moves it with the wall clock (its probes);
+* what this worker's window step has *processed* of it
+  (:class:`ProcessedPositions`): the newest event time of the partition's
+  events that the step has handled together with everything the partition
+  sent this worker before them. It moves with every batch, so a record
+  closes in the epoch that read the event that closed it, not in the next;
+
+and the lowest over the partitions. So a flow reading behind its producers
+(a backlog after an outage, a frozen broker, the unacknowledged-message cap,
+a partition behind the others, a restart) moves its clock at the pace it
+reads, and finds late only what was late when it was published.
 
 Tests and history replay give any function of their own (a fixed or
 scripted time).
@@ -18,9 +27,10 @@ scripted time).
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import deque
-from typing import Callable
+from typing import Callable, Dict, Mapping, Optional
 
 MAX_NOTIFY_DELAY = 5.0
 """Seconds a window step sleeps at most before looking at the stream time again."""
@@ -84,11 +94,43 @@ class StreamClock:
     def __init__(self, stream_time: Callable[[], float], wall: Callable[[], float] = time.time):
         self._stream_time = stream_time
         self._wall = wall
+        self.positions: Optional[ProcessedPositions] = None
+        """What this worker's window step processed, per input partition (:meth:`of_input`); else None."""
+        self._watermarks: Optional[Callable[[], Mapping[int, float]]] = None
+        self._worker = threading.local()  # .clock: the calling thread's worker's (of_input)
         self._speed = 1.0
         self._mark: tuple[float, float] | None = None  # (wall, stream) where the speed is measured from
         self._seen = -math.inf  # the stream time last seen
         self._jumped: float | None = None  # wall time the last jump was first seen
         self._gaps: deque[float] = deque(maxlen=JUMPS_MEASURED)  # wall seconds between the last jumps
+
+    @classmethod
+    def of_input(cls, watermarks: Callable[[], Mapping[int, float]], wall: Callable[[], float] = time.time
+                 ) -> StreamClock:
+        """The clock of an input read in partitions: ``watermarks()`` maps each partition to its committed watermark.
+
+        Each worker takes its own (:meth:`for_worker`), which also counts what
+        its window step processed. This one counts the watermarks only.
+        """
+        clock = cls(lambda: min(watermarks().values(), default=-math.inf), wall)
+        clock._watermarks = watermarks
+        return clock
+
+    def for_worker(self) -> StreamClock:
+        """The clock of the calling thread's worker (Bytewax runs each worker on a thread of its own).
+
+        For :meth:`of_input`, its own clock, with its own :attr:`positions`:
+        what one worker processed says nothing of what another still has
+        to process. Otherwise this very clock.
+        """
+        if self._watermarks is None:
+            return self
+        clock = getattr(self._worker, "clock", None)
+        if clock is None:
+            positions = ProcessedPositions(self._watermarks)
+            clock = self._worker.clock = StreamClock(positions, self._wall)
+            clock.positions = positions
+        return clock
 
     def now(self) -> float:
         return self._stream_time()
@@ -145,3 +187,66 @@ class StreamClock:
         if wall - since >= SPEED_SAMPLE:
             self._speed = max(1.0, (stream - then) / (wall - since), self._speed / 2)
             self._mark = (wall, stream)
+
+
+class ProcessedPositions:
+    """One worker's stream time: per input partition, the later of its watermark and what the worker processed of it.
+
+    The window step records each event it handles in :attr:`pending`
+    (partition -> newest event time) and calls :meth:`settle` once every
+    event it received so far has been handled: Bytewax calls a stateful
+    step's ``on_batch`` for every key of what arrived, then its
+    ``notify_at``, so ``notify_at`` is that moment. Only then does an event
+    count: the events a partition sends one worker arrive in the order it
+    read them, so once an event of partition ``p`` at time ``t`` is settled,
+    every event ``p`` read before it and sent here has been handled too, and
+    what ``p`` still has to send was read after it, when ``p`` had read up
+    to ``t`` at least (which is all a watermark says, an epoch later).
+    Counting it at once would let another key of the same arrival, handled
+    before its own events, close an interval they belong to.
+
+    >>> marks = {0: 100.0, 1: 50.0}
+    >>> stream = ProcessedPositions(lambda: marks)
+    >>> stream()
+    50.0
+    >>> stream.pending[1] = 80.0; stream()    # handled, not settled: not yet
+    50.0
+    >>> stream.settle(); stream()              # partition 0 now holds it at 100
+    80.0
+    >>> stream.pending[0] = 300.0; stream.pending[1] = 90.0; stream.settle(); stream()
+    90.0
+    >>> marks = {0: 100.0, 1: 400.0}; stream()  # a new watermark (a new mapping) counts too
+    300.0
+    """
+
+    __slots__ = ("_watermarks", "pending", "_processed", "_marks", "_time")
+
+    def __init__(self, watermarks: Callable[[], Mapping[int, float]]):
+        self._watermarks = watermarks
+        self.pending: Dict[int, float] = {}
+        """Partition -> the newest event time the window step handled since the last :meth:`settle`."""
+        self._processed: Dict[int, float] = {}
+        self._marks: Optional[Mapping[int, float]] = None  # the watermarks the time was computed from
+        self._time = -math.inf
+
+    def settle(self) -> None:
+        """Everything the worker received so far is handled: what :attr:`pending` holds counts."""
+        pending = self.pending
+        if not pending:
+            return
+        processed = self._processed
+        for partition, newest in pending.items():
+            if newest > processed.get(partition, -math.inf):
+                processed[partition] = newest
+        pending.clear()
+        self._marks = None
+
+    def __call__(self) -> float:
+        # The source hands out a new mapping when a watermark changes.
+        marks = self._watermarks()
+        if marks is not self._marks:
+            processed = self._processed
+            self._time = min((max(mark, processed.get(partition, -math.inf)) for partition, mark in marks.items()),
+                             default=-math.inf)
+            self._marks = marks
+        return self._time

@@ -21,9 +21,9 @@ Semantics (``../shared/CONTRACT.md``):
   nothing late that was not late when it was published. An interval closes,
   and its record is emitted, once the watermark reaches ``b``: the stream's
   event time has passed ``b + allowed lateness``.
-* The watermark never goes back, and an event whose interval is closed is
-  ``late``: a closed interval is never reopened and never gets a second
-  record.
+* The watermark never goes back, not even behind a stream time that went
+  back (a restart), and an event whose interval is closed is ``late``: a
+  closed interval is never reopened and never gets a second record.
 * An event is identified by (message type, journey_id); a repeat is counted
   once. A driver keeps the keys of an interval while it is open and for the
   state retention (``DRIVER_STATS_STATE_RETENTION_SECONDS``) after it
@@ -208,7 +208,11 @@ class DriverWindows:
         self.closed_until = -math.inf  # end of the newest interval closed
 
     def watermark(self, stream_time: float) -> float:
-        return max(max(self.newest, stream_time) - self.lateness, self.floor)
+        # Never behind what it closed already: the stream time a restarted
+        # flow starts from can be behind the one that closed an interval
+        # (what a worker processed counts before its partition's watermark
+        # is published), and a closed interval must stay closed.
+        return max(max(self.newest, stream_time) - self.lateness, self.floor, self.closed_until)
 
     def add(self, event: Event, event_time: float, stream_time: float) -> Verdict:
         """Count ``event`` whose event time is ``event_time``.

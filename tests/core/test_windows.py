@@ -53,6 +53,18 @@ def test_a_late_event_never_reopens_a_closed_interval_even_when_nothing_is_open(
     assert w.close_all() == []
 
 
+def test_a_closed_interval_stays_closed_when_the_stream_time_goes_back_across_a_restart():
+    # A restarted flow's stream time starts from the partitions' published
+    # watermarks, which can be behind what its window step had processed.
+    w = DriverWindows(10, lateness_seconds=5)
+    add(w, tipped("d1", "j1", 3, 1))
+    assert len(w.close_due(BASE + 100)) == 1
+    resumed = DriverWindows.resume(pickle.loads(pickle.dumps(w.snapshot())), 10, 5)
+    for windows in (w, resumed):
+        assert add(windows, tipped("d1", "j2", 4, 1), stream_time=BASE).reason == LATE
+        assert windows.close_all() == []
+
+
 def test_within_lateness_out_of_order_events_count():
     w = DriverWindows(10, lateness_seconds=30)
     add(w, tipped("d1", "j1", 35, 1))

@@ -7,6 +7,9 @@ from the bytes the flow would publish.
 from __future__ import annotations
 
 import itertools
+import math
+import threading
+from datetime import datetime
 
 from msgspec.structs import replace
 
@@ -14,9 +17,12 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 
 from connectors.mqtt import MQTTMessage
 from driver_stats.contract import FinishReason, decode_stats, encode_event, to_json
-from driver_stats.settings import Settings
+from driver_stats.core.intake import Accepted
+from driver_stats.core.shards import DriverShard
 from driver_stats.core.stream_clock import StreamClock
+from driver_stats.settings import Settings
 from flows.driver_stats import build_flow
+from flows.steps import DriverShardLogic
 from tests.support import FINISHED, RATED, T0, TIPPED, at, finished, rated, seed_events, tipped, totals, wire
 
 STATS = "output/driver_stats"
@@ -305,3 +311,49 @@ def test_a_forgotten_driver_leaves_the_store_and_its_late_event_is_still_late(tm
     assert set(latest) <= {shard_of("d1"), shard_of("d2")}, "state keys are shards, not drivers"
     floor, drivers = pickle.loads(latest[shard_of("d1")])
     assert (floor, drivers) == (T0.timestamp() + 10, []), "d1 is gone from the store; its shard keeps the floor"
+
+
+def test_the_window_step_counts_what_it_processed_of_a_partition_only_once_the_whole_arrival_is_handled():
+    # Bytewax hands the window step one arrival key by key (in key order, not
+    # read order), then asks every key it woke for notify_at. Partition 0 read
+    # d2's event at 12 s, then d1's at 100 s; partition 1 is at 50 s.
+    t = lambda second_: T0.timestamp() + second_  # noqa: E731
+    marks = {0: -math.inf, 1: t(50)}
+    root = StreamClock.of_input(lambda: marks)
+    first, second = (DriverShardLogic(DriverShard(10, 5), root) for _ in range(2))
+
+    def read(driver: str, second_: float, partition: int) -> Accepted:
+        event = rated(driver, f"j-{driver}-{second_}", second_, 5)
+        return Accepted(event, event.event_time.timestamp(), RATED, wire(event)[1], partition)
+
+    assert first.on_batch([read("d1", 100, 0)])[0] == []
+    # d2's event is not late: what d1's key handled counts once the arrival is handled.
+    assert second.on_batch([read("d2", 12, 0)])[0] == []
+    assert root.for_worker().now() == -math.inf
+    first.notify_at()
+    # Now partition 0 is processed up to 100 s, partition 1 holds the stream at its watermark.
+    assert root.for_worker().now() == t(50)
+    assert isinstance(second.notify_at(), datetime)
+    (record,), _ = second.on_notify()  # [10, 20) + 5 s passed: closed
+    assert (record.driver_id, record.interval_start) == ("d2", at(10))
+    assert first.on_notify()[0] == []  # [100, 110) + 5 s: not yet
+
+
+def test_each_worker_counts_only_what_its_own_window_step_processed():
+    root = StreamClock.of_input(lambda: {0: 10.0})
+    clocks: dict[str, StreamClock] = {}
+    both_running = threading.Barrier(2)
+
+    def worker(name: str, newest: float) -> None:
+        clock = clocks[name] = root.for_worker()
+        assert clock is root.for_worker()  # one per thread
+        clock.positions.pending[0] = newest
+        clock.positions.settle()
+        both_running.wait()
+
+    threads = [threading.Thread(target=worker, args=args) for args in (("a", 500.0), ("b", 20.0))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert (clocks["a"].now(), clocks["b"].now(), root.now()) == (500.0, 20.0, 10.0)
