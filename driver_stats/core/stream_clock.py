@@ -36,11 +36,8 @@ MAX_NOTIFY_DELAY = 5.0
 """Seconds a window step sleeps at most before looking at the stream time again."""
 
 BACKLOG_NOTIFY_DELAY = 1.0
-"""... while the stream runs faster than the wall clock (a backlog, a replay):
-it moves in jumps there (once an epoch), so no distance says when it will
-arrive. Each state key with open intervals then looks again just after the
-stream's next jump is due (:data:`JUMP_MARGIN`), or, until the jumps'
-cadence is known, within this many seconds."""
+"""... while the stream runs faster than the wall clock (a backlog, a replay),
+until the cadence of its changes is known (:meth:`StreamClock.to_wall`)."""
 
 BACKLOG_SPEED = 1.5
 """Stream seconds per wall second above which the stream is reading a backlog."""
@@ -67,6 +64,11 @@ JUMPS_MEASURED = 5
 SAME_JUMP = 0.2
 """Changes less than this many seconds after a jump are part of it (the
 watermarks of several partitions arrive one after the other)."""
+
+CONTINUOUS = 0.5
+"""A stream whose changes come less than this many seconds apart (median)
+moves with what the window step processes, not in an epoch's jumps (the
+shortest epoch is 1 s): it is expected when its speed says."""
 
 
 class StreamClock:
@@ -140,15 +142,20 @@ class StreamClock:
 
         A caught-up stream moves about as fast as the wall clock: look again
         after the distance, at most :data:`MAX_NOTIFY_DELAY`. One that reads
-        a backlog moves faster and in jumps, once an epoch, while its speed,
-        measured over the last :data:`SPEED_SAMPLE` seconds (and never below
-        half the one before, since a second may see no jump at all), is above
-        :data:`BACKLOG_SPEED`: look again :data:`JUMP_MARGIN` after its next
-        jump is due (from the cadence of the last ones; until that is known,
-        within :data:`BACKLOG_NOTIFY_DELAY`), and every
-        :data:`LATE_JUMP_POLL` while it is late. Every state key then looks
-        together, just after the jump, and its records close in the epoch
-        that follows the jump rather than in a later one.
+        a backlog moves faster, while its speed, measured over the last
+        :data:`SPEED_SAMPLE` seconds (and never below half the one before,
+        since a second may see no jump at all), is above
+        :data:`BACKLOG_SPEED`. Until the cadence of its changes is known,
+        look again within :data:`BACKLOG_NOTIFY_DELAY`. Where it moves with
+        every batch the worker processes (changes less than
+        :data:`CONTINUOUS` apart), look again when its speed says it gets
+        there (at least :data:`JUMP_MARGIN` on). Where it moves only with
+        the partitions' watermarks, in jumps once an epoch (a worker that
+        receives nothing of some partition), look again :data:`JUMP_MARGIN`
+        after its next jump is due, and every :data:`LATE_JUMP_POLL` while
+        it is late: every state key then looks together, just after the
+        jump, and its records close in the epoch that follows the jump
+        rather than in a later one.
         """
         now, wall = self.now(), self._wall()
         self._measure(wall, now)
@@ -161,8 +168,10 @@ class StreamClock:
             return wall + min(ahead, MAX_NOTIFY_DELAY)
         if not self._gaps:  # no cadence yet
             return wall + min(ahead, BACKLOG_NOTIFY_DELAY)
-        # The stream stays where it is until its next jump, however close the target.
         cadence = sorted(self._gaps)[len(self._gaps) // 2]
+        if cadence < CONTINUOUS:
+            return wall + min(max(ahead / self._speed, JUMP_MARGIN), BACKLOG_NOTIFY_DELAY)
+        # The stream stays where it is until its next jump, however close the target.
         due = self._jumped + cadence * max(1, math.floor((wall - self._jumped) / cadence))
         if wall >= due + cadence / 2:
             due += cadence

@@ -10,6 +10,7 @@ import pytest
 from driver_stats.core import stream_clock
 from driver_stats.core.stream_clock import (
     BACKLOG_NOTIFY_DELAY,
+    CONTINUOUS,
     JUMP_MARGIN,
     LATE_JUMP_POLL,
     MAX_NOTIFY_DELAY,
@@ -107,3 +108,17 @@ def test_jumps_a_cadence_apart_are_waited_for_a_cadence():
     assert clock.to_wall(t.stream + 1) == 21.0 + LATE_JUMP_POLL
     t.wall = 22.5
     assert clock.to_wall(t.stream + 1) == 25.0 + JUMP_MARGIN
+
+
+def test_a_backlog_that_moves_with_every_batch_is_expected_when_its_speed_says():
+    # What the window step processed moves the stream many times a second:
+    # no jumps to wait for, so a key looks when the stream should get there.
+    t = Scripted(stream=0.0)
+    clock = t.clock()
+    for step in range(1, 31):  # 3 s of batches, 0.1 s apart, 1000 stream seconds per wall second
+        t.wall, t.stream = step * 0.1, step * 100.0
+        clock.to_wall(t.stream + 1)
+    assert CONTINUOUS > 0.2  # its changes, grouped into jumps, come SAME_JUMP apart
+    assert clock.to_wall(t.stream + 300) == pytest.approx(t.wall + 0.3)
+    assert clock.to_wall(t.stream + 1) == pytest.approx(t.wall + JUMP_MARGIN)  # soon, yet not at once
+    assert clock.to_wall(t.stream + 1e6) == pytest.approx(t.wall + BACKLOG_NOTIFY_DELAY)
