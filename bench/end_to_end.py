@@ -178,7 +178,7 @@ def _scale_process(settings: Settings, n: int, taken, addresses: list[str], proc
                 others[0] += 1
 
     sink = mqtt_sink(settings, on_written=written, commit_gated=False)
-    flow = build_flow(settings, source, sink, stream_clock=StreamClock(source.low_watermark),
+    flow = build_flow(settings, source, sink, stream_clock=StreamClock.of_input(source.watermarks),
                       input_done=source.done)
     cluster_main(flow, addresses, proc_id, epoch_interval=EPOCH, worker_count_per_proc=1)
     Path(out, f"records-{proc_id}.pickle").write_bytes(pickle.dumps((records, others[0])))
@@ -289,7 +289,7 @@ def main() -> None:
         published: list[int] = [0]
         sink = mqtt_sink(settings, commit_gated=False, on_written=lambda batch, _s: published.__setitem__(
             0, published[0] + len(batch)))
-        full_seconds = timed(build_flow(settings, full, sink, stream_clock=StreamClock(full.low_watermark),
+        full_seconds = timed(build_flow(settings, full, sink, stream_clock=StreamClock.of_input(full.watermarks),
                                         input_done=full.done))
 
     bare_rate, full_rate = bare.got / bare_seconds, full.got / full_seconds

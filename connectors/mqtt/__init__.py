@@ -113,10 +113,14 @@ the newest position it has emitted, once the epoch that emitted it is
 complete (the acknowledgements' gate, below), so everything the partition
 emitted before is processed by the whole dataflow. :meth:`MQTTSource.low_watermark`
 is the lowest over the listed partitions: no message still to come from any
-partition lies behind what it read before. A partition that is caught up and
+partition lies behind what it read before; :meth:`MQTTSource.watermarks`
+gives each partition's. A partition that is caught up and
 idle (its own probe through its session comes back fast, twice, with no data
 in between) moves its watermark with the wall clock. Details and the rules:
-:mod:`.watermarks`.
+:mod:`.watermarks`. Each input message carries the index of the partition
+that read it (``MQTTMessage.partition``), so a stateful step can also count
+how far it has itself processed each partition, an epoch before the
+watermark says so.
 
 The input prefers MQTT 5 (3.1.1 where the broker lacks it): its Receive
 Maximum bounds what the broker sends unacknowledged. 3.1.1 is cheaper:

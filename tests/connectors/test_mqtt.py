@@ -497,6 +497,7 @@ def test_partitions_read_their_shards_once_each_in_publish_order_and_ids_are_sta
         # Each partition receives exactly its shards (the plain topic on 0), in publish order,
         # and nothing else: the broker delivers every message once.
         assert [m.payload for m in got[i]] == [p for t, p in sent if t in owns[i]]
+        assert {m.partition for m in got[i]} == {i}  # which partition read it: what a step counts per partition
         assert stats[i].passed_on == 0
     # Reopened: the same messages come again (never committed, so never acknowledged).
     again, stats = read_partitions(src, 50, "the 50 redelivered")
