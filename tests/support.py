@@ -111,7 +111,7 @@ def assert_counted_once(expected: dict, collector: Collector, flow: LiveFlow, ti
 
 
 def drain_backlog(broker, tmp_path, name: str, messages, window: int, lateness: int, *, partitions: int,
-                  processes: int) -> tuple[dict, str]:
+                  processes: int, workers: int = 1) -> tuple[dict, str]:
     """Create the flow's sessions, queue ``messages`` (on their shard topics) while it is down, start it.
 
     Asserts that every message is counted once and nothing rejected; returns
@@ -119,7 +119,7 @@ def drain_backlog(broker, tmp_path, name: str, messages, window: int, lateness: 
     """
     collector = Collector(broker, STATS_TOPIC, "rejected/#", client_id=f"{name}-collector")
     flow = LiveFlow(broker, tmp_path / name, client_id=name, window=window, lateness=lateness, recovery=True,
-                    processes=processes, partitions_per_topic=partitions)
+                    processes=processes, workers=workers, partitions_per_topic=partitions)
     # The flow's input sessions, as a first run leaves them.
     create_sessions(mqtt_source(Settings(mqtt_url=f"mqtt://{broker.host}:{broker.port}", client_id=name,
                                          partitions_per_topic=partitions)))

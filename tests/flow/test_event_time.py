@@ -31,15 +31,19 @@ RECORD_BOUND = LATENESS + 3 * EPOCH + 2
 """README: a quiet driver's record is published within the allowed lateness + 3 epochs + 2 s of its interval's end."""
 
 
-def test_a_backlog_drained_by_1_or_4_partitions_gives_the_same_records_none_late(mosquitto, tmp_path):
+def test_a_backlog_drained_by_1_or_4_partitions_or_2_workers_gives_the_same_records_none_late(mosquitto, tmp_path):
     # 60 s of traffic from 200 drivers, queued while the flow was down: each
-    # partition reads its shards at its own pace, the others ahead or behind.
+    # partition reads its shards at its own pace, the others ahead or behind,
+    # and each worker processes its share at its own pace (what one worker
+    # processed says nothing of what another still has to).
     traffic = Traffic(5, 200, start=time.time() - 60, rate=80, window=WINDOW, lateness=LATENESS, duplicates=0.05,
                       out_of_order=0.1)
     messages = list(traffic.events(4800))
     one, _ = drain_backlog(mosquitto, tmp_path, "backlog1", messages, WINDOW, LATENESS, partitions=1, processes=1)
     four, _ = drain_backlog(mosquitto, tmp_path, "backlog4", messages, WINDOW, LATENESS, partitions=4, processes=2)
-    assert one == four and len(one) > 500
+    workers, _ = drain_backlog(mosquitto, tmp_path, "backlog2w", messages, WINDOW, LATENESS, partitions=2,
+                               processes=1, workers=2)
+    assert one == four == workers and len(one) > 500
 
 
 def test_traffic_faster_than_the_unacked_cap_lets_the_flow_read_is_all_counted(mosquitto, tmp_path):
