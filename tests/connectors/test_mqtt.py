@@ -88,7 +88,8 @@ class Flow:
                 "-s", str(epoch_s or self.epoch_s)]
         if self.recovery is not None:
             args += ["-r", str(self.recovery), "-b", "0"]
-        self.starts = self.log.read_text().count(" connected (") if self.log.exists() else 0
+        text = self.log.read_text() if self.log.exists() else ""
+        self.starts, self.subscribes = text.count(" connected ("), text.count(" subscribed to ")
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(args, cwd=self.tmp, env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT)
@@ -98,11 +99,14 @@ class Flow:
 
     def connected(self) -> bool:
         # The input partition (one for all topics) logs one "connected" line
-        # and subscribes before the dataflow runs; the output connects at the
-        # first commit tick, once the dataflow runs.
+        # and, once the broker acknowledged its subscriptions, one
+        # "subscribed" line (what is published before that never reaches a
+        # new session); the output connects at the first commit tick, once
+        # the dataflow runs.
         text = self.log.read_text() if self.log.exists() else ""
         lines = 2 if self.env["T_ECHO"] == "1" else 1
-        return text.count("mqtt input ") and text.count(" connected (") >= self.starts + lines
+        return (text.count(" connected (") >= self.starts + lines
+                and text.count(" subscribed to ") >= self.subscribes + 1)
 
     def seen_lines(self) -> list[str]:
         return self.seen.read_text().split() if self.seen.exists() else []
