@@ -35,6 +35,14 @@ from typing import Callable, Dict, Mapping, Optional
 MAX_NOTIFY_DELAY = 5.0
 """Seconds a window step sleeps at most before looking at the stream time again."""
 
+STALLED_POLL = 1.0
+"""... and, once a caught-up stream has not moved for this many seconds, how
+often a state key whose target is within :data:`MAX_NOTIFY_DELAY` looks
+again. A stalled stream (an idle input, a stopped broker) comes back in one
+jump: an idle input's watermark moves once an epoch, after its probes. A
+key that slept the whole distance would sleep through that jump, and on
+for up to :data:`MAX_NOTIFY_DELAY` more."""
+
 BACKLOG_NOTIFY_DELAY = 1.0
 """... while the stream runs faster than the wall clock (a backlog, a replay),
 until the cadence of its changes is known (:meth:`StreamClock.to_wall`)."""
@@ -104,6 +112,7 @@ class StreamClock:
         self._mark: tuple[float, float] | None = None  # (wall, stream) where the speed is measured from
         self._seen = -math.inf  # the stream time last seen
         self._jumped: float | None = None  # wall time the last jump was first seen
+        self._changed = -math.inf  # wall time the stream was last seen to change
         self._gaps: deque[float] = deque(maxlen=JUMPS_MEASURED)  # wall seconds between the last jumps
 
     @classmethod
@@ -141,7 +150,8 @@ class StreamClock:
         """The wall time to look again for ``stream_time``.
 
         A caught-up stream moves about as fast as the wall clock: look again
-        after the distance, at most :data:`MAX_NOTIFY_DELAY`. One that reads
+        after the distance, at most :data:`MAX_NOTIFY_DELAY` (while it has
+        stalled, within :data:`STALLED_POLL` when that near). One that reads
         a backlog moves faster, while its speed, measured over the last
         :data:`SPEED_SAMPLE` seconds (and never below half the one before,
         since a second may see no jump at all), is above
@@ -165,6 +175,8 @@ class StreamClock:
         if ahead <= 0:
             return wall
         if self._speed <= BACKLOG_SPEED:
+            if ahead <= MAX_NOTIFY_DELAY and wall - self._changed >= STALLED_POLL:
+                return wall + min(ahead, STALLED_POLL)
             return wall + min(ahead, MAX_NOTIFY_DELAY)
         if not self._gaps:  # no cadence yet
             return wall + min(ahead, BACKLOG_NOTIFY_DELAY)
@@ -184,6 +196,7 @@ class StreamClock:
             return
         # The first value seen is no jump: when the stream got there is unknown.
         if stream != self._seen and self._seen != -math.inf:
+            self._changed = wall
             if self._jumped is None or wall - self._jumped >= SAME_JUMP:
                 if self._jumped is not None:
                     self._gaps.append(wall - self._jumped)
@@ -191,6 +204,7 @@ class StreamClock:
         self._seen = stream
         if self._mark is None:
             self._mark = (wall, stream)
+            self._changed = wall  # from here on, a stream that does not move has stalled
             return
         since, then = self._mark
         if wall - since >= SPEED_SAMPLE:

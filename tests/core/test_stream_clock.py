@@ -14,6 +14,7 @@ from driver_stats.core.stream_clock import (
     JUMP_MARGIN,
     LATE_JUMP_POLL,
     MAX_NOTIFY_DELAY,
+    STALLED_POLL,
     StreamClock,
 )
 
@@ -72,7 +73,7 @@ def test_the_backlog_fades_over_seconds_not_at_once():
     t.wall = 2.0  # then a second without a jump (the next watermark is an epoch away)
     assert 0 < clock.to_wall(t.stream + 3600) - t.wall <= BACKLOG_NOTIFY_DELAY
     for second in range(3, 20):
-        t.wall = float(second)
+        t.wall, t.stream = float(second), t.stream + 1  # caught up: the stream moves with the wall clock
         clock.to_wall(0)
     assert clock.to_wall(t.stream + 3) - t.wall == 3.0  # caught up: the wall clock's
 
@@ -81,9 +82,12 @@ def test_a_slow_or_stalled_stream_waits_no_longer_than_the_wall_clock_says_nor_t
     t = Scripted(stream=1000.0)
     clock = t.clock()
     clock.to_wall(0)
-    t.wall = 2.0  # stalled: the stream did not move in 2 s
-    assert clock.to_wall(1002.0) == t.wall + 2.0  # speed taken as 1, never below
-    assert clock.to_wall(1e9) == t.wall + MAX_NOTIFY_DELAY
+    t.wall, t.stream = 0.5, 1000.5  # moving at the wall clock's pace
+    assert clock.to_wall(1004.5) == t.wall + 4.0  # speed taken as 1, never below
+    t.wall = 2.0  # stalled: the stream did not move in 1.5 s (an idle input: it comes back in a jump)
+    assert clock.to_wall(1004.5) == t.wall + STALLED_POLL
+    assert clock.to_wall(1000.6) == pytest.approx(t.wall + 0.1)  # nearer than that: the distance
+    assert clock.to_wall(1e9) == t.wall + MAX_NOTIFY_DELAY  # far: the cap
     assert clock.to_wall(900.0) == t.wall  # passed already: now
 
 
