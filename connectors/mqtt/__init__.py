@@ -111,10 +111,10 @@ Unix seconds, of a batch of messages: driver-stats gives the event time),
 each partition publishes its *watermark* on the retained ``connectors-mqtt/watermarks/<client_id>/in-<i>``:
 the newest position it has emitted, once the epoch that emitted it is
 complete (the acknowledgements' gate, below), so everything the partition
-emitted before is processed by the whole dataflow. :meth:`MQTTSource.low_watermark`
-is the lowest over the listed partitions: no message still to come from any
-partition lies behind what it read before; :meth:`MQTTSource.watermarks`
-gives each partition's. A partition that is caught up and
+emitted before is processed by the whole dataflow. :meth:`MQTTSource.watermarks`
+gives each listed partition's; their lowest is the dataflow's low watermark:
+no message still to come from any partition lies behind what it read
+before. A partition that is caught up and
 idle (its own probe through its session comes back fast, twice, with no data
 in between) moves its watermark with the wall clock. Details and the rules:
 :mod:`.watermarks`. Each input message carries the index of the partition

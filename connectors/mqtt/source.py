@@ -517,7 +517,7 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         newest_position: ``newest_position(messages)``: the newest time in
             Unix seconds a batch of messages stands for in the stream (e.g.
             their newest event time), or None. Turns on watermarks
-            (:mod:`.watermarks`, :meth:`low_watermark`).
+            (:mod:`.watermarks`, :meth:`watermarks`).
         position_max_ahead: Positions are never more than this many seconds
             ahead of the wall clock: a watermark beyond is ignored (forged).
         probe_interval: Seconds between a partition's idle probes.
@@ -605,21 +605,16 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
             self._board = WatermarkBoard(self.connection, self.client_id, self.position_max_ahead)
         return self._board.start()
 
-    def low_watermark(self) -> float:
-        """The lowest watermark over the partitions (``-inf`` until each has one); needs ``newest_position``.
-
-        Every message any partition has yet to emit comes after what that
-        partition had read when it published its watermark, and everything
-        before that has been processed by the whole dataflow.
-        """
-        return min(self.watermarks().values(), default=-math.inf)
-
     def watermarks(self) -> Mapping[int, float]:
         """Each listed partition's watermark (``-inf`` until it has one); needs ``newest_position``.
 
-        The same mapping until a watermark changes. Messages carry the index
-        of the partition that read them (:attr:`MQTTMessage.partition`), so a
-        step can tell how far it has processed each partition itself.
+        The lowest of them is the dataflow's low watermark: every message any
+        partition has yet to emit comes after what that partition had read
+        when it published its watermark, and everything before that has been
+        processed by the whole dataflow. The same mapping until a watermark
+        changes. Messages carry the index of the partition that read them
+        (:attr:`MQTTMessage.partition`), so a step can also tell how far it
+        has processed each partition itself.
         """
         board = self._board
         if board is None or not self._parts:

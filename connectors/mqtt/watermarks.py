@@ -267,10 +267,6 @@ class WatermarkBoard:
                 marks = known[indexes] = {i: self._values.get(i, -math.inf) for i in indexes}
         return marks
 
-    def low(self, indexes: Tuple[int, ...]) -> float:
-        """The lowest watermark over ``indexes`` (``-inf`` if one has none yet)."""
-        return min(self.of(indexes).values(), default=-math.inf)
-
     def stop(self) -> None:
         if self._client is not None:
             self._client.disconnect()
