@@ -61,8 +61,8 @@ acknowledges each message as soon as it has read it: at most once across a
 crash. Both publish records with QoS 1. Pathway's Rust engine runs beside
 its Python threads and can use more than one core (compare the CPU seconds).
 The rate includes each system's delay from the flush to its last record:
-1-2 epochs for driver-stats (README, "Speed"),
-about one commit for Pathway. On a small machine the publisher, the broker,
+up to the end of the epoch that read the flush, and its commit, for
+driver-stats (README, "Speed"); about one commit for Pathway. On a small machine the publisher, the broker,
 the subscriber and the system share the cores.
 
 Pathway is installed only for this benchmark, in ``.venv-peer``
