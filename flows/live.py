@@ -6,7 +6,8 @@ broker check that turns a wrong URL or credential into one line, the
 metrics and health server (:mod:`flows.health`), a quiet stop on SIGTERM
 and Ctrl-C, and the :class:`~connectors.mqtt.MQTTSource` (reading the
 shard topics, each partition in a process of its own, with the event time as
-its partitions' watermark, which is the stream clock) and
+its partitions' watermark, which with what the window step processed of each
+partition makes the stream clock) and
 :class:`~connectors.mqtt.MQTTSink`, whose connection events and stats feed
 the metrics and the health checks.
 
@@ -174,7 +175,7 @@ def mqtt_source(settings: Settings, *, source_type: Callable[..., mqtt.MQTTSourc
         # partition then reads its shards only (the plain topics: partition 0).
         shards=INPUT_SHARDS,
         max_unacked=settings.max_unacked_messages,
-        # The event time: each partition's watermark, which moves the stream clock.
+        # The event time: each partition's watermark, which moves the stream clock (with what was processed).
         newest_position=Intake(settings).newest_event_time,
         # newest_event_time ignores events further ahead (they are rejected as future).
         position_max_ahead=settings.max_future_seconds + 60,
