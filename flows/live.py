@@ -119,8 +119,7 @@ def _stop_quietly_on_signals() -> None:
         raise KeyboardInterrupt
 
     def on_uncaught(kind, error, trace):
-        interrupted = issubclass(kind, KeyboardInterrupt) or isinstance(error.__cause__, KeyboardInterrupt)
-        if interrupted or "signal received" in str(error):
+        if is_interrupt(error):
             log.info("stopped")
             logging.shutdown()
             os._exit(0)
@@ -130,6 +129,23 @@ def _stop_quietly_on_signals() -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     sys.excepthook = on_uncaught
+
+
+def is_interrupt(error: BaseException) -> bool:
+    """Whether ``error`` is our signal's interrupt, however deep Bytewax wrapped it.
+
+    The KeyboardInterrupt raised in whatever Python code the worker was
+    running comes back as the cause of one or more ``BytewaxRuntimeError``
+    (two, from inside ``flat_map_batch``); a worker interrupted in Rust
+    says "signal received".
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt) or "signal received" in str(error):
+            return True
+        seen.add(id(error))
+        error = error.__cause__
+    return False
 
 
 def bytewax_run_options(argv: Optional[list[str]] = None, environ=None) -> tuple[Optional[str], Optional[float]]:

@@ -15,7 +15,10 @@ import time
 import urllib.error
 import urllib.request
 
+import bytewax.operators as op
 import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, TestingSource, run_main
 
 from connectors.mqtt import MQTTLinkStats
 from connectors.mqtt.testing import free_port
@@ -24,7 +27,7 @@ from driver_stats.core.shards import DriverShard
 from driver_stats.core.stream_clock import StreamClock
 from driver_stats.settings import Settings
 from flows import health, metrics
-from flows.live import bytewax_run_options
+from flows.live import bytewax_run_options, is_interrupt
 from flows.steps import DriverShardLogic
 from tests.support import RATED, T0, rated, wire
 
@@ -328,3 +331,20 @@ def test_scraping_while_the_flow_runs(caplog):
         scraper.join()
     assert "collecting gauges failed" not in caplog.text
     assert len(scrapes) > 3 and max(scrapes) == 500
+
+
+def test_an_interrupt_that_bytewax_wrapped_twice_is_still_the_signal_s():
+    # SIGTERM's KeyboardInterrupt raised inside a flat_map_batch step comes
+    # back as the cause of the cause of the error cli_main raises: the exit
+    # code must still be 0 (Kubernetes stops pods with SIGTERM).
+    def interrupted(_items):
+        raise KeyboardInterrupt
+
+    flow = Dataflow("interrupted")
+    op.output("out", op.flat_map_batch("step", op.input("in", flow, TestingSource([1])), interrupted),
+              TestingSink([]))
+    with pytest.raises(BaseException) as caught:
+        run_main(flow)
+    assert not isinstance(caught.value.__cause__, KeyboardInterrupt)  # the case one level did not see
+    assert is_interrupt(caught.value)
+    assert not is_interrupt(RuntimeError("a bug"))
