@@ -97,10 +97,7 @@ class DriverShardLogic(StatefulBatchLogic):
             metrics.count_by(metrics.REJECTED, Counter(r.reason for r in out))
         touched = {accepted.event.driver_id for accepted in values}
         if self.positions is not None:
-            handled = self.positions.pending
-            for accepted in values:
-                if accepted.event_time > handled.get(accepted.partition, -math.inf):
-                    handled[accepted.partition] = accepted.event_time
+            self.positions.handled(values)
         self.gauges.stale = True
         return out + self._close(self.shard.close_due(stream_time, touched)), self.RETAIN
 
@@ -137,7 +134,7 @@ class DriverShardLogic(StatefulBatchLogic):
 def _wall_datetime(wall: float) -> Optional[datetime]:
     """``wall`` as an aware datetime; None beyond year 9999 (never, as far as this process is concerned).
 
-    Cached: in a backlog every state key asks for the same time, the stream's next jump.
+    Cached: where the stream moves in jumps, every state key asks for the same time, just after the next one.
     """
     try:
         return datetime.fromtimestamp(wall, timezone.utc)

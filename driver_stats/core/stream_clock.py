@@ -30,7 +30,7 @@ import math
 import threading
 import time
 from collections import deque
-from typing import Callable, Dict, Mapping, Optional
+from typing import Callable, Dict, Iterable, Mapping, Optional
 
 MAX_NOTIFY_DELAY = 5.0
 """Seconds a window step sleeps at most before looking at the stream time again."""
@@ -114,6 +114,7 @@ class StreamClock:
         self._jumped: float | None = None  # wall time the last jump was first seen
         self._changed = -math.inf  # wall time the stream was last seen to change
         self._gaps: deque[float] = deque(maxlen=JUMPS_MEASURED)  # wall seconds between the last jumps
+        self._cadence: float | None = None  # their median, kept as they change (every key asks, per batch)
 
     @classmethod
     def of_input(cls, watermarks: Callable[[], Mapping[int, float]], wall: Callable[[], float] = time.time
@@ -178,9 +179,9 @@ class StreamClock:
             if ahead <= MAX_NOTIFY_DELAY and wall - self._changed >= STALLED_POLL:
                 return wall + min(ahead, STALLED_POLL)
             return wall + min(ahead, MAX_NOTIFY_DELAY)
-        if not self._gaps:  # no cadence yet
+        cadence = self._cadence
+        if cadence is None:  # not known yet
             return wall + min(ahead, BACKLOG_NOTIFY_DELAY)
-        cadence = sorted(self._gaps)[len(self._gaps) // 2]
         if cadence < CONTINUOUS:
             return wall + min(max(ahead / self._speed, JUMP_MARGIN), BACKLOG_NOTIFY_DELAY)
         # The stream stays where it is until its next jump, however close the target.
@@ -200,6 +201,7 @@ class StreamClock:
             if self._jumped is None or wall - self._jumped >= SAME_JUMP:
                 if self._jumped is not None:
                     self._gaps.append(wall - self._jumped)
+                    self._cadence = sorted(self._gaps)[len(self._gaps) // 2]
                 self._jumped = wall
         self._seen = stream
         if self._mark is None:
@@ -215,8 +217,8 @@ class StreamClock:
 class ProcessedPositions:
     """One worker's stream time: per input partition, the later of its watermark and what the worker processed of it.
 
-    The window step records each event it handles in :attr:`pending`
-    (partition -> newest event time) and calls :meth:`settle` once every
+    The window step records each event it handles (:meth:`handled`: in
+    :attr:`pending`, partition -> newest event time) and calls :meth:`settle` once every
     event it received so far has been handled: Bytewax calls a stateful
     step's ``on_batch`` for every key of what arrived, then its
     ``notify_at``, so ``notify_at`` is that moment. Only then does an event
@@ -251,6 +253,13 @@ class ProcessedPositions:
         self._processed: Dict[int, float] = {}
         self._marks: Optional[Mapping[int, float]] = None  # the watermarks the time was computed from
         self._time = -math.inf
+
+    def handled(self, events: Iterable) -> None:
+        """The window step handled ``events`` (with ``.partition`` and ``.event_time``): pending until :meth:`settle`."""
+        pending = self.pending
+        for event in events:
+            if event.event_time > pending.get(event.partition, -math.inf):
+                pending[event.partition] = event.event_time
 
     def settle(self) -> None:
         """Everything the worker received so far is handled: what :attr:`pending` holds counts."""
