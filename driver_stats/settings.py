@@ -50,6 +50,7 @@ ACCEPTS: dict[str, str] = {
     "metrics_port": "a TCP port 1-65535, or 0 to turn metrics off",
     "metrics_address": "an IP address to listen on: 0.0.0.0 (all IPv4), :: (all), 127.0.0.1 (this host only)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "wall_clock_shift_file": "a file path (tests only: seconds added to the wall clock)",
 }
 
 
@@ -104,6 +105,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     metrics_port: Port = 0
     metrics_address: str = "0.0.0.0"
     log_level: LogLevel = "INFO"
+    # Tests only: a file whose number of seconds is added to the wall clock
+    # while the flow runs (driver_stats/core/wall_clock.py), to step it.
+    wall_clock_shift_file: str | None = None
 
     def __repr__(self) -> str:
         # The password must never reach logs or tracebacks.

@@ -35,7 +35,6 @@ history files.
 from __future__ import annotations
 
 import math
-import time
 from typing import Callable
 
 import bytewax.operators as op
@@ -45,6 +44,7 @@ from bytewax.outputs import Sink
 
 from connectors.mqtt import MQTTSink
 from connectors.mqtt import operators as mop
+from driver_stats.core import wall_clock
 from driver_stats.contract import DriverStats
 from driver_stats.core.intake import Accepted, Intake
 from driver_stats.core.shards import shard_of
@@ -70,17 +70,18 @@ def build_flow(
     ``settings.topic_driver_stats``, rejections on ``rejected/<source topic>``.
     ``complete_input=True`` (history replay) waits for the end of the input
     to close intervals, so no event is late however the input is ordered.
-    ``clock`` is wall-clock time (for the ``future`` rule; default
-    ``time.time``); ``stream_clock`` is the stream's event time, which closes
-    the intervals of quiet drivers (default: ``clock`` when given, else none:
-    a driver's own events and the end of the input close its intervals).
+    ``clock`` is the wall clock, for the calendar only (the ``future``
+    rule; default :func:`driver_stats.core.wall_clock.now`); ``stream_clock`` is the
+    stream's event time, which closes the intervals of quiet drivers
+    (default: the product's rule over an input without watermarks, i.e.
+    what the window step processed, :mod:`driver_stats.core.stream_clock`).
     An :class:`~connectors.mqtt.MQTTSink` publishes commit-gated
     (:func:`connectors.mqtt.operators.publish`); with a finite input over
     MQTT (benchmarks), ``input_done`` says when it is exhausted.
     """
     if stream_clock is None:
-        stream_clock = StreamClock(clock or (lambda: -math.inf))
-    clock = clock or time.time
+        stream_clock = StreamClock.of_input()
+    clock = clock or wall_clock.now
     lateness = math.inf if complete_input else settings.allowed_lateness_seconds
     retention = math.inf if complete_input else settings.state_retention_seconds
 

@@ -34,6 +34,7 @@ from typing import Callable, NamedTuple, Optional
 
 from connectors import mqtt
 from driver_stats.contract import INPUT_SHARDS
+from driver_stats.core import wall_clock
 from driver_stats.core.intake import Intake
 from driver_stats.core.stream_clock import StreamClock
 from driver_stats.settings import Settings
@@ -195,6 +196,7 @@ def mqtt_source(settings: Settings, *, source_type: Callable[..., mqtt.MQTTSourc
         newest_position=Intake(settings).newest_event_time,
         # newest_event_time ignores events further ahead (they are rejected as future).
         position_max_ahead=settings.max_future_seconds + 60,
+        wall_clock=wall_clock.now,  # the calendar: is a watermark ahead of today (forged)
         # Reading MQTT (paho's packet decoding, per-message checks, the
         # position) in a process per partition leaves the worker's GIL to the flow.
         own_process=True,
@@ -231,6 +233,7 @@ def start(settings: Settings) -> LiveIO:
     with one line instead of a traceback from inside a worker.
     """
     logs.configure(settings.log_level)
+    wall_clock.shift_by_file(settings.wall_clock_shift_file)  # before the child processes fork
     connection = mqtt_connection(settings)
     try:
         mqtt.check_connection(connection, settings.client_id)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import time
 from collections import Counter
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Optional
@@ -124,20 +125,27 @@ class DriverShardLogic(StatefulBatchLogic):
         at = self.shard.next_wakeup()
         if at is None:
             return None
-        return _wall_datetime(self.clock.to_wall(at))
+        return _bytewax_time(self.clock.wake_at(at))
 
     def snapshot(self) -> tuple:
         return self.shard.snapshot()
 
 
-@functools.lru_cache(maxsize=64)
-def _wall_datetime(wall: float) -> Optional[datetime]:
-    """``wall`` as an aware datetime; None beyond year 9999 (never, as far as this process is concerned).
+def _bytewax_time(deadline: float) -> Optional[datetime]:
+    """``deadline`` (``time.monotonic`` seconds) as the aware datetime Bytewax schedules on (the host's clock).
 
-    Cached: where the stream moves in jumps, every state key asks for the same time, just after the next one.
+    Converted at the last moment, from the delay left: a step of the host's
+    clock before then shifts nothing already measured.
     """
+    # To the millisecond, so that the keys waiting for the same jump share one datetime (cached).
+    return _utc_datetime(round(time.time() + (deadline - time.monotonic()), 3))
+
+
+@functools.lru_cache(maxsize=64)
+def _utc_datetime(unix: float) -> Optional[datetime]:
+    """``unix`` as an aware datetime; None beyond year 9999 (never, as far as this process is concerned)."""
     try:
-        return datetime.fromtimestamp(wall, timezone.utc)
+        return datetime.fromtimestamp(unix, timezone.utc)
     except (OverflowError, OSError, ValueError):
         return None
 

@@ -82,7 +82,9 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         self._newest_position = source.newest_position
         self._watermark: Optional[PartitionClock] = None
         if source.newest_position is not None:  # from its own retained watermark (downtime does not count)
-            self._watermark = PartitionClock(start_watermark, time.time(), source.probe_interval)
+            self._watermark = PartitionClock(start_watermark, time.monotonic(), source.probe_interval)
+        # Probes carry this process's token: a probe of an earlier run (another monotonic clock) is not ours.
+        self._probe_token = uuid.uuid4().hex[:12]
         self._cond = threading.Condition()
         # Received, not yet emitted: (entry, item).
         self._buffer: deque[Tuple[_Entry, Union[MQTTMessage, MQTTError]]] = deque()
@@ -298,11 +300,14 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
 
     def _on_probe(self, payload: bytes) -> None:
         """Our own probe came back behind everything queued before it: mark its place in the buffer."""
+        token, _, sent_text = payload.decode("ascii", "replace").partition(" ")
         try:
-            sent = float(payload)
+            sent = float(sent_text)
         except ValueError:
             return  # not ours (the ACL should keep others off this topic)
-        if self._watermark is not None and self._watermark.probe_returned(sent, time.time()):
+        if token != self._probe_token:
+            return  # an earlier run's, left in the session: its time is on another monotonic clock
+        if self._watermark is not None and self._watermark.probe_returned(sent, time.monotonic()):
             with self._cond:
                 self._buffer.append((_PROBE, sent))
 
@@ -374,7 +379,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
                 self._emitted.append(entry)
                 items.append(item)
         self._watermark.emitted(self._newest_position([item for item in items if type(item) is MQTTMessage]),
-                                time.time())
+                                time.monotonic())
         return items
 
     def _tend_watermark(self) -> None:
@@ -386,9 +391,10 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         if value is not None:
             link.client.publish(watermark_topic(self._source.client_id, self._index), encode_watermark(value),
                                 qos=1, retain=True)
-        now = time.time()
+        now = time.monotonic()
         if clock.probe_due(now):
-            link.client.publish(probe_topic(self._source.client_id, self._index), repr(now).encode(), qos=1)
+            link.client.publish(probe_topic(self._source.client_id, self._index),
+                                f"{self._probe_token} {now!r}".encode(), qos=1)
 
     def has_buffered(self) -> bool:
         """Whether messages wait for the next ``next_batch``."""
@@ -520,6 +526,8 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
             (:mod:`.watermarks`, :meth:`watermarks`).
         position_max_ahead: Positions are never more than this many seconds
             ahead of the wall clock: a watermark beyond is ignored (forged).
+        wall_clock: The wall clock (Unix seconds) for that check, the only
+            use of the calendar here; elapsed times are ``time.monotonic()``.
         probe_interval: Seconds between a partition's idle probes.
         own_process: Run each partition's MQTT client, and the work per
             message, in a child process of its own (:mod:`.process`): the
@@ -542,6 +550,7 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         on_event: Optional[EventHook] = None,
         newest_position: Optional[Callable[[List[MQTTMessage]], Optional[float]]] = None,
         position_max_ahead: float = math.inf,
+        wall_clock: Callable[[], float] = time.time,
         probe_interval: float = 1.0,
         own_process: bool = False,
     ) -> None:
@@ -558,6 +567,7 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         self.on_event = on_event
         self.newest_position = newest_position
         self.position_max_ahead = position_max_ahead
+        self.wall_clock = wall_clock
         self.probe_interval = probe_interval
         self.own_process = own_process
         self.stats: dict[str, MQTTLinkStats] = {}
@@ -602,15 +612,16 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
     def board(self) -> WatermarkBoard:
         """The watermarks of all partitions (started on first use)."""
         if self._board is None:
-            self._board = WatermarkBoard(self.connection, self.client_id, self.position_max_ahead)
+            self._board = WatermarkBoard(self.connection, self.client_id, self.position_max_ahead, self.wall_clock)
         return self._board.start()
 
     def watermarks(self) -> Mapping[int, float]:
         """Each listed partition's watermark (``-inf`` until it has one); needs ``newest_position``.
 
-        The lowest of them is the dataflow's low watermark: every message any
-        partition has yet to emit comes after what that partition had read
-        when it published its watermark, and everything before that has been
+        The lowest of them, leaving out the ``-inf`` of partitions that have
+        read nothing, is the dataflow's low watermark: every message such a
+        partition has yet to emit comes after what it had read when it
+        published its watermark, and everything before that has been
         processed by the whole dataflow. The same mapping until a watermark
         changes. Messages carry the index of the partition that read them
         (:attr:`MQTTMessage.partition`), so a step can also tell how far it

@@ -10,15 +10,16 @@ on every worker, has processed everything the partition emitted before it
 ``connectors-mqtt/watermarks/<client_id>/in-<i>`` (:func:`watermark_topic`),
 ``{"watermark": 1733320000.5}``, or ``{"done": true}`` once a drained
 partition ended. :class:`WatermarkBoard` reads them all; the dataflow's
-*low watermark* is the lowest over the listed partitions, so a message still
-to come from any partition can only be positioned after what some partition
-had read before it: nothing that partition has yet to deliver lies behind it.
+*low watermark* is the lowest over the listed partitions that have one, so
+a message still to come from any of them can only be positioned after what
+that partition had read before it: nothing it has yet to deliver lies
+behind it.
 
 Positions come from the stream only, never from the wall clock, so a backlog
 (after an outage, a frozen broker, a slow flow, a partition behind the
 others) is read at its own pace and the watermark follows it. One exception,
 so that an idle stream still moves: a partition that is *caught up and idle*
-advances by the wall clock. It finds out with *probes*: every
+advances by the time elapsed since it last read. It finds out with *probes*: every
 ``probe_interval`` it publishes a QoS 1 message to its own
 ``connectors-mqtt/probes/<client_id>/in-<i>`` (one at a time); the broker
 queues it behind everything already queued for the partition's session, so
@@ -28,12 +29,20 @@ data came between sending and receiving it, it came back within
 :data:`FAST_ROUND_TRIP` seconds, and so did the probe before it; after a
 frozen or restarted broker the first probes are slow, so producers have a
 full interval to flush what they queued meanwhile before the wall clock
-counts again. An idle probe sent at wall time ``S`` moves the watermark to
-``newest position + (S - wall time it was read)``, the wall time the stream
-had to move since; a partition that never read anything assumes positions
-follow the wall clock.
+counts again. An idle probe sent at ``S`` moves the watermark to
+``newest position + (S - when it was read)``, the time the stream had to
+move since. Those times are ``time.monotonic()``: a step of the host's wall
+clock (NTP, a resumed VM) moves no watermark.
+
+A partition that has read nothing (no position: never read, and no
+watermark of its own from an earlier run) publishes no watermark, idle or
+not, and a missing watermark counts as ``-inf``: the reader of
+:meth:`WatermarkBoard.of` leaves it out of the minimum (it neither holds
+the stream back nor moves it) until it reads something.
 
 >>> clock = PartitionClock(restored=None, now=100.0)
+>>> clock.idle_emitted(sent=110.0); clock.seal(); clock.release() is None   # read nothing: no watermark
+True
 >>> clock.emitted(newest=52.0, now=101.0)
 >>> clock.seal(); clock.release()       # not committed yet / committed
 52.0
@@ -49,7 +58,7 @@ import math
 import threading
 import time
 import uuid
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 from .connection import MQTTConnection, connect
 
@@ -116,13 +125,14 @@ class PartitionClock:
     single values, each written by one side.
 
     ``restored``: the partition's last published watermark (from an earlier
-    run), which it starts from; the wall time spent down does not count.
+    run), which it starts from; the time spent down does not count. ``now``
+    and every other time it is given are ``time.monotonic()`` seconds.
     """
 
     def __init__(self, restored: Optional[float], now: float, probe_interval: float = 1.0) -> None:
         self.probe_interval = probe_interval
         self._position = -math.inf if restored is None or restored == DONE else restored
-        # Wall time at which the stream was last known to be at _position.
+        # When (monotonic) the stream was last known to be at _position.
         self._position_wall = now
         self._has_position = restored is not None and restored != DONE
         self._epoch = -math.inf  # newest value emitted in the current epoch
@@ -130,7 +140,7 @@ class PartitionClock:
         self._published = -math.inf
         self._data_since_probe = False  # paho received data since the probe in flight was sent
         self._probe_sent: Optional[float] = None  # the probe in flight
-        self._probe_back = -math.inf  # wall time the last probe came back
+        self._probe_back = -math.inf  # when the last probe came back
         self._last_fast = False
 
     # Worker thread.
@@ -141,12 +151,13 @@ class PartitionClock:
         self._epoch = max(self._epoch, self._position)
 
     def idle_emitted(self, sent: float) -> None:
-        """An idle probe sent at wall time ``sent`` was emitted (it came after everything before it)."""
+        """An idle probe sent at ``sent`` was emitted (it came after everything before it).
+
+        A partition that has read nothing stays without a watermark: the
+        wall clock alone never moves the stream.
+        """
         if self._has_position:
-            value = self._position + max(0.0, sent - self._position_wall)
-        else:
-            value = sent  # never read anything: positions are taken to follow the wall clock
-        self._epoch = max(self._epoch, value)
+            self._epoch = max(self._epoch, self._position + max(0.0, sent - self._position_wall))
 
     def seal(self) -> None:
         """The epoch ended (snapshot): what it emitted becomes publishable once committed."""
@@ -186,18 +197,20 @@ class PartitionClock:
 class WatermarkBoard:
     """The retained watermarks of ``client_id``'s partitions, kept up to date by a client of its own.
 
-    :meth:`low` is the lowest over the partitions asked for (``-inf`` while
-    one has none). Started by :meth:`start`, which returns once the retained
+    :meth:`of` gives the value of each partition asked for (``-inf`` for one
+    that has none: it has read nothing yet). Started by :meth:`start`, which returns once the retained
     ones are in (a barrier message of its own comes after them). A value more
     than ``max_ahead`` seconds ahead of the wall clock is no partition's (the
     positions are bounded the same way): it is ignored with a warning, so
     that a forged one cannot close intervals early.
     """
 
-    def __init__(self, connection: MQTTConnection, client_id: str, max_ahead: float = math.inf) -> None:
+    def __init__(self, connection: MQTTConnection, client_id: str, max_ahead: float = math.inf,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self._connection = connection
         self._client_id = client_id
         self._max_ahead = max_ahead
+        self._wall_clock = wall_clock  # the calendar: a watermark is a time of day
         self._prefix = f"{WATERMARK_ROOT}/{client_id}/in-"
         self._values: Dict[int, float] = {}
         # of() per set of partitions, until a value changes: the window step
@@ -243,8 +256,9 @@ class WatermarkBoard:
         if value is None:
             log.warning("ignored a malformed watermark on %s (%d bytes)", topic, len(payload))
             return
-        if value != DONE and value > time.time() + self._max_ahead:
-            log.warning("ignored a watermark on %s %.0fs ahead of the wall clock", topic, value - time.time())
+        today = self._wall_clock()
+        if value != DONE and value > today + self._max_ahead:
+            log.warning("ignored a watermark on %s %.0fs ahead of the wall clock", topic, value - today)
             return
         with self._lock:
             self._values[int(tail)] = value

@@ -11,13 +11,13 @@ original bytes and the reason. Limits are explicit: at most
 
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import msgspec
 
 from ..contract import EVENT_TYPES, DecodeError, Event, EventDecoder, Reason, Rejection
 from ..settings import Settings
+from . import wall_clock
 from .validation import problem
 
 
@@ -65,7 +65,7 @@ class Intake:
     'invalid: rating'
     """
 
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time):
+    def __init__(self, settings: Settings, clock: Callable[[], float] = wall_clock.now):
         self._decoders = {
             topic: EventDecoder(event_type) for topic, event_type in settings.input_topic_types().items()
         }

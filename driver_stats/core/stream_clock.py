@@ -20,8 +20,19 @@ and the lowest over the partitions. So a flow reading behind its producers
 a partition behind the others, a restart) moves its clock at the pace it
 reads, and finds late only what was late when it was published.
 
-Tests and history replay give any function of their own (a fixed or
-scripted time).
+A partition that has read nothing yet (no watermark, nothing processed)
+is left out of the minimum: it neither holds the stream back nor moves it,
+whatever the wall clock says (Flink's idle sources are the model). With no
+partition read at all there is no stream time yet (``-inf``). A flow with
+no watermarks at all (Bytewax's ``TestingSource``, history files, the
+benchmarks: :data:`NO_WATERMARKS`) follows the same rule on what its window
+step processed alone.
+
+Only the wake-ups (:meth:`StreamClock.wake_at`) measure elapsed time, and
+they do it on a monotonic timer: a step of the host's wall clock (NTP, a
+resumed VM) moves no stream time and delays no wake-up.
+
+Tests give any function of their own (a fixed or scripted time).
 """
 
 from __future__ import annotations
@@ -30,7 +41,20 @@ import math
 import threading
 import time
 from collections import deque
+from types import MappingProxyType
 from typing import Callable, Dict, Iterable, Mapping, Optional
+
+NO_WATERMARKS: Mapping[int, float] = MappingProxyType({})
+"""The watermarks of an input that publishes none: the stream time is what the window step processed."""
+
+
+def low_watermark(marks: Iterable[float]) -> float:
+    """The lowest of the partitions' times, leaving out those that read nothing (``-inf``); ``-inf`` for none.
+
+    >>> low_watermark([30.0, -math.inf, 20.0]), low_watermark([-math.inf]), low_watermark([])
+    (20.0, -inf, -inf)
+    """
+    return min((mark for mark in marks if mark != -math.inf), default=-math.inf)
 
 MAX_NOTIFY_DELAY = 5.0
 """Seconds a window step sleeps at most before looking at the stream time again."""
@@ -45,7 +69,7 @@ for up to :data:`MAX_NOTIFY_DELAY` more."""
 
 BACKLOG_NOTIFY_DELAY = 1.0
 """... while the stream runs faster than the wall clock (a backlog, a replay),
-until the cadence of its changes is known (:meth:`StreamClock.to_wall`)."""
+until the cadence of its changes is known (:meth:`StreamClock.wake_at`)."""
 
 BACKLOG_SPEED = 1.5
 """Stream seconds per wall second above which the stream is reading a backlog."""
@@ -80,30 +104,30 @@ shortest epoch is 1 s): it is expected when its speed says."""
 
 
 class StreamClock:
-    """``now()`` = the stream time; :meth:`to_wall` says when to look again.
+    """``now()`` = the stream time; :meth:`wake_at` says when to look again, on ``timer`` (monotonic seconds).
 
-    >>> clock = StreamClock(lambda: 100.0, wall=lambda: 5000.0)
-    >>> clock.now(), clock.to_wall(102.0), clock.to_wall(99.0), clock.to_wall(1e9)
+    >>> clock = StreamClock(lambda: 100.0, timer=lambda: 5000.0)
+    >>> clock.now(), clock.wake_at(102.0), clock.wake_at(99.0), clock.wake_at(1e9)
     (100.0, 5002.0, 5000.0, 5005.0)
 
     A stream that reads a backlog (here 600 stream seconds per wall second,
     in one jump a second) is looked at again just after its next jump is due:
 
     >>> times = {"wall": 0.0, "stream": 1000.0}
-    >>> clock = StreamClock(lambda: times["stream"], wall=lambda: times["wall"])
-    >>> clock.to_wall(1600.0)
+    >>> clock = StreamClock(lambda: times["stream"], timer=lambda: times["wall"])
+    >>> clock.wake_at(1600.0)
     5.0
     >>> for second in (1, 2, 3):
     ...     times.update(wall=float(second), stream=1000.0 + 600 * second)
-    ...     _ = clock.to_wall(1e9)
+    ...     _ = clock.wake_at(1e9)
     >>> times.update(wall=3.4)
-    >>> clock.to_wall(3000.0), clock.to_wall(2800.5)
+    >>> clock.wake_at(3000.0), clock.wake_at(2800.5)
     (4.05, 4.05)
     """
 
-    def __init__(self, stream_time: Callable[[], float], wall: Callable[[], float] = time.time):
+    def __init__(self, stream_time: Callable[[], float], timer: Callable[[], float] = time.monotonic):
         self._stream_time = stream_time
-        self._wall = wall
+        self._timer = timer  # elapsed time only: never the calendar
         self.positions: Optional[ProcessedPositions] = None
         """What this worker's window step processed, per input partition (:meth:`of_input`); else None."""
         self._watermarks: Optional[Callable[[], Mapping[int, float]]] = None
@@ -117,14 +141,18 @@ class StreamClock:
         self._cadence: float | None = None  # their median, kept as they change (every key asks, per batch)
 
     @classmethod
-    def of_input(cls, watermarks: Callable[[], Mapping[int, float]], wall: Callable[[], float] = time.time
-                 ) -> StreamClock:
+    def of_input(cls, watermarks: Callable[[], Mapping[int, float]] = lambda: NO_WATERMARKS,
+                 timer: Callable[[], float] = time.monotonic) -> StreamClock:
         """The clock of an input read in partitions: ``watermarks()`` maps each partition to its committed watermark.
 
-        Each worker takes its own (:meth:`for_worker`), which also counts what
-        its window step processed. This one counts the watermarks only.
+        ``-inf`` (or no entry) for a partition that has published none: it
+        is left out until it reads something. Each worker takes its own
+        (:meth:`for_worker`), which also counts what its window step
+        processed. This one counts the watermarks only. Without
+        ``watermarks`` (an input that publishes none): what each worker's
+        window step processed alone.
         """
-        clock = cls(lambda: min(watermarks().values(), default=-math.inf), wall)
+        clock = cls(lambda: low_watermark(watermarks().values()), timer)
         clock._watermarks = watermarks
         return clock
 
@@ -140,15 +168,15 @@ class StreamClock:
         clock = getattr(self._worker, "clock", None)
         if clock is None:
             positions = ProcessedPositions(self._watermarks)
-            clock = self._worker.clock = StreamClock(positions, self._wall)
+            clock = self._worker.clock = StreamClock(positions, self._timer)
             clock.positions = positions
         return clock
 
     def now(self) -> float:
         return self._stream_time()
 
-    def to_wall(self, stream_time: float) -> float:
-        """The wall time to look again for ``stream_time``.
+    def wake_at(self, stream_time: float) -> float:
+        """The time on the timer to look again for ``stream_time``.
 
         A caught-up stream moves about as fast as the wall clock: look again
         after the distance, at most :data:`MAX_NOTIFY_DELAY` (while it has
@@ -168,7 +196,7 @@ class StreamClock:
         jump, and its records close in the epoch that follows the jump
         rather than in a later one.
         """
-        now, wall = self.now(), self._wall()
+        now, wall = self.now(), self._timer()
         self._measure(wall, now)
         ahead = stream_time - now
         if math.isnan(ahead):
@@ -217,6 +245,12 @@ class StreamClock:
 class ProcessedPositions:
     """One worker's stream time: per input partition, the later of its watermark and what the worker processed of it.
 
+    The lowest over the partitions, leaving out a partition with neither
+    (:func:`low_watermark`): a partition that has read nothing, or whose
+    events this worker has not yet processed and whose first watermark is
+    not yet published, holds nothing back (its events, when they come, are
+    judged against the partitions that did read).
+
     The window step records each event it handles (:meth:`handled`: in
     :attr:`pending`, partition -> newest event time) and calls :meth:`settle` once every
     event it received so far has been handled: Bytewax calls a stateful
@@ -242,6 +276,11 @@ class ProcessedPositions:
     90.0
     >>> marks = {0: 100.0, 1: 400.0}; stream()  # a new watermark (a new mapping) counts too
     300.0
+    >>> marks = {0: -math.inf, 1: -math.inf, 2: -math.inf}   # nothing read: no stream time
+    >>> stream = ProcessedPositions(lambda: marks); stream()
+    -inf
+    >>> stream.pending[1] = 80.0; stream.settle(); stream()  # 0 and 2 read nothing: left out
+    80.0
     """
 
     __slots__ = ("_watermarks", "pending", "_processed", "_marks", "_time")
@@ -278,7 +317,8 @@ class ProcessedPositions:
         marks = self._watermarks()
         if marks is not self._marks:
             processed = self._processed
-            self._time = min((max(mark, processed.get(partition, -math.inf)) for partition, mark in marks.items()),
-                             default=-math.inf)
+            times = [max(mark, processed.get(partition, -math.inf)) for partition, mark in marks.items()]
+            times.extend(newest for partition, newest in processed.items() if partition not in marks)
+            self._time = low_watermark(times)
             self._marks = marks
         return self._time

@@ -315,10 +315,11 @@ def test_a_forgotten_driver_leaves_the_store_and_its_late_event_is_still_late(tm
 
 def test_the_window_step_counts_what_it_processed_of_a_partition_only_once_the_whole_arrival_is_handled():
     # Bytewax hands the window step one arrival key by key (in key order, not
-    # read order), then asks every key it woke for notify_at. Partition 0 read
-    # d2's event at 12 s, then d1's at 100 s; partition 1 is at 50 s.
+    # read order), then asks every key it woke for notify_at. Partition 0,
+    # whose watermark is at 5 s, read d2's event at 12 s, then d1's at 100 s;
+    # partition 1 is at 50 s.
     t = lambda second_: T0.timestamp() + second_  # noqa: E731
-    marks = {0: -math.inf, 1: t(50)}
+    marks = {0: t(5), 1: t(50)}
     root = StreamClock.of_input(lambda: marks)
     first, second = (DriverShardLogic(DriverShard(10, 5), root) for _ in range(2))
 
@@ -329,7 +330,7 @@ def test_the_window_step_counts_what_it_processed_of_a_partition_only_once_the_w
     assert first.on_batch([read("d1", 100, 0)])[0] == []
     # d2's event is not late: what d1's key handled counts once the arrival is handled.
     assert second.on_batch([read("d2", 12, 0)])[0] == []
-    assert root.for_worker().now() == -math.inf
+    assert root.for_worker().now() == t(5)
     first.notify_at()
     # Now partition 0 is processed up to 100 s, partition 1 holds the stream at its watermark.
     assert root.for_worker().now() == t(50)
