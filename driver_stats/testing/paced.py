@@ -11,25 +11,28 @@ from .live_flow import expected_stats, published_stats
 
 
 class PacedTraffic(threading.Thread):
-    """Publishes ``count`` generated messages at ``rate``/s, event times = now.
+    """Publishes ``count`` generated messages at ``rate``/s, event times = now + ``clock_offset``.
 
     Each on its driver's shard topic, as producers should (``plain=True``: on
-    the plain topics).
+    the plain topics). ``clock_offset`` is the producers' clock against the
+    host's: -90 for producers 90 s behind, minus a year for last year's
+    history replayed live, in real time.
     """
 
     def __init__(self, publisher, *, count: int, rate: float, drivers: int, window: int, lateness: int,
-                 seed: int = 11, duplicates: float = 0.05, plain: bool = False):
+                 seed: int = 11, duplicates: float = 0.05, plain: bool = False, clock_offset: float = 0.0):
         super().__init__(daemon=True)
         self.publisher = publisher
         self.plain = plain
-        self.traffic = Traffic(seed, drivers, start=time.time() + 0.5, rate=rate, window=window,
+        self.clock_offset = clock_offset
+        self.traffic = Traffic(seed, drivers, start=time.time() + 0.5 + clock_offset, rate=rate, window=window,
                                lateness=lateness, duplicates=duplicates)
         self.messages = list(self.traffic.events(count))
         self.window = window
 
     def run(self) -> None:
         for message in self.messages:
-            delay = message.at - time.time()
+            delay = message.at - self.clock_offset - time.time()
             if delay > 0:
                 time.sleep(delay)
             topic = message.topic if self.plain else message.shard_topic
@@ -37,7 +40,8 @@ class PacedTraffic(threading.Thread):
 
     @property
     def last_due(self) -> float:
-        return self.messages[-1].at
+        """The host's time the last message is due."""
+        return self.messages[-1].at - self.clock_offset
 
     def expected(self) -> dict:
         return expected_stats([m.event for m in self.messages if m.kind in COUNTED_KINDS], self.window)
