@@ -24,8 +24,11 @@ True
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Optional
+
+log = logging.getLogger("driver_stats.wall_clock")
 
 SHIFT_REREAD = 0.1
 """Seconds between two reads of the shift file (:func:`now` is called per batch)."""
@@ -56,7 +59,10 @@ def _current_shift() -> float:
         try:
             with open(_shift_file) as file:
                 text = file.read().strip()
-            _shift = float(text) if text else 0.0
+            shift = float(text) if text else 0.0
         except (OSError, ValueError):
-            _shift = 0.0
+            shift = 0.0
+        if shift != _shift:
+            log.warning("wall clock shifted by %+gs (%s)", shift, _shift_file)
+            _shift = shift
     return _shift
