@@ -13,17 +13,18 @@ HTTP 200 or 503 with one line of JSON, ``{"live": true, "reason": "..."}``.
 * a child process has been silent (no heartbeat, see
   :mod:`connectors.mqtt.process`) for :data:`WEDGED_AFTER` seconds: it is
   stopped or frozen, and the dataflow with it;
-* the process is *wedged*: the dataflow has
-  polled none of this process's input partitions for :data:`WEDGED_AFTER`
-  seconds although it is not waiting for the broker. Bytewax polls an idle
-input partition about every 10 ms, and, with recovery, at least once per
-epoch; it stops polling every input of the cluster as soon as any worker
-cannot finish an epoch (a step that never returns, a deadlock), so a stall
-anywhere shows on every process that has an input partition. Waiting for
-the broker (a client disconnected, or records handed to it and not yet
-acknowledged) is not a wedge: a restart would not help. Before the dataflow
-first polls its input (cluster forming, recovery loading) the process is
-live.
+* the process is *wedged*: the dataflow has polled none of this process's
+  input partitions for :data:`WEDGED_AFTER` seconds although it is not
+  waiting for the broker.
+
+Bytewax polls an idle input partition about every 10 ms, and, with
+recovery, at least once per epoch; it stops polling every input of the
+cluster as soon as any worker cannot finish an epoch (a step that never
+returns, a deadlock), so a stall anywhere shows on every process that has
+an input partition. Waiting for the broker (a client disconnected, or
+records handed to it and not yet acknowledged) is not a wedge: a restart
+would not help. Before the dataflow first polls its input (cluster forming,
+recovery loading) the process is live.
 
 ``/readyz`` is false while the process cannot do its job:
 
@@ -38,8 +39,8 @@ live.
 * the broker refuses what an output client publishes (an MQTT 5 reason
   code such as not authorized): the refused record and those behind it
   wait, retried, until the broker accepts them (see :mod:`connectors.mqtt.sink`);
-  this comes first, since mosquitto also drops the connection after a
-  refusal;
+  this comes before the connection, since mosquitto also drops the
+  connection after a refusal;
 * an input or output client is disconnected from the broker;
 * the output holds records the broker has not acknowledged for
   :data:`STUCK_PUBLISH_AFTER` seconds.

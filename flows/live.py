@@ -142,15 +142,17 @@ _dying = threading.Lock()
 def _exit_on_child_death(line: str) -> None:
     """An MQTT partition's child process died: one log line, then exit with :data:`CHILD_DIED_EXIT_CODE`.
 
-    The partition cannot come back in this process, and Bytewax cannot stop
-    a dataflow whose partition is gone: the error raised in its cleanup
-    panics in a destructor and aborts the process (SIGABRT, a Rust
-    backtrace). So the process ends here, from whichever thread found the
-    child gone (the worker's call or the watcher), as a kill would end it:
-    with recovery, the restarted flow resumes from the last committed epoch,
-    loses nothing and repeats no record. As on a stop signal, native code's
-    writes to file descriptor 2 are muted first. A second child dying
-    meanwhile waits here for the exit.
+    The partition cannot come back in this process, and Bytewax does not
+    stop cleanly around a partition that is gone: with the output child
+    killed the worker aborted (SIGABRT, "panic in a destructor during
+    cleanup", a Rust backtrace), with the input child it exited 1 with a
+    Rust backtrace. So the process ends here, from whichever thread found
+    the child gone (the worker's call or the watcher), as a kill would end
+    it: with recovery, the restarted flow resumes from the last committed
+    epoch and loses nothing (a record can repeat only if an output child
+    dies while writing its group: README, Known limitations). As on a stop
+    signal, native code's writes to file descriptor 2 are muted first. A
+    second child dying meanwhile waits here for the exit.
     """
     _dying.acquire()  # never released: the first death speaks for all
     log = logging.getLogger("driver_stats")

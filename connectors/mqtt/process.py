@@ -39,10 +39,11 @@ The watcher also notices a child that ends without being closed (killed,
 crashed) at once: it writes ``process_exit`` (``killed by SIGKILL``) and calls
 ``on_died`` with one line, ``output child mqtt-out-0 (pid 123) died: killed
 by SIGKILL``, as does the worker's own next call to it. A program that sets
-``on_died`` should end its process there (``os._exit``): Bytewax cannot
-unwind a dataflow whose partition is gone (the error raised in its cleanup
-aborts the process with a Rust panic), and a restart from recovery loses
-nothing. Without ``on_died`` the worker's next call raises ``RuntimeError``.
+``on_died`` should end its process there (``os._exit``): Bytewax does not
+stop cleanly around a partition that is gone (the error raised by the
+worker's call, or in its cleanup, ends in a Rust backtrace or an abort),
+and a restart from recovery loses nothing. Without ``on_died`` the worker's
+next call raises ``RuntimeError``.
 
 ```python
 from connectors.mqtt import MQTTConnection, MQTTSink, MQTTSource
