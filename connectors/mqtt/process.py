@@ -193,6 +193,7 @@ class _Child:
         self._done = False  # closed, or its end (an error, or gone) already raised
         self._closing = False
         self._gone_lock = threading.Lock()
+        self._reap_lock = threading.Lock()
         self._exit: Optional[str] = None
         # Fork: the child inherits the logging set-up and the partition's
         # settings (functions included) as they are, with nothing to pickle.
@@ -222,22 +223,38 @@ class _Child:
                 return
             self.stats.process_heard_at = self._heartbeat.value
             if ended:
-                self._process.join(1)
-                # Exit code 0 is the child's own end after an error it answered
-                # (the worker raises that error): not a death.
-                if self._process.exitcode != 0:
-                    self._gone()
+                self._gone(watcher=True)
                 return
 
-    def _gone(self) -> str:
-        """The child ended without being closed: record how (once), tell ``on_died``; the words."""
+    def _reap(self, timeout: float) -> Optional[int]:
+        """The child's exit code, waiting up to ``timeout`` seconds for its end (None: it runs on).
+
+        One thread at a time: of two threads in ``waitpid`` at once one gets
+        the status and the other nothing (ECHILD), and would call a killed
+        child's exit unknown.
+        """
+        with self._reap_lock:
+            self._process.join(timeout)
+            for _ in range(100):
+                # Reaped meanwhile by multiprocessing's own clean-up of its
+                # children (at the next Process.start): the code lands on the same object.
+                if self._process.exitcode is not None or not wait([self._process.sentinel], 0):
+                    break
+                time.sleep(0.01)
+            return self._process.exitcode
+
+    def _gone(self, watcher: bool = False) -> str:
+        """The child ended without being closed: record how (once), tell ``on_died``; the words.
+
+        For the watcher, exit code 0 is no death: the child ends so itself
+        after answering an error, which the worker raises.
+        """
         with self._gone_lock:
             if self._exit is None:
-                for _ in range(10):  # another thread of the worker may be reaping it right now
-                    self._process.join(0.1)
-                    if self._process.exitcode is not None:
-                        break
-                self._exit = describe_exit(self._process.exitcode)
+                code = self._reap(2)
+                if watcher and code == 0:
+                    return ""
+                self._exit = describe_exit(code)
                 self.stats.process_exit = self._exit
                 if self._on_died is not None and not self._closing:
                     self._on_died(f"{self.what} died: {self._exit}")
@@ -282,7 +299,7 @@ class _Child:
                 fn(*args)
         if status == "error":
             self._done = True
-            self._process.join(5)
+            self._reap(5)
             self.stats.process = ""  # it ends itself after answering an error: nothing more to hear
             raise value
         if status == "stop":
@@ -299,7 +316,7 @@ class _Child:
             return None
         finally:
             self._conn.close()
-            self._process.join(10)
+            self._reap(10)
             self.stats.process = ""  # no child to hear from any more
 
 
