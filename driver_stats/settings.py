@@ -47,6 +47,7 @@ ACCEPTS: dict[str, str] = {
     "max_unacked_messages": "a whole number from 100 to 65000",
     "output_format": "protobuf or json",
     "publish_timeout_seconds": "a whole number of seconds >= 0 (0: wait as long as the broker is away)",
+    "child_silent_seconds": "a whole number of seconds > 0",
     "metrics_port": "a TCP port 1-65535, or 0 to turn metrics off",
     "metrics_address": "an IP address to listen on: 0.0.0.0 (all IPv4), :: (all), 127.0.0.1 (this host only)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
@@ -101,6 +102,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # before the process exits; 0: as long as the broker is away (nothing is
     # lost either way, but an exit needs something to restart the process).
     publish_timeout_seconds: Seconds = 0
+    # /readyz says not ready once an MQTT partition's child process has sent
+    # no heartbeat for this long (stopped, frozen): the flow stands still.
+    child_silent_seconds: PositiveSeconds = 10
     # Operability: /metrics, /livez and /readyz on this address and port.
     metrics_port: Port = 0
     metrics_address: str = "0.0.0.0"

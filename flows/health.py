@@ -4,28 +4,43 @@ Both read the MQTT clients' state (:class:`~connectors.mqtt.MQTTLinkStats`
 of this process's input and output partitions) when asked; each answer is
 HTTP 200 or 503 with one line of JSON, ``{"live": true, "reason": "..."}``.
 
-``/livez`` is false only when the process is *wedged*: the dataflow has
-polled none of this process's input partitions for :data:`WEDGED_AFTER`
-seconds although it is not waiting for the broker. Bytewax polls an idle
-input partition about every 10 ms, and, with recovery, at least once per
-epoch; it stops polling every input of the cluster as soon as any worker
-cannot finish an epoch (a step that never returns, a deadlock), so a stall
-anywhere shows on every process that has an input partition. Waiting for
-the broker (a client disconnected, or records handed to it and not yet
-acknowledged) is not a wedge: a restart would not help. Before the dataflow
-first polls its input (cluster forming, recovery loading) the process is
-live.
+``/livez`` is false only when the process cannot recover by itself:
+
+* one of its MQTT partitions' child processes is gone (killed, crashed):
+  nothing brings a partition's process back but a restart. The live flow
+  exits at once when that happens (``flows.live``, exit code 3), so this is
+  the backstop for the moment in between;
+* a child process has been silent (no heartbeat, see
+  :mod:`connectors.mqtt.process`) for :data:`WEDGED_AFTER` seconds: it is
+  stopped or frozen, and the dataflow with it;
+* the process is *wedged*: the dataflow has polled none of this process's
+  input partitions for :data:`WEDGED_AFTER` seconds although it is not
+  waiting for the broker.
+
+Bytewax polls an idle input partition about every 10 ms, and, with
+recovery, at least once per epoch; it stops polling every input of the
+cluster as soon as any worker cannot finish an epoch (a step that never
+returns, a deadlock), so a stall anywhere shows on every process that has
+an input partition. Waiting for the broker (a client disconnected, or
+records handed to it and not yet acknowledged) is not a wedge: a restart
+would not help. Before the dataflow first polls its input (cluster forming,
+recovery loading) the process is live.
 
 ``/readyz`` is false while the process cannot do its job:
 
 * no input partition opened yet on this process, or one not yet polled:
   the flow is starting or restoring from recovery (Bytewax loads the state
   before it polls any input);
+* an input or output partition's child process has sent no heartbeat for
+  ``child_silent_after`` seconds (``DRIVER_STATS_CHILD_SILENT_SECONDS``,
+  default 10), or is gone: the worker's calls into it wait, and the whole
+  dataflow with them, while the figures it last reported look fine. This
+  comes first, since every other figure of that partition is stale;
 * the broker refuses what an output client publishes (an MQTT 5 reason
   code such as not authorized): the refused record and those behind it
   wait, retried, until the broker accepts them (see :mod:`connectors.mqtt.sink`);
-  this comes first, since mosquitto also drops the connection after a
-  refusal;
+  this comes before the connection, since mosquitto also drops the
+  connection after a refusal;
 * an input or output client is disconnected from the broker;
 * the output holds records the broker has not acknowledged for
   :data:`STUCK_PUBLISH_AFTER` seconds.
@@ -59,6 +74,11 @@ STUCK_PUBLISH_AFTER = 10.0
 """Seconds records may wait for the broker's acknowledgement before the
 process reports not ready (a healthy broker takes milliseconds)."""
 
+CHILD_SILENT_AFTER = 10.0
+"""Seconds without a heartbeat from a partition's child process (it sends
+five a second) before the process reports not ready; the default of
+``DRIVER_STATS_CHILD_SILENT_SECONDS``."""
+
 
 class Health:
     """Liveness and readiness from the input's and output's client stats (client id -> stats)."""
@@ -70,13 +90,33 @@ class Health:
         *,
         wedged_after: float = WEDGED_AFTER,
         stuck_publish_after: float = STUCK_PUBLISH_AFTER,
+        child_silent_after: float = CHILD_SILENT_AFTER,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source_stats = source_stats
         self.sink_stats = sink_stats
         self.wedged_after = wedged_after
         self.stuck_publish_after = stuck_publish_after
+        self.child_silent_after = child_silent_after
         self.clock = clock
+
+    def _children(self) -> list:
+        """The stats of the partitions served by a child process (not closed)."""
+        return [stats for stats_by_client in (self.source_stats, self.sink_stats)
+                for stats in list(stats_by_client.values()) if stats.process]
+
+    def _dead_child(self) -> Optional[str]:
+        for stats in self._children():
+            if stats.process_exit:
+                return f"{stats.process} died: {stats.process_exit}"
+        return None
+
+    def _silent_child(self, now: float, after: float) -> Optional[str]:
+        for stats in self._children():
+            silent = now - stats.process_heard_at
+            if silent > after:
+                return f"{stats.process} silent for {silent:.0f}s"
+        return None
 
     def _refused(self, now: float) -> Optional[str]:
         for client, stats in list(self.sink_stats.items()):
@@ -101,6 +141,12 @@ class Health:
 
     def liveness(self) -> tuple[bool, str]:
         now = self.clock()
+        dead = self._dead_child()
+        if dead is not None:
+            return False, dead
+        silent = self._silent_child(now, self.wedged_after)
+        if silent is not None:
+            return False, f"wedged: {silent} (bound {self.wedged_after:.0f}s)"
         polls = [stats.last_call for stats in list(self.source_stats.values()) if stats.last_call]
         if not polls:
             return True, "starting: the dataflow has not polled an input partition of this process yet"
@@ -118,6 +164,9 @@ class Health:
         sources = list(self.source_stats.items())
         if not sources:
             return False, "starting: no input partition opened on this process yet"
+        trouble = self._dead_child() or self._silent_child(now, self.child_silent_after)
+        if trouble is not None:
+            return False, trouble
         for client, stats in sources:
             if not stats.last_call:
                 return False, f"restoring: input {client} not polled yet (state loading from recovery)"

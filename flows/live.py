@@ -4,10 +4,11 @@
 runs (through :func:`flows.driver_stats.build_live_flow`): JSON logs, a
 broker check that turns a wrong URL or credential into one line, the
 metrics and health server (:mod:`flows.health`), a quiet stop on SIGTERM
-and Ctrl-C, and the :class:`~connectors.mqtt.MQTTSource` (reading the
-shard topics, each partition in a process of its own, with the event time as
-its partitions' watermark, which with what the window step processed of each
-partition makes the stream clock) and
+and Ctrl-C, an exit with :data:`CHILD_DIED_EXIT_CODE` when an MQTT
+partition's child process dies, and the :class:`~connectors.mqtt.MQTTSource`
+(reading the shard topics, each partition in a process of its own, with the
+event time as its partitions' watermark, which with what the window step
+processed of each partition makes the stream clock) and
 :class:`~connectors.mqtt.MQTTSink`, whose connection events and stats feed
 the metrics and the health checks.
 
@@ -29,6 +30,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections import Counter
 from typing import Callable, NamedTuple, Optional
 
@@ -130,6 +132,35 @@ def _stop_quietly_on_signals() -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     sys.excepthook = on_uncaught
+
+
+CHILD_DIED_EXIT_CODE = 3
+"""Exit code of a flow process one of whose MQTT partitions' child processes died (killed, crashed)."""
+
+_dying = threading.Lock()
+
+
+def _exit_on_child_death(line: str) -> None:
+    """An MQTT partition's child process died: one log line, then exit with :data:`CHILD_DIED_EXIT_CODE`.
+
+    The partition cannot come back in this process, and Bytewax does not
+    stop cleanly around a partition that is gone: with the output child
+    killed the worker aborted (SIGABRT, "panic in a destructor during
+    cleanup", a Rust backtrace), with the input child it exited 1 with a
+    Rust backtrace. So the process ends here, from whichever thread found
+    the child gone (the worker's call or the watcher), as a kill would end
+    it: with recovery, the restarted flow resumes from the last committed
+    epoch and loses nothing (a record can repeat only if an output child
+    dies while writing its group: README, Known limitations). As on a stop
+    signal, native code's writes to file descriptor 2 are muted first. A
+    second child dying meanwhile waits here for the exit.
+    """
+    _dying.acquire()  # never released: the first death speaks for all
+    log = logging.getLogger("driver_stats")
+    log.error("%s; exiting with code %d", line, CHILD_DIED_EXIT_CODE)
+    _mute_native_stderr()
+    logging.shutdown()
+    os._exit(CHILD_DIED_EXIT_CODE)
 
 
 def is_interrupt(error: BaseException) -> bool:
@@ -240,13 +271,15 @@ def start(settings: Settings) -> LiveIO:
     except mqtt.MQTTConnectError as err:
         raise SystemExit(f"driver-stats: {err} (DRIVER_STATS_MQTT_URL={settings.mqtt_url})") from None
     _stop_quietly_on_signals()
-    source = mqtt_source(settings, on_event=_count_reconnects)
+    # A dead partition process ends this one (see _exit_on_child_death).
+    source = mqtt_source(settings, on_event=_count_reconnects, on_died=_exit_on_child_death)
     stream_clock = StreamClock.of_input(source.watermarks)
     sink = mqtt_sink(
         settings,
         on_event=_count_reconnects,
         on_written=_published_counter(settings.topic_driver_stats),
         on_refused=metrics.count_refused,
+        on_died=_exit_on_child_death,
         # Without recovery no commit ever comes to wait for: publish at once.
         commit_gated=bytewax_run_options()[0] is not None,
     )
@@ -277,7 +310,7 @@ def _collect_garbage_less_often() -> None:
 def _observe(settings: Settings, source: mqtt.MQTTSource, sink: mqtt.MQTTSink) -> None:
     """Point the gauges and the health checks at the input and output, and serve them."""
     recovery_dir, snapshot_interval = bytewax_run_options()
-    checks = health.Health(source.stats, sink.stats)
+    checks = health.Health(source.stats, sink.stats, child_silent_after=settings.child_silent_seconds)
     metrics.WINDOW_SECONDS.set(settings.window_seconds)
     metrics.ALLOWED_LATENESS.set(settings.allowed_lateness_seconds)
     metrics.watch(

@@ -17,6 +17,7 @@ ONE_AT_A_TIME = (
     "tests/flow/test_hostile_input.py",
     "tests/cli/test_cli_mqtt.py",
     "tests/connectors/test_commit_ticks.py",
+    "tests/flow/test_child_processes.py",
 )
 
 

@@ -14,6 +14,7 @@ def test_defaults_are_the_contracts():
         "mqtt://localhost:1883", 600, 30, "driver-stats")
     assert s.input_topics == ("input/driver_rated", "input/driver_tipped", "input/journey_finished")
     assert s.topic_driver_stats == "output/driver_stats"
+    assert s.child_silent_seconds == 10
 
 
 def test_values_are_converted_from_strings():
@@ -33,6 +34,8 @@ def test_values_are_converted_from_strings():
     ("TOPIC_DRIVER_RATED", "input/#", "valid value"),
     ("METRICS_ADDRESS", "localhost", "an IP address"),
     ("METRICS_ADDRESS", "10.0.0.300", "an IP address"),
+    ("CHILD_SILENT_SECONDS", "0", "seconds > 0"),
+    ("CHILD_SILENT_SECONDS", "soon", "seconds > 0"),
 ])
 def test_a_wrong_value_names_the_variable_and_what_it_accepts(name, value, accepts):
     with pytest.raises(SettingsError) as err:

@@ -63,6 +63,14 @@ class MQTTLinkStats:
     """Source: the Receive Maximum the broker was asked to keep to (MQTT 5; 0 with 3.1.1)."""
     last_call: float = 0.0
     """``time.monotonic()`` of the dataflow's last call into the partition (liveness)."""
+    process: str = ""
+    """With ``own_process``: the child process serving the partition, e.g. ``input child mqtt-in-0
+    (pid 4242)``; empty without one (or once closed). This and the next two are the worker's own
+    view of the child (:mod:`.process`), not the child's counters."""
+    process_heard_at: float = 0.0
+    """``time.monotonic()`` of that child's last heartbeat, as the worker last read it (every 0.5 s)."""
+    process_exit: str = ""
+    """How that child ended without being closed, e.g. ``killed by SIGKILL``; empty while it runs."""
 
 
 class Link:

@@ -83,7 +83,7 @@ from paho.mqtt.properties import Properties
 from .connection import MQTTConnection, MQTTConnectError, MQTTPublishError, Protocol, connect_preferring_v5
 from .link import EventHook, Link, MQTTLinkStats, one_wake_up
 from .message import MQTTMessage
-from .process import Forward, SinkPartitionProcess, pack
+from .process import DiedHook, Forward, SinkPartitionProcess, pack
 from .source import check_client_id
 
 log = logging.getLogger("connectors.mqtt")
@@ -626,6 +626,8 @@ class MQTTSink(FixedPartitionedSink[Union[MQTTMessage, _CommitTick], SinkState])
         own_process: Run each partition that gets records (its MQTT client,
             publishing, PUBACKs, markers) in a child process of its own
             (:mod:`.process`): the worker's interpreter only pickles them.
+        on_died: With ``own_process``: ``on_died(line)`` when a partition's
+            child process ends without being closed (:data:`.process.DiedHook`).
     """
 
     def __init__(
@@ -643,6 +645,7 @@ class MQTTSink(FixedPartitionedSink[Union[MQTTMessage, _CommitTick], SinkState])
         on_refused: Optional[Callable[[str, str], None]] = None,
         commit_gated: bool = True,
         own_process: bool = False,
+        on_died: Optional[DiedHook] = None,
     ) -> None:
         check_client_id(client_id)
         if not 1 <= partitions <= MAX_PARTITIONS:
@@ -665,6 +668,7 @@ class MQTTSink(FixedPartitionedSink[Union[MQTTMessage, _CommitTick], SinkState])
         self.on_refused = on_refused
         self.commit_gated = commit_gated
         self.own_process = own_process
+        self.on_died = on_died
         self.stats: dict[str, MQTTLinkStats] = {}
         self._position = {name: i for i, name in enumerate(sorted(self.list_parts()))}
 
@@ -713,4 +717,5 @@ class MQTTSink(FixedPartitionedSink[Union[MQTTMessage, _CommitTick], SinkState])
 
         stats = self.stats.setdefault(f"{self.client_id}-out-{index}", MQTTLinkStats())
         hooks = {"event": self.on_event, "written": self.on_written, "refused": self.on_refused}
-        return SinkPartitionProcess(build, COMMIT_TICK, stats, hooks, label=f"mqtt-out-{index}")
+        return SinkPartitionProcess(build, COMMIT_TICK, stats, hooks, label=f"mqtt-out-{index}",
+                                    on_died=self.on_died)

@@ -46,7 +46,7 @@ from .link import EventHook, Link, MQTTLinkStats
 from .message import MQTTError, MQTTMessage
 from .partitions import (Marker, control_prefix, counts_at_start, marker_index, marker_topic, owned_shards,
                          takes, transition_over)
-from .process import Forward, SourcePartitionProcess
+from .process import DiedHook, Forward, SourcePartitionProcess
 from .watermarks import DONE, PartitionClock, WatermarkBoard, encode_watermark, probe_topic, watermark_topic
 
 log = logging.getLogger("connectors.mqtt")
@@ -532,6 +532,8 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         own_process: Run each partition's MQTT client, and the work per
             message, in a child process of its own (:mod:`.process`): the
             worker's interpreter only unpickles batches (:mod:`.process`).
+        on_died: With ``own_process``: ``on_died(line)`` when a partition's
+            child process ends without being closed (:data:`.process.DiedHook`).
     """
 
     def __init__(
@@ -553,6 +555,7 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         wall_clock: Callable[[], float] = time.time,
         probe_interval: float = 1.0,
         own_process: bool = False,
+        on_died: Optional[DiedHook] = None,
     ) -> None:
         self.connection = connection
         self.topics = list(topics)
@@ -570,6 +573,7 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         self.wall_clock = wall_clock
         self.probe_interval = probe_interval
         self.own_process = own_process
+        self.on_died = on_died
         self.stats: dict[str, MQTTLinkStats] = {}
         """Counters per client id, filled as partitions start on this process."""
         check_client_id(client_id)
@@ -660,4 +664,5 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         stats = MQTTLinkStats()
         if index < self.partitions:
             stats = self.stats.setdefault(self.client_id_for(index), stats)
-        return SourcePartitionProcess(build, stats, self.on_event, label=f"mqtt-in-{index}", index=index)
+        return SourcePartitionProcess(build, stats, self.on_event, label=f"mqtt-in-{index}", index=index,
+                                      on_died=self.on_died)

@@ -6,6 +6,7 @@ and how to read what it did publish (:func:`published_stats`).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -77,6 +78,26 @@ class LiveFlow:
     def logs(self) -> str:
         return "".join(p.read_text() for p in self.workdir.glob("flow-*.log"))
 
+    def child_pids(self) -> dict[str, int]:
+        """The MQTT partitions' child processes of the running flow: label (``mqtt-in-0``, ``mqtt-out-0``) -> pid.
+
+        Read from their start lines (``input child mqtt-in-0 (pid 123)
+        started``, fields ``child`` and ``pid``), the latest of each, and
+        kept only while that pid is a child of one of this flow's processes
+        (so a line of an earlier start, or a reused pid, never counts).
+        """
+        pids: dict[str, int] = {}
+        for line in self.logs().splitlines():
+            if '"child":' not in line:
+                continue
+            try:
+                record = json.loads(line)
+                pids[record["child"]] = int(record["pid"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        flow = {proc.pid for proc in self.procs if proc.poll() is None}
+        return {label: pid for label, pid in pids.items() if parent_pid(pid) in flow}
+
     def _input_subscriptions(self) -> int:
         # After the SUBACK: a message published from then on reaches the partition.
         return sum(line.count('"message":"mqtt input') for line in self.logs().splitlines()
@@ -114,6 +135,15 @@ class LiveFlow:
 
     def __exit__(self, *exc) -> None:
         self.kill()
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of process ``pid`` (Linux ``/proc``), None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # after the command name, which may hold spaces: state, ppid
 
 
 def expected_stats(events: list[Event], window: int) -> dict[tuple[str, object], DriverStats]:

@@ -107,6 +107,37 @@ def test_a_refused_publish_is_not_ready_at_once_with_its_reason_but_live():
     assert check.readiness()[0] is True
 
 
+def test_a_silent_child_process_is_not_ready_naming_it_and_ready_again_once_heard():
+    # The child's last figures (connected, polled) look fine: only its heartbeat tells.
+    source = Stats(last_call=999.0, process="input child mqtt-in-0 (pid 7)", process_heard_at=995.0)
+    sink = Stats(last_call=999.0, process="output child mqtt-out-0 (pid 8)", process_heard_at=999.5)
+    check, clock = checks({"c-in-0": source}, {"c-out-0": sink})
+    assert check.readiness()[0] is True  # 5 s: within the bound
+    clock.now = 1006.0
+    assert check.readiness() == (False, "input child mqtt-in-0 (pid 7) silent for 11s")
+    assert check.liveness()[0] is True  # seconds are no wedge
+    source.process_heard_at = 1005.8  # it answers again
+    assert check.readiness()[0] is True
+    clock.now = 1011.5
+    assert check.readiness() == (False, "output child mqtt-out-0 (pid 8) silent for 12s")
+    check.child_silent_after = 15.0  # DRIVER_STATS_CHILD_SILENT_SECONDS
+    assert check.readiness()[0] is True
+    clock.now = 999.5 + health.WEDGED_AFTER + 1
+    live, reason = check.liveness()
+    assert not live and reason == "wedged: output child mqtt-out-0 (pid 8) silent for 181s (bound 180s)"
+    source.process_heard_at = sink.process_heard_at = 0.0
+    source.process = sink.process = ""  # closed children (or partitions in this process): not watched
+    assert check.liveness()[0] is False and "not polled its input" in check.liveness()[1]
+
+
+def test_a_dead_child_process_is_neither_ready_nor_live():
+    sink = Stats(last_call=999.0, process="output child mqtt-out-0 (pid 8)", process_heard_at=999.0,
+                 process_exit="killed by SIGKILL")
+    check, _ = checks({"c-in-0": Stats(last_call=999.0)}, {"c-out-0": sink})
+    assert check.readiness() == (False, "output child mqtt-out-0 (pid 8) died: killed by SIGKILL")
+    assert check.liveness() == (False, "output child mqtt-out-0 (pid 8) died: killed by SIGKILL")
+
+
 def metric(name: str, labels: dict) -> float:
     return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
