@@ -37,6 +37,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from driver_stats.contract import stats_interval_end
+from driver_stats.core import wall_clock
 
 log = logging.getLogger("driver_stats.metrics")
 
@@ -89,7 +90,7 @@ ALLOWED_LATENESS = Gauge(
     "driver_stats_allowed_lateness_seconds", "DRIVER_STATS_ALLOWED_LATENESS_SECONDS"
 )
 
-LAST_RECORD.set(time.time())
+LAST_RECORD.set(wall_clock.now())
 
 
 def count_by(counter: Counter, labels: _Tally) -> None:
@@ -128,7 +129,7 @@ def observe_record_delays(payloads: Iterable[bytes], now: Optional[float] = None
     does not decode (a record published as JSON on the rejected topic does
     not come here) is skipped.
     """
-    now = time.time() if now is None else now
+    now = wall_clock.now() if now is None else now
     seen = 0
     for payload in payloads:
         try:
@@ -262,7 +263,7 @@ def recovery_store_age(directory: str, now: Optional[float] = None) -> Optional[
         newest = mtime if newest is None else max(newest, mtime)
     if newest is None:
         return None
-    return max(0.0, (time.time() if now is None else now) - newest)
+    return max(0.0, (wall_clock.now() if now is None else now) - newest)
 
 
 def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
