@@ -47,7 +47,8 @@ from .message import MQTTError, MQTTMessage
 from .partitions import (Marker, control_prefix, counts_at_start, marker_index, marker_topic, owned_shards,
                          takes, transition_over)
 from .process import DiedHook, Forward, SourcePartitionProcess
-from .watermarks import DONE, PartitionClock, WatermarkBoard, encode_watermark, probe_topic, watermark_topic
+from .watermarks import (DONE, NOTHING_READ, PartitionClock, WatermarkBoard, encode_watermark, probe_topic,
+                         watermark_topic)
 
 log = logging.getLogger("connectors.mqtt")
 
@@ -391,6 +392,8 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         if value is not None:
             link.client.publish(watermark_topic(self._source.client_id, self._index), encode_watermark(value),
                                 qos=1, retain=True)
+        elif clock.release_nothing_read():  # not retained: a restarted run proves it again
+            link.client.publish(watermark_topic(self._source.client_id, self._index), NOTHING_READ, qos=1)
         now = time.monotonic()
         if clock.probe_due(now):
             link.client.publish(probe_topic(self._source.client_id, self._index),
@@ -622,11 +625,11 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
     def watermarks(self) -> Mapping[int, float]:
         """Each listed partition's watermark (``-inf`` until it has one); needs ``newest_position``.
 
-        The lowest of them, leaving out the ``-inf`` of partitions that have
-        read nothing, is the dataflow's low watermark: every message such a
-        partition has yet to emit comes after what it had read when it
-        published its watermark, and everything before that has been
-        processed by the whole dataflow. The same mapping until a watermark
+        A partition that has read nothing and is idle is left out of the
+        mapping (:mod:`.watermarks`). The lowest of them is the dataflow's
+        low watermark: every message a partition has yet to emit comes after
+        what it had read when it published its watermark, and everything
+        before that has been processed by the whole dataflow. The same mapping until a watermark
         changes. Messages carry the index of the partition that read them
         (:attr:`MQTTMessage.partition`), so a step can also tell how far it
         has processed each partition itself.

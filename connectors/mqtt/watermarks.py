@@ -10,10 +10,10 @@ on every worker, has processed everything the partition emitted before it
 ``connectors-mqtt/watermarks/<client_id>/in-<i>`` (:func:`watermark_topic`),
 ``{"watermark": 1733320000.5}``, or ``{"done": true}`` once a drained
 partition ended. :class:`WatermarkBoard` reads them all; the dataflow's
-*low watermark* is the lowest over the listed partitions that have one, so
-a message still to come from any of them can only be positioned after what
-that partition had read before it: nothing it has yet to deliver lies
-behind it.
+*low watermark* is the lowest over the listed partitions (leaving out
+those that read nothing and are idle, below), so a message still to come
+from any of them can only be positioned after what that partition had read
+before it: nothing it has yet to deliver lies behind it.
 
 Positions come from the stream only, never from the wall clock, so a backlog
 (after an outage, a frozen broker, a slow flow, a partition behind the
@@ -35,13 +35,19 @@ move since. Those times are ``time.monotonic()``: a step of the host's wall
 clock (NTP, a resumed VM) moves no watermark.
 
 A partition that has read nothing (no position: never read, and no
-watermark of its own from an earlier run) publishes no watermark, idle or
-not, and a missing watermark counts as ``-inf``: the reader of
-:meth:`WatermarkBoard.of` leaves it out of the minimum (it neither holds
-the stream back nor moves it) until it reads something.
+watermark of its own from an earlier run) has no watermark, and a missing
+watermark counts as ``-inf``: it holds the stream back, since it may be
+about to deliver a backlog. Once its probes show it caught up and idle, it
+says so instead: ``{"idle": true}`` on its watermark topic, *not* retained
+(so nothing of it outlives the run), again every epoch while it stays so.
+:meth:`WatermarkBoard.of` then leaves it out altogether: it neither holds
+the stream back nor moves it, whatever the wall clock says, until it reads
+something (Flink's idle sources work the same way).
 
 >>> clock = PartitionClock(restored=None, now=100.0)
 >>> clock.idle_emitted(sent=110.0); clock.seal(); clock.release() is None   # read nothing: no watermark
+True
+>>> clock.release_nothing_read()                                             # ... but idle: say so
 True
 >>> clock.emitted(newest=52.0, now=101.0)
 >>> clock.seal(); clock.release()       # not committed yet / committed
@@ -73,6 +79,8 @@ PROBE_TIMEOUT = 30.0
 MAX_PAYLOAD_BYTES = 256
 DONE = math.inf
 """The watermark of a partition that has ended (a drained session): it holds nothing back."""
+NOTHING_READ = b'{"idle":true}'
+"""Published (not retained) by a partition that has read nothing and is caught up and idle: leave it out."""
 
 
 def watermark_topic(client_id: str, index: int) -> str:
@@ -136,6 +144,8 @@ class PartitionClock:
         self._position_wall = now
         self._has_position = restored is not None and restored != DONE
         self._epoch = -math.inf  # newest value emitted in the current epoch
+        self._idle_unread = False  # an idle probe emitted in the current epoch, nothing ever read
+        self._idle_unread_sealed = False
         self._sealed = -math.inf  # emitted before the last snapshot: publishable once committed
         self._published = -math.inf
         self._data_since_probe = False  # paho received data since the probe in flight was sent
@@ -158,10 +168,19 @@ class PartitionClock:
         """
         if self._has_position:
             self._epoch = max(self._epoch, self._position + max(0.0, sent - self._position_wall))
+        else:
+            self._idle_unread = True
 
     def seal(self) -> None:
         """The epoch ended (snapshot): what it emitted becomes publishable once committed."""
         self._sealed = max(self._sealed, self._epoch)
+        self._idle_unread_sealed = self._idle_unread and not self._has_position
+        self._idle_unread = False
+
+    def release_nothing_read(self) -> bool:
+        """Whether to say :data:`NOTHING_READ` now: an epoch sealed before showed it idle, having read nothing."""
+        idle, self._idle_unread_sealed = self._idle_unread_sealed and not self._has_position, False
+        return idle
 
     def release(self) -> Optional[float]:
         """The watermark to publish now (the epochs sealed before are committed), if it moved."""
@@ -198,7 +217,7 @@ class WatermarkBoard:
     """The retained watermarks of ``client_id``'s partitions, kept up to date by a client of its own.
 
     :meth:`of` gives the value of each partition asked for (``-inf`` for one
-    that has none: it has read nothing yet). Started by :meth:`start`, which returns once the retained
+    that has none yet; none for one that read nothing and is idle). Started by :meth:`start`, which returns once the retained
     ones are in (a barrier message of its own comes after them). A value more
     than ``max_ahead`` seconds ahead of the wall clock is no partition's (the
     positions are bounded the same way): it is ignored with a warning, so
@@ -213,6 +232,7 @@ class WatermarkBoard:
         self._wall_clock = wall_clock  # the calendar: a watermark is a time of day
         self._prefix = f"{WATERMARK_ROOT}/{client_id}/in-"
         self._values: Dict[int, float] = {}
+        self._nothing_read: set[int] = set()  # partitions that said NOTHING_READ and have no watermark
         # of() per set of partitions, until a value changes: the window step
         # asks on every batch of every state key, a watermark comes once an epoch.
         self._marks: Dict[Tuple[int, ...], Dict[int, float]] = {}
@@ -252,6 +272,12 @@ class WatermarkBoard:
                 self._values.pop(int(tail), None)
                 self._marks = {}
             return
+        if payload == NOTHING_READ:
+            with self._lock:
+                if int(tail) not in self._values and int(tail) not in self._nothing_read:
+                    self._nothing_read.add(int(tail))
+                    self._marks = {}
+            return
         value = decode_watermark(payload)
         if value is None:
             log.warning("ignored a malformed watermark on %s (%d bytes)", topic, len(payload))
@@ -262,6 +288,7 @@ class WatermarkBoard:
             return
         with self._lock:
             self._values[int(tail)] = value
+            self._nothing_read.discard(int(tail))
             self._marks = {}
 
     def value(self, index: int) -> Optional[float]:
@@ -269,16 +296,20 @@ class WatermarkBoard:
             return self._values.get(index)
 
     def of(self, indexes: Tuple[int, ...]) -> Mapping[int, float]:
-        """The watermark of each of ``indexes`` (``-inf`` for one that has none yet).
+        """The watermark of each of ``indexes``: ``-inf`` for one that has none yet, none for one that read nothing.
 
-        The same mapping, unchanged, until a watermark changes: a caller may
-        keep what it computed from it while it gets the same object.
+        A partition that said :data:`NOTHING_READ` (caught up and idle,
+        having read nothing) is left out of the mapping until its first
+        watermark comes. The same mapping, unchanged, until a watermark
+        changes: a caller may keep what it computed from it while it gets
+        the same object.
         """
         marks = self._marks.get(indexes)
         if marks is None:
             with self._lock:
-                known = self._marks
-                marks = known[indexes] = {i: self._values.get(i, -math.inf) for i in indexes}
+                known, values, unread = self._marks, self._values, self._nothing_read
+                marks = known[indexes] = {i: values.get(i, -math.inf) for i in indexes
+                                          if i in values or i not in unread}
         return marks
 
     def stop(self) -> None:

@@ -20,13 +20,15 @@ and the lowest over the partitions. So a flow reading behind its producers
 a partition behind the others, a restart) moves its clock at the pace it
 reads, and finds late only what was late when it was published.
 
-A partition that has read nothing yet (no watermark, nothing processed)
-is left out of the minimum: it neither holds the stream back nor moves it,
-whatever the wall clock says (Flink's idle sources are the model). With no
-partition read at all there is no stream time yet (``-inf``). A flow with
-no watermarks at all (Bytewax's ``TestingSource``, history files, the
-benchmarks: :data:`NO_WATERMARKS`) follows the same rule on what its window
-step processed alone.
+A partition that has read nothing and is caught up (the input leaves it
+out of its watermarks) is left out of the minimum: it neither holds the
+stream back nor moves it, whatever the wall clock says (Flink's idle
+sources are the model), until it reads something. One that has read
+nothing and may still deliver a backlog (``-inf``: it has not shown
+itself idle yet, as at a start) holds it back. With no partition read at
+all there is no stream time yet (``-inf``). A flow without watermarks
+(Bytewax's ``TestingSource``, the benchmarks: :data:`NO_WATERMARKS`)
+follows the same rule on what its window step processed alone.
 
 Only the wake-ups (:meth:`StreamClock.wake_at`) measure elapsed time, and
 they do it on a monotonic timer: a step of the host's wall clock (NTP, a
@@ -47,14 +49,6 @@ from typing import Callable, Dict, Iterable, Mapping, Optional
 NO_WATERMARKS: Mapping[int, float] = MappingProxyType({})
 """The watermarks of an input that publishes none: the stream time is what the window step processed."""
 
-
-def low_watermark(marks: Iterable[float]) -> float:
-    """The lowest of the partitions' times, leaving out those that read nothing (``-inf``); ``-inf`` for none.
-
-    >>> low_watermark([30.0, -math.inf, 20.0]), low_watermark([-math.inf]), low_watermark([])
-    (20.0, -inf, -inf)
-    """
-    return min((mark for mark in marks if mark != -math.inf), default=-math.inf)
 
 MAX_NOTIFY_DELAY = 5.0
 """Seconds a window step sleeps at most before looking at the stream time again."""
@@ -145,14 +139,15 @@ class StreamClock:
                  timer: Callable[[], float] = time.monotonic) -> StreamClock:
         """The clock of an input read in partitions: ``watermarks()`` maps each partition to its committed watermark.
 
-        ``-inf`` (or no entry) for a partition that has published none: it
-        is left out until it reads something. Each worker takes its own
+        ``-inf`` for a partition that has none yet (it holds the stream
+        back); no entry for one that read nothing and is idle (left out
+        until it reads something). Each worker takes its own
         (:meth:`for_worker`), which also counts what its window step
         processed. This one counts the watermarks only. Without
         ``watermarks`` (an input that publishes none): what each worker's
         window step processed alone.
         """
-        clock = cls(lambda: low_watermark(watermarks().values()), timer)
+        clock = cls(lambda: min(watermarks().values(), default=-math.inf), timer)
         clock._watermarks = watermarks
         return clock
 
@@ -245,11 +240,10 @@ class StreamClock:
 class ProcessedPositions:
     """One worker's stream time: per input partition, the later of its watermark and what the worker processed of it.
 
-    The lowest over the partitions, leaving out a partition with neither
-    (:func:`low_watermark`): a partition that has read nothing, or whose
-    events this worker has not yet processed and whose first watermark is
-    not yet published, holds nothing back (its events, when they come, are
-    judged against the partitions that did read).
+    The lowest over the partitions; a partition the watermarks leave out
+    (it read nothing and is idle) counts only once this worker processed
+    some of its events: until then its events, when they come, are judged
+    against the partitions that did read.
 
     The window step records each event it handles (:meth:`handled`: in
     :attr:`pending`, partition -> newest event time) and calls :meth:`settle` once every
@@ -276,10 +270,12 @@ class ProcessedPositions:
     90.0
     >>> marks = {0: 100.0, 1: 400.0}; stream()  # a new watermark (a new mapping) counts too
     300.0
-    >>> marks = {0: -math.inf, 1: -math.inf, 2: -math.inf}   # nothing read: no stream time
+    >>> marks = {0: -math.inf}                  # 0 has no watermark yet; 1 and 2 read nothing and are idle
     >>> stream = ProcessedPositions(lambda: marks); stream()
     -inf
-    >>> stream.pending[1] = 80.0; stream.settle(); stream()  # 0 and 2 read nothing: left out
+    >>> stream.pending[1] = 80.0; stream.settle(); stream()  # 0 may still hold a backlog
+    -inf
+    >>> marks = {0: 90.0}; stream()                          # 1 read since (processed here), 2 is left out
     80.0
     """
 
@@ -319,6 +315,6 @@ class ProcessedPositions:
             processed = self._processed
             times = [max(mark, processed.get(partition, -math.inf)) for partition, mark in marks.items()]
             times.extend(newest for partition, newest in processed.items() if partition not in marks)
-            self._time = low_watermark(times)
+            self._time = min(times, default=-math.inf)
             self._marks = marks
         return self._time
