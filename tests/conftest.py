@@ -18,6 +18,8 @@ ONE_AT_A_TIME = (
     "tests/cli/test_cli_mqtt.py",
     "tests/connectors/test_commit_ticks.py",
     "tests/flow/test_child_processes.py",
+    "tests/flow/test_stream_time.py",
+    "tests/flow/test_wall_clock_steps.py",
 )
 
 

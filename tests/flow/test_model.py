@@ -160,11 +160,13 @@ def reference(arrivals: list[Ev]) -> dict:
 
 
 def run(arrivals: list[Ev], *, lateness: int, complete: bool, batch_size: int, output: str,
-        source: TestingSource | None = None, stream_clock: StreamClock | None = None) -> tuple[dict, list]:
+        source: TestingSource | None = None, stream_clock: StreamClock | None = None,
+        wall: float = T0.timestamp()) -> tuple[dict, list]:
     """The real dataflow; returns (driver, interval start) -> totals, and the rejected messages.
 
     ``source`` replaces the one fed ``arrivals`` in order; ``stream_clock``
-    the stream time (default: the wall clock, standing still).
+    the stream time (default: the product's, from what the window step
+    processed); ``wall`` the wall clock, standing still.
     """
     out: list = []
     flow = build_flow(
@@ -172,7 +174,7 @@ def run(arrivals: list[Ev], *, lateness: int, complete: bool, batch_size: int, o
                  output_format=output),
         source or TestingSource([ev.message() for ev in arrivals], batch_size=batch_size),
         TestingSink(out),
-        clock=lambda: T0.timestamp(),  # a wall clock standing still: only event time moves
+        clock=lambda: wall,  # a wall clock standing still: only event time moves
         stream_clock=stream_clock,
         complete_input=complete,
     )
@@ -203,14 +205,15 @@ def describe(arrivals: list[Ev]) -> str:
 
 
 def check(arrivals: list[Ev], *, lateness: int, complete: bool, batch_size: int, output: str = "protobuf",
-          source: TestingSource | None = None, stream_clock: StreamClock | None = None, note: str = "") -> None:
+          source: TestingSource | None = None, stream_clock: StreamClock | None = None, note: str = "",
+          wall: float = T0.timestamp()) -> None:
     """The flow's records equal the reference's for ``arrivals``, and nothing is rejected.
 
     With a ``source`` of its own, ``arrivals`` is the order the reference
     sees (the publish order) and ``note`` says how the source delivers it.
     """
     got, rejected = run(arrivals, lateness=lateness, complete=complete, batch_size=batch_size, output=output,
-                        source=source, stream_clock=stream_clock)
+                        source=source, stream_clock=stream_clock, wall=wall)
     where = f"arrivals (lateness {lateness}, batch size {batch_size}, {output} out):\n{describe(arrivals)}{note}"
     assert rejected == [], f"valid, on-time events were rejected: {rejected}\n{where}"
     want = reference(arrivals)
@@ -396,6 +399,98 @@ def test_partitions_and_their_delivery_delays_do_not_change_the_records(data):
     check(published, lateness=lateness, complete=False, batch_size=batch_size, output=output,
           source=TestingSource(gated_low_watermark(order, batch_size, stream), batch_size=batch_size),
           stream_clock=StreamClock(lambda: stream[0]), note=note)
+
+
+A_YEAR_US = 365 * 24 * 3600 * US
+
+
+def with_idle_spells(draw, published: list[Ev]) -> tuple[list[Ev], list[int]]:
+    """``published`` with 0-2 idle spells: the producers pause, then go on that much later in event time.
+
+    Returns the events, each after a spell moved on by the spells before it,
+    and the publish index at which each spell starts.
+    """
+    spells = sorted(draw(st.lists(st.integers(1, max(1, len(published) - 1)), max_size=2), label="spells at"))
+    moved, shift = [], 0
+    for i, ev in enumerate(published):
+        for _ in range(spells.count(i)):
+            # Up to 100 windows: a repeat moved across spells stays within the dedupe retention.
+            shift += draw(st.sampled_from([1, WINDOW, 100 * WINDOW]), label="spell seconds") * US
+        moved.append(replace(ev, time_us=ev.time_us + shift))
+    return moved, [i for i in spells if i < len(published)]
+
+
+def live_watermarks(segments: list[list[tuple[int, Ev]]], readers: int, silent: int, silent_shown_at: int,
+                    batch_size: int, marks: list):
+    """Messages (with their partition) for ``segments`` delivered one after the other, moving ``marks[0]``.
+
+    ``marks[0]`` is the mapping the live input's watermarks give, gated as
+    there: before each batch, a partition's watermark is the newest event
+    time it delivered in earlier batches; ``-inf`` while it has none and may
+    still deliver; left out once it has read nothing and is caught up (the
+    ``silent`` partitions ``readers ..``, from batch ``silent_shown_at`` on).
+    A reader that has read nothing yet stays ``-inf`` across spells: its
+    first event may be delivered after others' later ones, which live
+    traffic, stamped in real time, only does within seconds of showing it
+    caught up. Between segments the producers
+    paused (an idle spell): every partition is caught up, and one that read
+    something moves on by the time elapsed since it read its newest event,
+    the publish time of the newest event published before it (producers
+    stamp in real time, up to the lateness early).
+    """
+    newest: dict[int, float] = {}
+    read_at: dict[int, float] = {}  # the producers' time (newest published) when each partition read its newest
+    watermark: dict[int, float] = {p: -math.inf for p in range(readers + silent)}
+    idle_due: dict[int, float] | None = None
+    published_max, i = -math.inf, 0
+    for number, segment in enumerate(segments):
+        if number:  # a spell before this segment: everything before it was read
+            pause_end = min(ev.time_us for _, ev in segment) / US  # producers' time when they go on
+            idle_due = {p: newest[p] + (pause_end - read_at[p]) for p in newest}
+        for p, ev in segment:
+            if i % batch_size == 0:
+                if i // batch_size == silent_shown_at:
+                    watermark.update({q: math.inf for q in range(readers, readers + silent)})
+                for q, t in newest.items():
+                    watermark[q] = max(watermark[q], t)
+                if idle_due is not None:
+                    for q, t in idle_due.items():
+                        watermark[q] = max(watermark[q], t)
+                    idle_due = None
+                # inf: read nothing, caught up: left out of the mapping
+                marks[0] = {q: t for q, t in watermark.items() if t != math.inf or q in newest}
+            t = ev.time_us / US
+            published_max = max(published_max, t)
+            if t > newest.get(p, -math.inf):
+                newest[p], read_at[p] = t, published_max
+            i += 1
+            message = ev.message()
+            yield MQTTMessage(message.topic, message.payload, (), p)
+
+
+@settings(MODEL, max_examples=LONG_RUN or 150)
+@given(st.data())
+def test_partitions_that_never_read_idle_spells_and_old_event_times_do_not_change_the_records(data):
+    # The product's stream clock over what the live input's watermarks would
+    # say: readers that may fall behind, partitions that never read, idle
+    # spells between bursts, and a wall clock three years ahead of the events.
+    lateness, published = publish_order_within_lateness(data)
+    published, spells = with_idle_spells(data.draw, published)
+    readers = data.draw(st.integers(1, 4), label="partitions that read")
+    silent = data.draw(st.integers(0, 3), label="partitions that never read")
+    silent_shown_at = data.draw(st.integers(0, 3), label="batch from which they are known idle")
+    bounds = [0, *spells, len(published)]
+    segments = [delivered(data.draw, published[a:b], readers) for a, b in zip(bounds, bounds[1:]) if b > a]
+    batch_size = data.draw(st.sampled_from([1, 2, 3, 7]), label="batch_size")
+    marks: list = [{p: -math.inf for p in range(readers + silent)}]
+    order = [item for segment in segments for item in segment]
+    note = f"\nspells before publish indexes {spells}; {silent} silent partitions; delivered:\n" + "\n".join(
+        f"  {p}: {line.strip()}" for (p, _), line in zip(order, describe([ev for _, ev in order]).splitlines()))
+    check(published, lateness=lateness, complete=False, batch_size=batch_size,
+          source=TestingSource(live_watermarks(segments, readers, silent, silent_shown_at, batch_size, marks),
+                               batch_size=batch_size),
+          stream_clock=StreamClock.of_input(lambda: marks[0]), note=note,
+          wall=T0.timestamp() + 3 * A_YEAR_US / US)
 
 
 # -- counterexamples found by the properties above (shrunk) ---------------------
