@@ -272,7 +272,9 @@ def start(settings: Settings) -> LiveIO:
         raise SystemExit(f"driver-stats: {err} (DRIVER_STATS_MQTT_URL={settings.mqtt_url})") from None
     _stop_quietly_on_signals()
     # A dead partition process ends this one (see _exit_on_child_death).
-    source = mqtt_source(settings, on_event=_count_reconnects, on_died=_exit_on_child_death)
+    epoch_interval = bytewax_run_options()[1] or 10.0  # bytewax.run's epoch interval: -s, else 10 s
+    source = mqtt_source(settings, on_event=_count_reconnects, on_died=_exit_on_child_death,
+                         epoch_interval=epoch_interval)
     stream_clock = StreamClock.of_input(source.watermarks)
     sink = mqtt_sink(
         settings,
@@ -280,6 +282,7 @@ def start(settings: Settings) -> LiveIO:
         on_written=_published_counter(settings.topic_driver_stats),
         on_refused=metrics.count_refused,
         on_died=_exit_on_child_death,
+        epoch_interval=epoch_interval,
         # Without recovery no commit ever comes to wait for: publish at once.
         commit_gated=bytewax_run_options()[0] is not None,
     )

@@ -1,42 +1,54 @@
-"""When an input partition asks Bytewax to wake it: so that every input moves epochs together.
+"""When an input partition asks Bytewax to wake it: epochs that move together, workers that sleep while held.
 
 Bytewax 0.21 moves each input partition to its next epoch on a clock of its
-own: at the first activation at least ``epoch_interval`` after its last move
-(its wall clock, ``Utc::now``). A partition that has moved on then waits
-until every input of every worker has left the previous epoch, and while it
-waits its wake-up (``next_awake``) falls due and is never renewed: its worker
-is re-activated at once, again and again. A worker spins for as long as its
-inputs lead the slowest one (Bytewax issue #161). Clocks that start apart
-(processes that connect at different moments) or drift apart (every move
-comes a poll late) turn that into a share of every epoch.
+own, at the first activation at least ``epoch_interval`` after its last move
+(on the wall clock). A partition that has moved is then held until the whole
+dataflow, every worker, is done with the previous epoch; while it is held its
+wake-up (``next_awake``) is not asked again, and once that time has passed
+its worker is re-activated at once, again and again: the worker spins until
+the hold ends (Bytewax issue #161). With several processes the holds last
+long (the recovery snapshots of every worker, progress over TCP), and spinning
+workers take the cores the others need to end the hold.
 
-:class:`EpochSchedule` gives every input the same epoch boundaries: the
-multiples of ``period`` (``epoch_interval`` plus :data:`MARGIN`) on the wall
-clock, which all processes of a host read alike (and NTP keeps within
-milliseconds across hosts). A partition reads and polls as it likes until
-its epoch may move, then waits for the boundary: its epoch moves there, on
-every worker within the wake-up delays, and so nobody waits long for
-anyone, whether the flow idles or is busy. A partition whose epoch started
-late moves at the next boundary (one longer epoch) and is aligned from then
-on.
+:class:`EpochSchedule` does two things about it:
 
-    >>> schedule = EpochSchedule(epoch_interval=1.0, poll=0.01, clock=lambda: 100.5)
+* **Shared boundaries.** Every input's epoch moves at the multiples of
+  ``period`` (``epoch_interval`` plus :data:`MARGIN`) on the wall clock,
+  which all processes of a host read alike (and NTP keeps within
+  milliseconds across hosts): a partition reads and polls as it likes until
+  its epoch may move, then sleeps until the boundary. Clocks that started
+  apart, or drifted, are aligned again at the next boundary.
+* **Sleep through the hold.** In the activation in which its epoch moves,
+  the partition asks to be woken after the hold it expects (the last one it
+  saw, halved each time it proves too long), not at once.
+
+    >>> now = [100.5]
+    >>> schedule = EpochSchedule(epoch_interval=1.0, poll=0.01, clock=lambda: now[0])
     >>> schedule.period
     1.02
     >>> schedule.next_awake(more=False)  # early in the epoch: the next poll
     100.51
-    >>> schedule.epoch_moved()  # Bytewax's snapshot(): its epoch moved at 100.5
-    >>> schedule._clock = lambda: 101.49  # the epoch may move from 101.5 on
-    >>> round(schedule.next_awake(more=True), 3)  # so: wait for the boundary, 100 × 1.02
+    >>> now[0] = 101.49  # the epoch may move from 101.5 on: wait for the boundary, 100 × 1.02
+    >>> round(schedule.next_awake(more=True), 3)
     102.0
+    >>> now[0] = 102.001  # the boundary: the epoch moves in this activation
+    >>> schedule.next_awake(more=True) is None  # no hold seen yet: at once after it
+    True
+    >>> schedule.epoch_moved()
+    >>> now[0] = 102.301  # the hold ended 0.3 s later
+    >>> schedule.next_awake(more=True) is None, round(schedule.hold, 3)  # next time, sleep that long
+    (True, 0.3)
 """
 
 from __future__ import annotations
 
 import math
 import time
+from datetime import datetime, timedelta, timezone
 from typing import Callable, Optional
 
+IDLE_POLL = timedelta(milliseconds=10)
+"""How often an idle input partition looks for messages (between epoch boundaries)."""
 MARGIN = 0.02
 """Seconds by which the shared period exceeds the epoch interval.
 
@@ -49,33 +61,55 @@ GUARD = 0.01
 Bytewax reads the epoch's start at the top of an activation, the partition
 learns of it a little later (``snapshot``): this covers the difference.
 """
+LATE = 0.005
+"""A wake-up this much (or a quarter of the hold) after the time asked for: the partition was held longer."""
 
 
 class EpochSchedule:
     """The wake-ups of one input partition (see the module docstring).
 
-    Not thread-safe: Bytewax calls a partition from its worker's thread only.
+    Bytewax calls a partition from its worker's thread only: no lock.
     """
 
     def __init__(self, epoch_interval: float, poll: float, clock: Callable[[], float] = time.time) -> None:
         self.interval = epoch_interval
         self.period = round(epoch_interval + MARGIN, 6)
+        self.hold = 0.0
+        """Seconds the partition expects to be held after its epoch moves."""
         self._poll = poll
         self._clock = clock
-        self._started = clock()  # the partition is built in the activation that starts its first epoch
+        self._started = clock()  # a partition is built in the activation that starts its first epoch
+        self._asked = self._started  # the wake-up asked for in the activation that moved the epoch
+        self._moving = False  # predicted a move in this epoch
+        self._moved = False  # moved since the last next_awake
 
     def epoch_moved(self) -> None:
         """Bytewax moved the partition's epoch (it calls ``snapshot`` then)."""
         self._started = self._clock()
+        self._moving, self._moved = False, True
 
     def next_awake(self, more: bool) -> Optional[float]:
         """The wall-clock time to wake the partition (``None``: at once); ``more``: whether it has items waiting."""
         now = self._clock()
+        if self._moved:  # the first call since the move: the hold has ended
+            held = now - self._started
+            longer = now > self._asked + max(LATE, self.hold / 4)  # a wake-up comes late by a little anyway
+            self.hold = min(held, self.interval) if longer else self.hold / 2
+            self._moved = False
         wanted = now if more else now + self._poll
         may_move = self._started + self.interval
-        boundary = math.ceil(may_move / self.period) * self.period
-        # Past the boundary and not moved yet (woken late, or the epoch
-        # interval is not the one given): as usual, never in a tight loop.
-        if wanted < may_move - GUARD or boundary <= now:
+        if wanted < may_move - GUARD:
             return None if more else wanted
-        return boundary
+        boundary = math.ceil(may_move / self.period) * self.period
+        if boundary > now:
+            return boundary
+        if self._moving:  # predicted before, and it did not move (a late wake-up, another interval): as usual
+            return None if more else wanted
+        self._moving = True  # it moves in this activation, right after this call
+        self._asked = max(wanted, now + self.hold)
+        return None if self._asked <= now else self._asked
+
+
+def wake_at(when: Optional[float]) -> Optional[datetime]:
+    """:meth:`EpochSchedule.next_awake` as Bytewax's ``next_awake`` wants it."""
+    return None if when is None else datetime.fromtimestamp(when, timezone.utc)

@@ -23,6 +23,7 @@ from bytewax.dataflow import Dataflow, Stream, operator
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from .connection import MQTTConnection, Protocol
+from .epochs import EpochSchedule, wake_at
 from .link import EventHook
 from .message import MQTTError, MQTTMessage
 from .sink import COMMIT_TICK, MQTTSink, _CommitTick
@@ -91,8 +92,10 @@ _TICKS_WAKE = timedelta(milliseconds=10)
 
 
 class _CommitTicksPartition(StatefulSourcePartition[Tuple[str, _CommitTick], None]):
-    def __init__(self, keys: List[str], interval: timedelta, until: Optional[Callable[[], bool]]) -> None:
+    def __init__(self, keys: List[str], interval: timedelta, until: Optional[Callable[[], bool]],
+                 epoch_interval: Optional[float] = None) -> None:
         self._ticks = [(key, COMMIT_TICK) for key in keys]
+        self._schedule = None if epoch_interval is None else EpochSchedule(epoch_interval, interval.total_seconds())
         self._interval = interval.total_seconds()
         self._wake = min(interval, _TICKS_WAKE)
         self._until = until
@@ -108,9 +111,13 @@ class _CommitTicksPartition(StatefulSourcePartition[Tuple[str, _CommitTick], Non
         return self._ticks
 
     def next_awake(self) -> Optional[datetime]:
+        if self._schedule is not None:
+            return wake_at(self._schedule.next_awake(False))
         return datetime.now(timezone.utc) + self._wake
 
     def snapshot(self) -> None:
+        if self._schedule is not None:
+            self._schedule.epoch_moved()
         # The epoch ends: tick at the first call of the next one, which comes
         # once this epoch is committed, so the sink publishes its records then.
         self._due = 0.0
@@ -141,8 +148,9 @@ class _CommitTicks(FixedPartitionedSource[Tuple[str, _CommitTick], None]):
     makes every worker spin for the gap.
     """
 
-    def __init__(self, keys: List[str], interval: timedelta, until: Optional[Callable[[], bool]]) -> None:
-        self.keys, self.interval, self.until = keys, interval, until
+    def __init__(self, keys: List[str], interval: timedelta, until: Optional[Callable[[], bool]],
+                 epoch_interval: Optional[float] = None) -> None:
+        self.keys, self.interval, self.until, self.epoch_interval = keys, interval, until, epoch_interval
 
     def list_parts(self) -> List[str]:
         # One partition, whatever the sink's count: a recovery store's
@@ -150,7 +158,7 @@ class _CommitTicks(FixedPartitionedSource[Tuple[str, _CommitTick], None]):
         return ["ticks"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _CommitTicksPartition:
-        return _CommitTicksPartition(self.keys, self.interval, self.until)
+        return _CommitTicksPartition(self.keys, self.interval, self.until, self.epoch_interval)
 
 
 @operator
@@ -169,7 +177,8 @@ def publish(
     a test that is true once that input is done (the ticks then stop, so
     the dataflow can end; the sink publishes what is left on closing).
     """
-    ticks = op.input("commit_ticks", up.flow(), _CommitTicks(sink.tick_keys(), tick_interval, until))
+    ticks = op.input("commit_ticks", up.flow(),
+                     _CommitTicks(sink.tick_keys(), tick_interval, until, sink.epoch_interval))
     op.output("mqtt_output", op.merge("with_commit_ticks", up, ticks), sink)
 
 

@@ -62,19 +62,19 @@ import pickle
 import signal
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from bytewax.inputs import StatefulSourcePartition
 from bytewax.outputs import StatefulSinkPartition
 
+from .epochs import IDLE_POLL, EpochSchedule, wake_at
 from .link import MQTTLinkStats
 from .message import MQTTError, MQTTMessage
 
 log = logging.getLogger("connectors.mqtt")
 
-_IDLE_POLL = timedelta(milliseconds=10)
 
 HEARTBEAT_INTERVAL = 0.2
 """Seconds between a child's heartbeats (its watch of the worker's process runs as often)."""
@@ -353,9 +353,10 @@ class SourcePartitionProcess(StatefulSourcePartition[Union[MQTTMessage, MQTTErro
 
     def __init__(self, build: Callable[[Forward], Any], stats: MQTTLinkStats,
                  on_event: Optional[Callable[..., None]], label: str, index: int = 0,
-                 on_died: Optional[DiedHook] = None) -> None:
+                 on_died: Optional[DiedHook] = None, schedule: Optional[EpochSchedule] = None) -> None:
         self._child = _Child(lambda forward: _ServedSource(build(forward)), stats, {"event": on_event}, label,
                              "input", on_died)
+        self._schedule = schedule
         self.stats = stats
         self._index = index
         self._more = False
@@ -370,9 +371,13 @@ class SourcePartitionProcess(StatefulSourcePartition[Union[MQTTMessage, MQTTErro
         return unpack(packed, partition=self._index)
 
     def next_awake(self) -> Optional[datetime]:
-        return None if self._more else datetime.now(timezone.utc) + _IDLE_POLL
+        if self._schedule is not None:
+            return wake_at(self._schedule.next_awake(self._more))
+        return None if self._more else datetime.now(timezone.utc) + IDLE_POLL
 
     def snapshot(self) -> None:
+        if self._schedule is not None:
+            self._schedule.epoch_moved()
         self._child.call("snapshot")
         return None
 

@@ -628,6 +628,8 @@ class MQTTSink(FixedPartitionedSink[Union[MQTTMessage, _CommitTick], SinkState])
             (:mod:`.process`): the worker's interpreter only pickles them.
         on_died: With ``own_process``: ``on_died(line)`` when a partition's
             child process ends without being closed (:data:`.process.DiedHook`).
+        epoch_interval: The dataflow's epoch interval in seconds, for the
+            commit ticks' wake-ups (:mod:`.epochs`; None: every 10 ms).
     """
 
     def __init__(
@@ -646,6 +648,7 @@ class MQTTSink(FixedPartitionedSink[Union[MQTTMessage, _CommitTick], SinkState])
         commit_gated: bool = True,
         own_process: bool = False,
         on_died: Optional[DiedHook] = None,
+        epoch_interval: Optional[float] = None,
     ) -> None:
         check_client_id(client_id)
         if not 1 <= partitions <= MAX_PARTITIONS:
@@ -669,6 +672,7 @@ class MQTTSink(FixedPartitionedSink[Union[MQTTMessage, _CommitTick], SinkState])
         self.commit_gated = commit_gated
         self.own_process = own_process
         self.on_died = on_died
+        self.epoch_interval = epoch_interval
         self.stats: dict[str, MQTTLinkStats] = {}
         self._position = {name: i for i, name in enumerate(sorted(self.list_parts()))}
 

@@ -46,6 +46,7 @@ from .link import EventHook, Link, MQTTLinkStats
 from .message import MQTTError, MQTTMessage
 from .partitions import (Marker, control_prefix, counts_at_start, marker_index, marker_topic, owned_shards,
                          takes, transition_over)
+from .epochs import IDLE_POLL, EpochSchedule, wake_at
 from .process import DiedHook, Forward, SourcePartitionProcess
 from .watermarks import (DONE, NOTHING_READ, PartitionClock, WatermarkBoard, encode_watermark, probe_topic,
                          watermark_topic)
@@ -53,7 +54,6 @@ from .watermarks import (DONE, NOTHING_READ, PartitionClock, WatermarkBoard, enc
 log = logging.getLogger("connectors.mqtt")
 
 _SESSION_EXPIRY_S = 7 * 24 * 3600
-_IDLE_POLL = timedelta(milliseconds=10)
 _CLIENT_ID = re.compile(r"[A-Za-z0-9_-]+")
 
 _Entry = Tuple[int, int, int]  # (mid, qos, session generation)
@@ -72,6 +72,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
 
     def __init__(self, source: MQTTSource, index: int, start_watermark: Optional[float] = None) -> None:
         self._source = source
+        self._schedule = source._schedule()
         self._batch_size = source.batch_size
         self._max_unacked = source.max_unacked
         self._max_bytes = source.max_message_bytes
@@ -404,15 +405,19 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         return bool(self._buffer)
 
     def next_awake(self) -> Optional[datetime]:
+        if self._schedule is not None:
+            return wake_at(self._schedule.next_awake(bool(self._buffer)))
         if self._buffer:
             return None
-        return datetime.now(timezone.utc) + _IDLE_POLL
+        return datetime.now(timezone.utc) + IDLE_POLL
 
     def snapshot(self) -> None:
         # Anything before the previous snapshot is committed by now.
         waiting = self._ack(self._committable)
         self._committable = waiting + self._emitted
         self._emitted = []
+        if self._schedule is not None:
+            self._schedule.epoch_moved()
         if self._watermark is not None:
             self._tend_watermark()
             self._watermark.seal()
@@ -537,6 +542,10 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
             worker's interpreter only unpickles batches (:mod:`.process`).
         on_died: With ``own_process``: ``on_died(line)`` when a partition's
             child process ends without being closed (:data:`.process.DiedHook`).
+        epoch_interval: The dataflow's epoch interval in seconds: the
+            partitions wake so that every input moves epochs at the same
+            moments, and sleep while the epoch gate holds them (:mod:`.epochs`;
+            None: they poll every 10 ms).
     """
 
     def __init__(
@@ -559,6 +568,7 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         probe_interval: float = 1.0,
         own_process: bool = False,
         on_died: Optional[DiedHook] = None,
+        epoch_interval: Optional[float] = None,
     ) -> None:
         self.connection = connection
         self.topics = list(topics)
@@ -577,6 +587,7 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         self.probe_interval = probe_interval
         self.own_process = own_process
         self.on_died = on_died
+        self.epoch_interval = epoch_interval
         self.stats: dict[str, MQTTLinkStats] = {}
         """Counters per client id, filled as partitions start on this process."""
         check_client_id(client_id)
@@ -668,4 +679,9 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         if index < self.partitions:
             stats = self.stats.setdefault(self.client_id_for(index), stats)
         return SourcePartitionProcess(build, stats, self.on_event, label=f"mqtt-in-{index}", index=index,
-                                      on_died=self.on_died)
+                                      on_died=self.on_died, schedule=self._schedule())
+
+    def _schedule(self) -> Optional[EpochSchedule]:
+        if self.epoch_interval is None:
+            return None
+        return EpochSchedule(self.epoch_interval, IDLE_POLL.total_seconds())
