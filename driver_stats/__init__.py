@@ -1,6 +1,8 @@
 """driver-stats: per-driver interval statistics from MQTT driver events.
 
 Layers, bottom first (``tests/test_layers.py`` checks them): :mod:`.contract`,
-:mod:`.settings`, :mod:`.core` (the domain), then the dataflow in the
-top-level package ``flows``, then :mod:`.cli` and :mod:`.testing` on top.
+:mod:`.settings`, :mod:`.core` (the domain), :mod:`.traffic` (generated
+input traffic), then the top-level packages ``flows`` (the dataflow) and
+``cli`` (the ``driver-stats`` command), and :mod:`.testing` on top. Nothing
+in this package imports ``flows`` or ``cli``.
 """

@@ -67,7 +67,6 @@ class Kind(StrEnum):
 
 
 COUNTED_KINDS = frozenset({Kind.VALID, Kind.OUT_OF_ORDER, Kind.DUPLICATE})
-KINDS = tuple(Kind)
 
 _REASONS = (FinishReason.DROP_OFF, FinishReason.RIDER_CANCEL, FinishReason.DRIVER_CANCEL, FinishReason.ADMIN_CANCEL)
 _REASON_WEIGHTS = (85, 7, 5, 3)
@@ -339,16 +338,4 @@ def _replace(event: Event, **changes) -> Event:
     return msgspec.structs.replace(event, **changes)
 
 
-def parse_time(text: str) -> float:
-    """Unix seconds from ``text``: a number, or an RFC 3339 / ISO 8601 time (UTC if no offset)."""
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.timestamp()
-
-
-__all__ = ["Generated", "Kind", "Traffic", "KINDS", "COUNTED_KINDS", "parse_time"]
+__all__ = ["Generated", "Kind", "Traffic", "COUNTED_KINDS"]

@@ -1,6 +1,6 @@
 """``driver-stats generate``: publish realistic input traffic, optionally with its truth.
 
-The traffic itself is :class:`~driver_stats.cli.traffic.Traffic` (plain,
+The traffic itself is :class:`~driver_stats.traffic.Traffic` (plain,
 deterministic Python); this module only paces it on the wall clock and
 publishes it with QoS 1 (MQTT 3.1.1), then writes the truth files.
 """
@@ -14,10 +14,12 @@ import os
 import random
 import time
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
 
 from driver_stats.contract import INPUTS, to_json
+from driver_stats.traffic import COUNTED_KINDS, Generated, Kind, Traffic
 
 from .common import (
     INVALID_FILE,
@@ -29,7 +31,6 @@ from .common import (
     mqtt_client,
     say,
 )
-from .traffic import COUNTED_KINDS, Generated, Kind, Traffic, parse_time
 
 HELP = "publish realistic input traffic (journeys, ratings, tips) to the input topics"
 
@@ -85,6 +86,18 @@ def _positive(kind):
         return value
 
     return parse
+
+
+def parse_time(text: str) -> float:
+    """Unix seconds from ``text``: a number, or an RFC 3339 / ISO 8601 time (UTC if no offset)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.timestamp()
 
 
 def _time(text: str) -> float:

@@ -171,7 +171,7 @@ def _run(args, broker: str, workdir: Path, children: Children) -> int:
     if broker == "mosquitto":
         command = Mosquitto(workdir, port=port, autosave_interval=5).command
     else:
-        command = [sys.executable, "-m", "driver_stats.cli.amqtt_broker", str(port)]
+        command = [sys.executable, "-m", "cli.amqtt_broker", str(port)]
     proc = children.start(f"broker ({broker})", command, workdir / "broker.log")
     if not wait_listening(port, proc, 15.0):
         children.check()
@@ -202,7 +202,7 @@ def _run(args, broker: str, workdir: Path, children: Children) -> int:
                             "-r", str(recovery), "-s", "2", "-b", "0"], flow_log, env=env, cwd=workdir)
     _wait_flow_ready(children, workdir, client_id)
 
-    generate = [sys.executable, "-m", "driver_stats.cli", "generate", "--rate", str(args.rate),
+    generate = [sys.executable, "-m", "cli", "generate", "--rate", str(args.rate),
                 "--drivers", str(args.drivers), "--client-id", f"{client_id}-generate"]
     if not args.clean:
         generate += ["--duplicates", "0.02", "--late", "0.01", "--invalid", "0.01", "--out-of-order", "0.05"]
