@@ -149,8 +149,7 @@ def run(args: argparse.Namespace) -> int:
     atexit.register(cleanup)
     previous_hup = signal.signal(signal.SIGHUP, interrupt)
     # Ctrl-C stops the demo however it was started: a SIGINT that the parent
-    # ignored or blocked (a background job, a test runner) is inherited, and
-    # in the parallel test suite the demo then never saw its Ctrl-C.
+    # ignored or blocked (a background job, a test runner) is inherited.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
