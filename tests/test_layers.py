@@ -145,6 +145,12 @@ def violations(root: Path) -> list[str]:
     return sorted(set(found))
 
 
+def write_tree(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
 def test_the_code_keeps_its_import_layers():
     assert violations(ROOT) == []
 
@@ -168,9 +174,7 @@ def test_the_check_sees_a_lower_layer_importing_a_higher_one(tmp_path):
         "tests/flow/test_a.py": "from tests.flow.test_b import helper\n",
         "tests/connectors/test_c.py": "import flows.driver_stats\n",
     }
-    for name, text in files.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
+    write_tree(tmp_path, files)
     found = "\n".join(violations(tmp_path))
     for expected in (
         "driver_stats/core/windows.py:1: driver_stats.core imports bytewax.operators",
@@ -198,9 +202,7 @@ def test_a_package_init_runs_before_its_modules(tmp_path):
         "driver_stats/core/windows.py": "",
         "flows/steps.py": "from driver_stats.contract import Reason\n",
     }
-    for name, text in files.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
+    write_tree(tmp_path, files)
     assert violations(tmp_path) == [
         "driver_stats/__init__.py:1: driver_stats (run by driver_stats.contract) imports driver_stats.core.windows "
         "from a higher layer",
