@@ -27,7 +27,7 @@ WORKDIR /src
 # Only what .dockerignore lets through: pyproject.toml, the packages, deploy/.
 COPY . .
 RUN /opt/venv/bin/pip install . \
-    && /opt/venv/bin/python -c "import bytewax, driver_stats, flows"
+    && /opt/venv/bin/python -c "import bytewax, driver_stats, flows, cli"
 
 # --- waxctl: the layout Bytewax's Helm chart runs -------------------------------
 # Bytewax's image has a virtualenv in /venv and, in its WORKDIR /bytewax,
@@ -41,13 +41,14 @@ FROM ${BYTEWAX_IMAGE} AS waxctl
 COPY pyproject.toml README.md /tmp/driver-stats/
 COPY driver_stats /tmp/driver-stats/driver_stats
 COPY flows /tmp/driver-stats/flows
+COPY cli /tmp/driver-stats/cli
 COPY connectors /tmp/driver-stats/connectors
 # The base runs as root; the chart runs pods as UID 65532 (podSecurityContext,
 # set in k8s/waxctl/values.yaml), and so does `docker run` with this USER.
 RUN /venv/bin/pip install --no-cache-dir --disable-pip-version-check /tmp/driver-stats \
     && /venv/bin/pip check \
     && rm -rf /tmp/driver-stats \
-    && cd / && /venv/bin/python -c "import bytewax.run, driver_stats, connectors.mqtt, flows.driver_stats" \
+    && cd / && /venv/bin/python -c "import bytewax.run, driver_stats, connectors.mqtt, flows.driver_stats, cli" \
     && groupadd --system --gid 65532 nonroot \
     && useradd --system --uid 65532 --gid 65532 --home-dir /nonexistent --no-create-home \
         --shell /usr/sbin/nologin nonroot

@@ -185,7 +185,7 @@ def pb_bytes(spec: dict) -> bytes:
     return out
 
 
-def json_bytes(spec: dict, ascii=True, numbers=False, offsets=None, raw=None, extra=()) -> bytes:
+def json_bytes(spec: dict, ensure_ascii=True, numbers=False, offsets=None, raw=None, extra=()) -> bytes:
     """``spec`` in proto3 JSON: enums by name (by number with ``numbers``), times in UTC ``offsets``
     (minutes), ``raw`` tokens in place of values, ``extra`` members; default values left out."""
     items = []
@@ -201,7 +201,7 @@ def json_bytes(spec: dict, ascii=True, numbers=False, offsets=None, raw=None, ex
             elif of == "e" and not isinstance(value, str) and not numbers and value in range(4):
                 token = json.dumps(REASON_NAMES[value])
             else:
-                token = json.dumps(value, ensure_ascii=ascii) if isinstance(value, str) else str(value)
+                token = json.dumps(value, ensure_ascii=ensure_ascii) if isinstance(value, str) else str(value)
         if token is not None:
             items.append((name.split("_")[0] + "".join(part.title() for part in name.split("_")[1:]), token))
     return ("{" + ",".join(f'"{k}":{v}' for k, v in items + list(extra)) + "}").encode("utf-8", "surrogatepass")
@@ -312,7 +312,7 @@ class Gen:
             offsets = {n: self.pick((0, 60, -330, 840, -1439)) for n, _, of in FIELDS[spec["type"]] if of == "t"}
             offsets = {n: o for n, o in offsets.items() if time_ok(spec[n]) and time_ok((spec[n][0] + o * 60, 0))}
             extra = [("unknownField", "[{}]")] if self.chance(9) else []
-            style = {"ascii": self.chance(2), "numbers": self.chance(3), "offsets": offsets, "extra": extra}
+            style = {"ensure_ascii": self.chance(2), "numbers": self.chance(3), "offsets": offsets, "extra": extra}
         payload = json_bytes(spec, **style) if as_json else pb_bytes(spec)
         both = all((of != "u" or 0 <= spec[n] <= UINT32_MAX) and (of != "e" or spec[n] in range(4)) and (
             of != "t" or spec[n] is None or time_ok(spec[n])) for n, _, of in FIELDS[spec["type"]])
@@ -339,7 +339,7 @@ class Gen:
         """A valid event with one value empty, out of range, at an edge, or (in JSON) of another type."""
         spec, as_json = self.spec(), self.chance(2)
         name, _, of = self.pick(FIELDS[spec["type"]])
-        style = {"ascii": self.chance(2), "numbers": self.chance(2)} if as_json else None
+        style = {"ensure_ascii": self.chance(2), "numbers": self.chance(2)} if as_json else None
         if as_json and self.chance(3):
             payload = json_bytes(spec, raw={name: self.pick(ODD_TOKENS[of])})
             return Case(self.topics[spec["type"]], payload, "json-odd-value")

@@ -82,7 +82,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # is this far behind the stream clock; events that old are late for
     # every driver (see driver_stats/core/windows.py).
     state_retention_seconds: Seconds = 3600
-    # Identity: MQTT client ids and the shared-subscription group.
+    # Identity: MQTT client ids and the partition marker topics derive from it.
     client_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,40}$")] = "driver-stats"
     # Topics (the inputs' rows of driver_stats.contract.topics.INPUTS).
     topic_driver_rated: Topic = INPUT_OF[DriverRated].default_topic

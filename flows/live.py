@@ -144,10 +144,8 @@ def _exit_on_child_death(line: str) -> None:
     """An MQTT partition's child process died: one log line, then exit with :data:`CHILD_DIED_EXIT_CODE`.
 
     The partition cannot come back in this process, and Bytewax does not
-    stop cleanly around a partition that is gone: with the output child
-    killed the worker aborted (SIGABRT, "panic in a destructor during
-    cleanup", a Rust backtrace), with the input child it exited 1 with a
-    Rust backtrace. So the process ends here, from whichever thread found
+    stop cleanly around a partition that is gone (the worker aborts, or
+    exits 1, with a Rust backtrace). So the process ends here, from whichever thread found
     the child gone (the worker's call or the watcher), as a kill would end
     it: with recovery, the restarted flow resumes from the last committed
     epoch and loses nothing (a record can repeat only if an output child
@@ -301,10 +299,9 @@ def _collect_garbage_less_often() -> None:
     The flow's state is millions of small objects (intervals, dedupe keys)
     that stay, and its items are freed by reference counting, not by the
     collector: at Python's default (a collection every 700 net new objects)
-    the worker spent about 8 % of its CPU in about 550 collections per
-    100,000 events (peer run, gc.callbacks), most of them finding nothing;
-    with these, a handful. What is imported and set up by now is frozen
-    (``gc.freeze``): never scanned again.
+    the worker spends several per cent of its CPU in collections that find
+    nothing (docs/performance.md). What is imported and set up by now is
+    frozen (``gc.freeze``): never scanned again.
     """
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

@@ -104,24 +104,6 @@ def count_refused(_topic: str, reason: str) -> None:
     PUBLISH_REFUSED.labels(reason).inc()
 
 
-_inflight_caps: dict[str, int] = {}
-
-
-def set_broker_inflight_cap(client_id: str, cap: Optional[int]) -> None:
-    """Report the broker's in-flight cap for ``client_id`` (None: forget it).
-
-    For the MQTT connector's callbacks, when a cap is detected otherwise than
-    through the input's stats (whose ``inflight_cap``, the MQTT 5 Receive
-    Maximum the broker was asked to keep to, is read on scrape); this value
-    wins. ``driver_stats_broker_inflight_cap{client}`` is absent for a client
-    without either.
-    """
-    if cap is None:
-        _inflight_caps.pop(client_id, None)
-    else:
-        _inflight_caps[client_id] = cap
-
-
 def observe_record_delays(payloads: Iterable[bytes], now: Optional[float] = None) -> int:
     """Observe "interval end -> acknowledged" for acknowledged stats records; how many were read.
 
@@ -342,11 +324,9 @@ class _StateCollector:
             families["unacked"].add_metric([client], stats.unacked)
             if stats.last_call:
                 families["poll_age"].add_metric([client], max(0.0, now - stats.last_call))
-        caps = {client: getattr(stats, "inflight_cap", 0) for client, stats in list(_watched.source_stats.items())}
-        caps.update(_inflight_caps)
-        for client, cap in sorted(caps.items()):
-            if cap:
-                families["inflight_cap"].add_metric([client], cap)
+        for client, stats in sorted(list(_watched.source_stats.items()), key=lambda item: item[0]):
+            if stats.inflight_cap:
+                families["inflight_cap"].add_metric([client], stats.inflight_cap)
         for client, stats in list(_watched.sink_stats.items()):
             families["connected"].add_metric([client], 1.0 if stats.connected else 0.0)
             families["pending"].add_metric([client], stats.pending)

@@ -68,10 +68,6 @@ class DriverShardLogic(StatefulBatchLogic):
         def build(resume_state: Optional[tuple]) -> DriverShardLogic:
             if resume_state is None:
                 return cls(DriverShard(window, lateness, retention), clock)
-            if isinstance(resume_state[0], str):
-                # A store written by 0.1, which kept one key per driver: that
-                # driver finishes its open intervals under its old key.
-                resume_state = (-math.inf, [resume_state])
             return cls(DriverShard(window, lateness, retention).restore(resume_state), clock)
 
         return build

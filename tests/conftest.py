@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from connectors.mqtt.testing import NOT_FOUND, Mosquitto, find_mosquitto
+
 # Tests that run whole flows (several processes each, timed against the wall
 # clock) run one after the other, in one xdist group, while the others run
 # beside them (`./dev.py test` runs three at a time): with two such flows at
@@ -28,8 +30,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid.startswith(ONE_AT_A_TIME):
             item.add_marker(pytest.mark.xdist_group("whole-flows"))
-
-from connectors.mqtt.testing import NOT_FOUND, Mosquitto, find_mosquitto
 
 
 @pytest.fixture

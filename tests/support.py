@@ -11,7 +11,7 @@ import urllib.request
 from datetime import datetime, timedelta, timezone
 
 from connectors.mqtt.testing import Collector, Publisher, create_sessions
-from driver_stats.cli.traffic import COUNTED_KINDS
+from driver_stats.traffic import COUNTED_KINDS
 from driver_stats.contract import STATS_TOPIC, DriverRated, DriverTipped, FinishReason, JourneyFinished, encode_event
 from driver_stats.settings import Settings
 from driver_stats.testing.live_flow import LiveFlow, expected_stats, published_stats, wait_for_records

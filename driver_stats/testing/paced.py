@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from driver_stats.cli.traffic import COUNTED_KINDS, Traffic
+from driver_stats.traffic import COUNTED_KINDS, Traffic
 
 from .live_flow import expected_stats, published_stats
 

@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from driver_stats.cli import build_parser
+from cli import build_parser
 
 SUBCOMMANDS = ["generate", "tail", "replay", "demo"]
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "driver_stats.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 

@@ -24,12 +24,12 @@ from paho.mqtt.properties import Properties
 
 from driver_stats.contract import DriverStats, EventDecoder, decode_stats, encode_stats, to_json
 from driver_stats.contract import INPUTS
-from driver_stats.cli.demo import flow_subscribed
+from cli.demo import flow_subscribed
 from tests.support import at, rated, stop_process_groups
 
 pytestmark = pytest.mark.mqtt
 
-CLI = [sys.executable, "-m", "driver_stats.cli"]
+CLI = [sys.executable, "-m", "cli"]
 TOPICS = ("input/driver_rated", "input/driver_tipped", "input/journey_finished")
 
 

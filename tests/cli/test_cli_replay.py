@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from connectors.files import CollectSink, FileMessage, FileSource
-from driver_stats.cli import main
+from cli import main
 from driver_stats.contract import DriverStats, FinishReason, to_json
 from driver_stats.contract import INPUTS
 from tests.support import at, finished, rated, seed_events, tipped
@@ -130,11 +130,11 @@ def test_window_option_and_workers(tmp_path, monkeypatch):
 
 
 def test_errors_are_one_line_with_exit_code_2(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "driver_stats.cli", "replay", str(tmp_path / "nope")],
+    run = subprocess.run([sys.executable, "-m", "cli", "replay", str(tmp_path / "nope")],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     assert run.stderr.strip().count("\n") == 0 and "is not a directory" in run.stderr
-    run = subprocess.run([sys.executable, "-m", "driver_stats.cli", "replay", str(tmp_path)],
+    run = subprocess.run([sys.executable, "-m", "cli", "replay", str(tmp_path)],
                          capture_output=True, text=True, timeout=60,
                          env={"DRIVER_STATS_WINDOW_SECONDS": "zero", "PATH": "/usr/bin:/bin"})
     assert run.returncode == 2
@@ -143,7 +143,7 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path):
 
 def test_progress_goes_to_stderr(tmp_path):
     write_history(tmp_path, seed_events())
-    run = subprocess.run([sys.executable, "-m", "driver_stats.cli", "replay", str(tmp_path)],
+    run = subprocess.run([sys.executable, "-m", "cli", "replay", str(tmp_path)],
                          capture_output=True, text=True, timeout=60, env={"DRIVER_STATS_WINDOW_SECONDS": "10",
                                                                           "PATH": "/usr/bin:/bin"})
     assert run.returncode == 0, run.stderr

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 import pytest
 
 from connectors.mqtt.testing import Collector, Publisher, wait_for
-from driver_stats.cli.traffic import Traffic
+from driver_stats.traffic import Traffic
 from driver_stats.contract import STATS_TOPIC, DriverTipped, decode_stats, encode_event, sharded_topic
 from driver_stats.testing.live_flow import LiveFlow
 from driver_stats.testing.paced import PacedTraffic

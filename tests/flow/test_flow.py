@@ -7,7 +7,6 @@ from the bytes the flow would publish.
 from __future__ import annotations
 
 import itertools
-import math
 import threading
 from datetime import datetime
 
@@ -194,11 +193,11 @@ def test_metrics_count_received_accepted_duplicates_and_rejections_by_reason():
              ("driver_stats_rejected_total", {"reason": "late"}),
              ("driver_stats_rejected_total", {"reason": "invalid: journey_id"}),
              ("driver_stats_records_emitted_total", {})]
-    before = [sample(n, **l) for n, l in names]
+    before = [sample(n, **labels) for n, labels in names]
     events = [tipped("d1", "j1", 3, 1), tipped("d1", "j1", 3, 1), tipped("d1", "j2", 30, 1),
               tipped("d1", "late", 4, 1), tipped("d1", "", 5, 1)]
     run(events, lateness=5, batch_size=1)
-    after = [sample(n, **l) for n, l in names]
+    after = [sample(n, **labels) for n, labels in names]
     assert [a - b for a, b in zip(after, before)] == [5, 2, 1, 1, 1, 2]
 
 

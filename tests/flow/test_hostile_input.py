@@ -392,7 +392,7 @@ def test_replay_survives_hostile_history_lines(tmp_path):
     (tmp_path / FILE_OF[TIPPED]).write_bytes(b"".join(line + b"\n" for line in tips))
 
     env = dict(os.environ, PYTHONPATH=str(ROOT), DRIVER_STATS_WINDOW_SECONDS=str(WINDOW))
-    run = subprocess.run([sys.executable, "-m", "driver_stats.cli", "replay", str(tmp_path)],
+    run = subprocess.run([sys.executable, "-m", "cli", "replay", str(tmp_path)],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
 

@@ -19,7 +19,7 @@ from connectors.mqtt import MQTTConnection
 from connectors.mqtt.partitions import Marker
 from connectors.mqtt.source import has_session, read_markers
 from connectors.mqtt.testing import Collector, Publisher, wait_for
-from driver_stats.cli.traffic import Traffic
+from driver_stats.traffic import Traffic
 from driver_stats.contract import INPUT_SHARDS
 from driver_stats.testing.live_flow import LiveFlow
 from driver_stats.testing.paced import PacedTraffic

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 import pytest
 
 from connectors.mqtt.testing import Collector, Publisher, wait_for
-from driver_stats.cli.traffic import COUNTED_KINDS
+from driver_stats.traffic import COUNTED_KINDS
 from driver_stats.contract import STATS_TOPIC, DriverTipped, decode_stats, encode_event, input_shard, sharded_topic
 from driver_stats.testing.live_flow import LiveFlow, expected_stats
 from driver_stats.testing.paced import PacedTraffic

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from connectors.mqtt.testing import Collector, Publisher, wait_for
-from driver_stats.cli.traffic import COUNTED_KINDS
+from driver_stats.traffic import COUNTED_KINDS
 from driver_stats.contract import STATS_TOPIC, decode_stats
 from driver_stats.testing.live_flow import LiveFlow, expected_stats, published_stats
 from driver_stats.testing.paced import PacedTraffic

@@ -10,8 +10,9 @@ Subcommands (``driver-stats SUBCOMMAND --help`` explains each option):
 
 One module per subcommand, each with ``add_parser(subparsers)`` (its
 options, with help) and ``run(args) -> int``; :mod:`.common` holds what they
-share and :mod:`.traffic` the generation logic (plain Python, usable without
-a broker). This is the top layer: it may use everything below it.
+share. The traffic itself is :mod:`driver_stats.traffic` (plain Python,
+usable without a broker). This package sits on top of :mod:`flows`: it may
+import the flow and everything below it, and nothing imports it.
 
 Broker and topic settings come from the ``DRIVER_STATS_*`` variables, as for
 the flow. Errors are one line on stderr and exit code 2; Ctrl-C stops

@@ -238,36 +238,19 @@ def follow(
         out.write("\x1b[?25l")
         table.draw(force=True)
     try:
-        while count is None or seen < count:
-            if should_stop():
+        while (count is None or seen < count) and not should_stop():
+            item = _receive(tail, deadline)
+            if item is None:
                 break
-            wait = 0.25
-            if deadline is not None:
-                wait = min(wait, deadline - time.monotonic())
-                if wait <= 0:
-                    break
-            try:
-                kind, value = tail.queue.get(timeout=wait)
-            except queue.Empty:
+            kind, value = item
+            if kind == "idle":
                 if table is not None:
                     table.draw()
-                continue
-            if kind == "subscribed":
-                if value:
-                    raise CLIError(f"the broker refused the subscription to {', '.join(value)}")
-                if not quiet:
-                    say(f"tail: subscribed to {' '.join(topics)} on {settings.mqtt_host}:{settings.mqtt_port}")
-                if not tail.v5:
-                    say("tail: the broker speaks MQTT 3.1.1 only: rejected messages arrive without their reason")
-                continue
-            seen += 1
-            record = describe(*value)
-            if table is not None:
-                table.add(record)
-                table.draw()
+            elif kind == "subscribed":
+                _subscribed(value, tail, settings, quiet)
             else:
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                out.flush()
+                seen += 1
+                _show(describe(*value), table, out)
     finally:
         if table is not None:
             table.draw(force=True)
@@ -279,3 +262,34 @@ def follow(
             say(f"tail: {seen} of {count} messages before the timeout")
         return 1
     return 0
+
+
+def _receive(tail: Tail, deadline: Optional[float]) -> Optional[tuple[str, object]]:
+    """The subscriber's next item; ``("idle", None)`` after a quarter second without one; None past ``deadline``."""
+    wait = 0.25
+    if deadline is not None:
+        wait = min(wait, deadline - time.monotonic())
+        if wait <= 0:
+            return None
+    try:
+        return tail.queue.get(timeout=wait)
+    except queue.Empty:
+        return ("idle", None)
+
+
+def _subscribed(failed: list[str], tail: Tail, settings: Settings, quiet: bool) -> None:
+    if failed:
+        raise CLIError(f"the broker refused the subscription to {', '.join(failed)}")
+    if not quiet:
+        say(f"tail: subscribed to {' '.join(tail.topics)} on {settings.mqtt_host}:{settings.mqtt_port}")
+    if not tail.v5:
+        say("tail: the broker speaks MQTT 3.1.1 only: rejected messages arrive without their reason")
+
+
+def _show(record: dict, table: Optional[LiveTable], out: TextIO) -> None:
+    if table is not None:
+        table.add(record)
+        table.draw()
+    else:
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        out.flush()

@@ -1,6 +1,6 @@
 """An embedded pure-Python MQTT 3.1.1 broker (amqtt) for ``driver-stats demo``.
 
-``python -m driver_stats.cli.amqtt_broker PORT`` listens on 127.0.0.1:PORT,
+``python -m cli.amqtt_broker PORT`` listens on 127.0.0.1:PORT,
 anonymous, until SIGTERM or SIGINT. Used only where mosquitto is missing.
 Note: amqtt speaks MQTT 3.1.1 only.
 """
@@ -35,7 +35,7 @@ async def serve(port: int) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or not argv[0].isdigit():
-        print("usage: python -m driver_stats.cli.amqtt_broker PORT", file=sys.stderr)
+        print("usage: python -m cli.amqtt_broker PORT", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="amqtt %(levelname)s %(message)s")
     asyncio.run(serve(int(argv[0])))

@@ -1,6 +1,6 @@
 """``driver-stats generate``: publish realistic input traffic, optionally with its truth.
 
-The traffic itself is :class:`~driver_stats.cli.traffic.Traffic` (plain,
+The traffic itself is :class:`~driver_stats.traffic.Traffic` (plain,
 deterministic Python); this module only paces it on the wall clock and
 publishes it with QoS 1 (MQTT 3.1.1), then writes the truth files.
 """
@@ -14,10 +14,13 @@ import os
 import random
 import time
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO
+from typing import IO, Optional
 
 from driver_stats.contract import INPUTS, to_json
+from driver_stats.settings import Settings
+from driver_stats.traffic import COUNTED_KINDS, Generated, Kind, Traffic
 
 from .common import (
     INVALID_FILE,
@@ -29,7 +32,6 @@ from .common import (
     mqtt_client,
     say,
 )
-from .traffic import COUNTED_KINDS, Generated, Kind, Traffic, parse_time
 
 HELP = "publish realistic input traffic (journeys, ratings, tips) to the input topics"
 
@@ -85,6 +87,18 @@ def _positive(kind):
         return value
 
     return parse
+
+
+def parse_time(text: str) -> float:
+    """Unix seconds from ``text``: a number, or an RFC 3339 / ISO 8601 time (UTC if no offset)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.timestamp()
 
 
 def _time(text: str) -> float:
@@ -165,23 +179,7 @@ class TruthWriter:
 def run(args: argparse.Namespace) -> int:
     settings = load_settings({"mqtt_url": args.url})
     seed = args.seed if args.seed is not None else random.randrange(2**31)
-    try:
-        traffic = Traffic(
-            seed,
-            args.drivers,
-            start=args.start,
-            rate=args.rate,
-            window=settings.window_seconds,
-            lateness=settings.allowed_lateness_seconds,
-            duplicates=args.duplicates,
-            late=args.late,
-            invalid=args.invalid,
-            out_of_order=args.out_of_order,
-            topics=settings.input_topics,
-            payload_format=args.format,
-        )
-    except ValueError as err:
-        raise CLIError(str(err)) from None
+    traffic = _traffic(args, settings, seed)
     client = mqtt_client(settings, args.client_id or f"driver-stats-generate-{os.getpid()}")
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
@@ -192,27 +190,10 @@ def run(args: argparse.Namespace) -> int:
         say(f"generate: seed {seed}, {args.drivers} drivers, {args.rate:g} msg/s to {settings.mqtt_url} "
             f"until {stop}")
     counts: Counter[str] = Counter()
-    unacked = []
+    unacked: list = []
     interrupted = False
-    wall0 = time.monotonic()
     try:
-        for g in traffic.events(args.count):
-            due = wall0 + (g.at - traffic.start)
-            if args.duration is not None and due - wall0 >= args.duration:
-                break
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            topic = g.topic if args.plain_topics else g.shard_topic
-            info = client.publish(topic, g.payload, qos=1)
-            if info.rc != 0:
-                raise CLIError(f"cannot publish to {topic!r}: error {info.rc}")
-            unacked.append(info)
-            if len(unacked) > 5000:
-                unacked = [i for i in unacked if not i.is_published()]
-            counts[g.kind] += 1
-            if truth is not None:
-                truth.write(g, topic)
+        _publish(client, traffic, args, truth, counts, unacked)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -231,6 +212,49 @@ def run(args: argparse.Namespace) -> int:
     if waiting:
         raise CLIError(f"{waiting} messages were not acknowledged by {settings.mqtt_host}:{settings.mqtt_port}")
     return 0
+
+
+def _traffic(args: argparse.Namespace, settings: Settings, seed: int) -> Traffic:
+    try:
+        return Traffic(
+            seed,
+            args.drivers,
+            start=args.start,
+            rate=args.rate,
+            window=settings.window_seconds,
+            lateness=settings.allowed_lateness_seconds,
+            duplicates=args.duplicates,
+            late=args.late,
+            invalid=args.invalid,
+            out_of_order=args.out_of_order,
+            topics=settings.input_topics,
+            payload_format=args.format,
+        )
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+
+
+def _publish(client, traffic: Traffic, args: argparse.Namespace, truth: Optional[TruthWriter],
+             counts: Counter, unacked: list) -> None:
+    """Publish ``traffic`` on the wall clock until --count or --duration; ``counts`` and ``unacked`` grow as it goes."""
+    wall0 = time.monotonic()
+    for g in traffic.events(args.count):
+        due = wall0 + (g.at - traffic.start)
+        if args.duration is not None and due - wall0 >= args.duration:
+            break
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        topic = g.topic if args.plain_topics else g.shard_topic
+        info = client.publish(topic, g.payload, qos=1)
+        if info.rc != 0:
+            raise CLIError(f"cannot publish to {topic!r}: error {info.rc}")
+        unacked.append(info)
+        if len(unacked) > 5000:
+            unacked[:] = [i for i in unacked if not i.is_published()]
+        counts[g.kind] += 1
+        if truth is not None:
+            truth.write(g, topic)
 
 
 def _wait_acked(infos, timeout: float) -> int:

@@ -149,8 +149,7 @@ def run(args: argparse.Namespace) -> int:
     atexit.register(cleanup)
     previous_hup = signal.signal(signal.SIGHUP, interrupt)
     # Ctrl-C stops the demo however it was started: a SIGINT that the parent
-    # ignored or blocked (a background job, a test runner) is inherited, and
-    # in the parallel test suite the demo then never saw its Ctrl-C.
+    # ignored or blocked (a background job, a test runner) is inherited.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
@@ -167,42 +166,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args, broker: str, workdir: Path, children: Children) -> int:
-    port = free_port()
-    if broker == "mosquitto":
-        command = Mosquitto(workdir, port=port, autosave_interval=5).command
-    else:
-        command = [sys.executable, "-m", "driver_stats.cli.amqtt_broker", str(port)]
-    proc = children.start(f"broker ({broker})", command, workdir / "broker.log")
-    if not wait_listening(port, proc, 15.0):
-        children.check()
-        raise CLIError(f"the {broker} broker did not listen on 127.0.0.1:{port} within 15s")
-
+    port = _start_broker(children, broker, workdir)
     client_id = f"demo-{os.getpid()}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
-    # Topic names the operator configured still apply; the connection is the demo broker's.
-    env.update({k: v for k, v in os.environ.items() if k.startswith(PREFIX + "TOPIC_") or k == PREFIX + "REJECTED_PREFIX"})
-    env.update({
-        PREFIX + "MQTT_URL": f"mqtt://127.0.0.1:{port}",
-        PREFIX + "WINDOW_SECONDS": str(args.window),
-        PREFIX + "ALLOWED_LATENESS_SECONDS": str(args.lateness),
-        PREFIX + "CLIENT_ID": client_id,
-        "PYTHONUNBUFFERED": "1",
-    })
+    env = _flow_environment(args, port, client_id)
     settings = load_settings(environ=env)
+    recovery = _start_flow(children, workdir, env, client_id)
 
-    recovery = workdir / "recovery"
-    recovery.mkdir()
-    init = subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], env=env,
-                          capture_output=True, text=True, cwd=workdir)
-    if init.returncode != 0:
-        lines = (init.stderr or init.stdout).strip().splitlines() or ["(no output)"]
-        raise CLIError(f"cannot initialise the recovery store {recovery}: {lines[-1]}")
-    flow_log = workdir / "flow.log"
-    children.start("flow", [sys.executable, "-m", "bytewax.run", "flows.driver_stats",
-                            "-r", str(recovery), "-s", "2", "-b", "0"], flow_log, env=env, cwd=workdir)
-    _wait_flow_ready(children, workdir, client_id)
-
-    generate = [sys.executable, "-m", "driver_stats.cli", "generate", "--rate", str(args.rate),
+    generate = [sys.executable, "-m", "cli", "generate", "--rate", str(args.rate),
                 "--drivers", str(args.drivers), "--client-id", f"{client_id}-generate"]
     if not args.clean:
         generate += ["--duplicates", "0.02", "--late", "0.01", "--invalid", "0.01", "--out-of-order", "0.05"]
@@ -229,6 +199,49 @@ def _run(args, broker: str, workdir: Path, children: Children) -> int:
         should_stop=should_stop,
     )
     return 0
+
+
+def _start_broker(children: Children, broker: str, workdir: Path) -> int:
+    """Start the broker on a free port; return the port once it listens."""
+    port = free_port()
+    if broker == "mosquitto":
+        command = Mosquitto(workdir, port=port, autosave_interval=5).command
+    else:
+        command = [sys.executable, "-m", "cli.amqtt_broker", str(port)]
+    proc = children.start(f"broker ({broker})", command, workdir / "broker.log")
+    if not wait_listening(port, proc, 15.0):
+        children.check()
+        raise CLIError(f"the {broker} broker did not listen on 127.0.0.1:{port} within 15s")
+    return port
+
+
+def _flow_environment(args, port: int, client_id: str) -> dict[str, str]:
+    """The children's environment: the demo broker, --window and --lateness; the operator's topic names."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
+    env.update({k: v for k, v in os.environ.items() if k.startswith(PREFIX + "TOPIC_") or k == PREFIX + "REJECTED_PREFIX"})
+    env.update({
+        PREFIX + "MQTT_URL": f"mqtt://127.0.0.1:{port}",
+        PREFIX + "WINDOW_SECONDS": str(args.window),
+        PREFIX + "ALLOWED_LATENESS_SECONDS": str(args.lateness),
+        PREFIX + "CLIENT_ID": client_id,
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def _start_flow(children: Children, workdir: Path, env: dict[str, str], client_id: str) -> Path:
+    """Start the flow with a fresh recovery store; return the store once the flow subscribed."""
+    recovery = workdir / "recovery"
+    recovery.mkdir()
+    init = subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], env=env,
+                          capture_output=True, text=True, cwd=workdir)
+    if init.returncode != 0:
+        lines = (init.stderr or init.stdout).strip().splitlines() or ["(no output)"]
+        raise CLIError(f"cannot initialise the recovery store {recovery}: {lines[-1]}")
+    children.start("flow", [sys.executable, "-m", "bytewax.run", "flows.driver_stats",
+                            "-r", str(recovery), "-s", "2", "-b", "0"], workdir / "flow.log", env=env, cwd=workdir)
+    _wait_flow_ready(children, workdir, client_id)
+    return recovery
 
 
 def flow_subscribed(log_text: str, client_id: str) -> bool:

@@ -10,6 +10,8 @@ wall-clock time of publishing. A journey is a :class:`JourneyFinished`
 (``started_at`` before ``ended_at``; mostly ``DROP_OFF`` with distance and
 price, some cancels with 0) and riders rate and tip some drop-offs a little
 later (:class:`DriverRated`, :class:`DriverTipped` with the same journey).
+:class:`Journeys` makes these events; :class:`Traffic` paces them, encodes
+them and mixes in the knobs below.
 
 Knobs (fractions of all messages, drawn independently per message):
 
@@ -38,6 +40,8 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Iterator, NamedTuple, Optional
 
+import msgspec
+
 from driver_stats.contract import (
     INPUTS,
     DriverRated,
@@ -55,7 +59,6 @@ UTC = timezone.utc
 INPUT_TOPICS = tuple(row.default_topic for row in INPUTS)
 
 
-
 class Kind(StrEnum):
     """What a generated message is, so what the flow must do with it."""
 
@@ -67,7 +70,6 @@ class Kind(StrEnum):
 
 
 COUNTED_KINDS = frozenset({Kind.VALID, Kind.OUT_OF_ORDER, Kind.DUPLICATE})
-KINDS = tuple(Kind)
 
 _REASONS = (FinishReason.DROP_OFF, FinishReason.RIDER_CANCEL, FinishReason.DRIVER_CANCEL, FinishReason.ADMIN_CANCEL)
 _REASON_WEIGHTS = (85, 7, 5, 3)
@@ -111,6 +113,97 @@ def _dt(seconds: float) -> datetime:
     return datetime.fromtimestamp(round(seconds, 6), UTC)
 
 
+def _check_knobs(fractions: dict[str, float], drivers: int, rate: float, payload_format: str) -> None:
+    for name, value in fractions.items():
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be a fraction from 0 to 1, not {value}")
+    if sum(fractions.values()) > 1.0:
+        raise ValueError("duplicates + late + invalid + out_of_order must not exceed 1")
+    if drivers < 1:
+        raise ValueError("drivers must be at least 1")
+    if rate <= 0:
+        raise ValueError("rate must be > 0")
+    if payload_format not in ("protobuf", "json"):
+        raise ValueError("payload_format: protobuf or json")
+
+
+class Journeys:
+    """What happens on the road: drivers (some busier than others), riders,
+    journeys, and the ratings and tips riders give a little after drop-offs.
+
+    ``rng`` is shared with :class:`Traffic`, which draws from it in between:
+    one seed gives one stream.
+    """
+
+    def __init__(self, rng: random.Random, drivers: int, window: float):
+        self.rng = rng
+        width = max(3, len(str(drivers)))
+        self.drivers = [f"driver-{i:0{width}d}" for i in range(1, drivers + 1)]
+        self._weights = [rng.paretovariate(2.0) for _ in self.drivers]
+        self._prefix = f"{rng.getrandbits(32):08x}"
+        self._delay_scale = max(0.5, min(20.0, window / 3))  # seconds from drop-off to rating or tip
+        self._journeys = 0
+        self._pending: list[tuple[float, int, Event]] = []  # (due, seq, follow-up with no time yet)
+        self._seq = 0
+
+    def driver(self) -> str:
+        return self.rng.choices(self.drivers, self._weights)[0]
+
+    def journey_id(self) -> str:
+        self._journeys += 1
+        return f"j-{self._prefix}-{self._journeys:07d}"
+
+    def rider(self) -> str:
+        return f"rider-{self.rng.randrange(100000):05d}"
+
+    def next_event(self, now: float, at: float) -> Event:
+        """The next event, with event time ``at``: a rating or tip due by ``now``, else a new journey."""
+        if self._pending and self._pending[0][0] <= now:
+            _, _, template = heapq.heappop(self._pending)
+            field = "rated_at" if isinstance(template, DriverRated) else "tipped_at"
+            return _replace(template, **{field: _dt(at)})
+        journey = self.journey(at)
+        self._follow_ups(journey, at)
+        return journey
+
+    def journey(self, ended: float, driver: Optional[str] = None) -> JourneyFinished:
+        rng = self.rng
+        reason = rng.choices(_REASONS, _REASON_WEIGHTS)[0]
+        if reason is FinishReason.DROP_OFF:
+            minutes = rng.uniform(3, 45)
+            distance = int(minutes * rng.uniform(250, 700))
+            price = int(250 + distance * 0.11 + minutes * 18)
+        else:
+            minutes = rng.uniform(0.2, 6)
+            distance = price = 0
+        return JourneyFinished(
+            journey_id=self.journey_id(),
+            driver_id=driver or self.driver(),
+            rider_id=self.rider(),
+            finish_reason=reason,
+            started_at=_dt(ended - minutes * 60),
+            ended_at=_dt(ended),
+            distance=distance,
+            price=price,
+        )
+
+    def _follow_ups(self, journey: JourneyFinished, ended: float) -> None:
+        # Riders rate most drop-offs and tip some.
+        if journey.finish_reason is not FinishReason.DROP_OFF:
+            return
+        common = dict(driver_id=journey.driver_id, rider_id=journey.rider_id, journey_id=journey.journey_id)
+        if self.rng.random() < 0.7:
+            rating = self.rng.choices(_RATINGS, _RATING_WEIGHTS)[0]
+            self._push(ended + self.rng.expovariate(1 / self._delay_scale), DriverRated(rating=rating, **common))
+        if self.rng.random() < 0.35:
+            amount = self.rng.randrange(50, 1001, 50)
+            self._push(ended + self.rng.expovariate(1 / self._delay_scale), DriverTipped(amount=amount, **common))
+
+    def _push(self, due: float, event: Event) -> None:
+        self._seq += 1
+        heapq.heappush(self._pending, (due, self._seq, event))
+
+
 class Traffic:
     """Deterministic traffic for ``drivers`` drivers at ``rate`` messages/s.
 
@@ -138,17 +231,7 @@ class Traffic:
         payload_format: str = "protobuf",
     ):
         fractions = {"duplicates": duplicates, "late": late, "invalid": invalid, "out_of_order": out_of_order}
-        for name, value in fractions.items():
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be a fraction from 0 to 1, not {value}")
-        if sum(fractions.values()) > 1.0:
-            raise ValueError("duplicates + late + invalid + out_of_order must not exceed 1")
-        if drivers < 1:
-            raise ValueError("drivers must be at least 1")
-        if rate <= 0:
-            raise ValueError("rate must be > 0")
-        if payload_format not in ("protobuf", "json"):
-            raise ValueError("payload_format: protobuf or json")
+        _check_knobs(fractions, drivers, rate, payload_format)
         self.seed = seed
         self.rng = random.Random(seed)
         self.start = time.time() if start is None else float(start)
@@ -159,15 +242,8 @@ class Traffic:
         self._topic_of = {row.event_type: topic for row, topic in zip(INPUTS, topics)}
         self._topics = tuple(topics)
         self._encode = encode_event if payload_format == "protobuf" else to_json
-        width = max(3, len(str(drivers)))
-        self.drivers = [f"driver-{i:0{width}d}" for i in range(1, drivers + 1)]
-        # Some drivers work more than others.
-        self._weights = [self.rng.paretovariate(2.0) for _ in self.drivers]
-        self._prefix = f"{self.rng.getrandbits(32):08x}"
-        self._journeys = 0
+        self.journeys = Journeys(self.rng, drivers, self.window)
         self._index = 0
-        self._pending: list[tuple[float, int, Event]] = []  # (due, seq, follow-up with no time yet)
-        self._seq = 0
         self._recent: deque[Generated] = deque(maxlen=64)
         self._first_seen: dict[str, float] = {}  # driver -> time of its first counted event
 
@@ -201,72 +277,17 @@ class Traffic:
             self._first_seen.setdefault(generated.event.driver_id, now)
         return generated
 
-    # -- valid traffic --------------------------------------------------------
-
-    def _driver(self) -> str:
-        return self.rng.choices(self.drivers, self._weights)[0]
-
-    def _journey_id(self) -> str:
-        self._journeys += 1
-        return f"j-{self._prefix}-{self._journeys:07d}"
-
-    def _rider(self) -> str:
-        return f"rider-{self.rng.randrange(100000):05d}"
-
     def _emit(self, event: Event, kind: Kind, now: float, why: str = "") -> Generated:
         return Generated(self._topic_of[type(event)], self._encode(event), kind, event, now, why)
 
-    def _journey(self, ended: float, driver: Optional[str] = None) -> JourneyFinished:
-        rng = self.rng
-        reason = rng.choices(_REASONS, _REASON_WEIGHTS)[0]
-        if reason is FinishReason.DROP_OFF:
-            minutes = rng.uniform(3, 45)
-            distance = int(minutes * rng.uniform(250, 700))
-            price = int(250 + distance * 0.11 + minutes * 18)
-        else:
-            minutes = rng.uniform(0.2, 6)
-            distance = price = 0
-        return JourneyFinished(
-            journey_id=self._journey_id(),
-            driver_id=driver or self._driver(),
-            rider_id=self._rider(),
-            finish_reason=reason,
-            started_at=_dt(ended - minutes * 60),
-            ended_at=_dt(ended),
-            distance=distance,
-            price=price,
-        )
-
-    def _follow_ups(self, journey: JourneyFinished, ended: float) -> None:
-        # Riders rate most drop-offs and tip some, a little after the end.
-        if journey.finish_reason is not FinishReason.DROP_OFF:
-            return
-        delay_scale = max(0.5, min(20.0, self.window / 3))
-        common = dict(driver_id=journey.driver_id, rider_id=journey.rider_id, journey_id=journey.journey_id)
-        if self.rng.random() < 0.7:
-            rating = self.rng.choices(_RATINGS, _RATING_WEIGHTS)[0]
-            self._push(ended + self.rng.expovariate(1 / delay_scale), DriverRated(rating=rating, **common))
-        if self.rng.random() < 0.35:
-            amount = self.rng.randrange(50, 1001, 50)
-            self._push(ended + self.rng.expovariate(1 / delay_scale), DriverTipped(amount=amount, **common))
-
-    def _push(self, due: float, event: Event) -> None:
-        self._seq += 1
-        heapq.heappush(self._pending, (due, self._seq, event))
+    # -- counted traffic ------------------------------------------------------
 
     def _valid(self, now: float, kind: Kind) -> Generated:
         at = now
         if kind == Kind.OUT_OF_ORDER:
             bound = self.lateness * 0.5 if self.lateness > 0 else (now % self.window) * 0.5
             at = round(now - self.rng.uniform(0, bound), 3)
-        if self._pending and self._pending[0][0] <= now:
-            _, _, template = heapq.heappop(self._pending)
-            field = "rated_at" if isinstance(template, DriverRated) else "tipped_at"
-            event = _replace(template, **{field: _dt(at)})
-        else:
-            event = self._journey(at)
-            self._follow_ups(event, at)
-        return self._emit(event, kind, now)
+        return self._emit(self.journeys.next_event(now, at), kind, now)
 
     def _duplicate(self, now: float) -> Optional[Generated]:
         # Only while the original's interval stays open (with a margin for
@@ -288,19 +309,19 @@ class Traffic:
         driver = self.rng.choice(sorted(eligible))
         at = round(now - self.window - self.lateness - self.rng.uniform(1.0, max(1.0, self.window)), 3)
         kind = self.rng.randrange(3)
-        common = dict(driver_id=driver, rider_id=self._rider(), journey_id=self._journey_id())
+        common = dict(driver_id=driver, rider_id=self.journeys.rider(), journey_id=self.journeys.journey_id())
         if kind == 0:
             event: Event = DriverRated(rated_at=_dt(at), rating=self.rng.choice(_RATINGS), **common)
         elif kind == 1:
             event = DriverTipped(tipped_at=_dt(at), amount=self.rng.randrange(50, 1001, 50), **common)
         else:
-            event = self._journey(at, driver)
+            event = self.journeys.journey(at, driver)
         return self._emit(event, Kind.LATE, now, Reason.LATE)
 
     def _invalid(self, now: float) -> Generated:
         rng = self.rng
         variant = rng.choice(_INVALID_VARIANTS)
-        driver, rider, journey = self._driver(), self._rider(), self._journey_id()
+        driver, rider, journey = self.journeys.driver(), self.journeys.rider(), self.journeys.journey_id()
         when = _dt(now)
         rated = DriverRated(driver_id=driver, rider_id=rider, journey_id=journey, rated_at=when, rating=5)
         if variant == "undecodable_protobuf":
@@ -321,7 +342,7 @@ class Traffic:
             return self._emit(bad_rating, Kind.INVALID, now, Reason.INVALID.of("rating"))
         if variant == "missing_event_time":
             return self._emit(_replace(rated, rated_at=None), Kind.INVALID, now, Reason.INVALID.of("rated_at"))
-        finished = self._journey(now, driver)
+        finished = self.journeys.journey(now, driver)
         if variant == "started_after_ended":
             bad = _replace(finished, started_at=_dt(now + rng.uniform(1, 600)))
             return self._emit(bad, Kind.INVALID, now, Reason.INVALID.of("started_at"))
@@ -334,21 +355,7 @@ class Traffic:
 
 
 def _replace(event: Event, **changes) -> Event:
-    import msgspec
-
     return msgspec.structs.replace(event, **changes)
 
 
-def parse_time(text: str) -> float:
-    """Unix seconds from ``text``: a number, or an RFC 3339 / ISO 8601 time (UTC if no offset)."""
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.timestamp()
-
-
-__all__ = ["Generated", "Kind", "Traffic", "KINDS", "COUNTED_KINDS", "parse_time"]
+__all__ = ["Generated", "Kind", "Traffic", "COUNTED_KINDS"]
