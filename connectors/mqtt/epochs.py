@@ -34,7 +34,7 @@ workers take the cores the others need to end the hold.
     >>> now[0] = 102.001  # the boundary: the epoch moves in this activation
     >>> schedule.next_awake(more=True) is None  # no hold seen yet: at once after it
     True
-    >>> schedule.epoch_moved()
+    >>> schedule.activated(); schedule.epoch_moved()
     >>> now[0] = 102.301  # the hold ended 0.3 s later
     >>> schedule.next_awake(more=True) is None, round(schedule.hold, 3)  # next time, sleep that long
     (True, 0.3)
@@ -61,6 +61,8 @@ GUARD = 0.01
 Bytewax reads the epoch's start at the top of an activation, the partition
 learns of it a little later (``snapshot``): this covers the difference.
 """
+STARTED_WITHIN = 0.5
+"""An epoch that moved this soon after the partition's ``next_batch`` started at that call (the same activation)."""
 LATE = 0.005
 """A wake-up this much (or a quarter of the hold) after the time asked for: the partition was held longer."""
 
@@ -79,13 +81,23 @@ class EpochSchedule:
         self._poll = poll
         self._clock = clock
         self._started = clock()  # a partition is built in the activation that starts its first epoch
+        self._activated = self._started
         self._asked = self._started  # the wake-up asked for in the activation that moved the epoch
         self._moving = False  # predicted a move in this epoch
         self._moved = False  # moved since the last next_awake
 
+    def activated(self) -> None:
+        """Bytewax activated the partition (call at the top of ``next_batch``)."""
+        self._activated = self._clock()
+
     def epoch_moved(self) -> None:
-        """Bytewax moved the partition's epoch (it calls ``snapshot`` then)."""
-        self._started = self._clock()
+        """Bytewax moved the partition's epoch (it calls ``snapshot`` then).
+
+        The epoch started when the activation did: before this activation's
+        ``next_batch``, which can take a while (a child process's reply).
+        """
+        now = self._clock()
+        self._started = self._activated if now - self._activated < STARTED_WITHIN else now
         self._moving, self._moved = False, True
 
     def next_awake(self, more: bool) -> Optional[float]:

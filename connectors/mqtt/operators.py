@@ -102,6 +102,8 @@ class _CommitTicksPartition(StatefulSourcePartition[Tuple[str, _CommitTick], Non
         self._due = 0.0
 
     def next_batch(self) -> List[Tuple[str, _CommitTick]]:
+        if self._schedule is not None:
+            self._schedule.activated()
         if self._until is not None and self._until():
             raise StopIteration
         now = time.monotonic()

@@ -367,6 +367,8 @@ class SourcePartitionProcess(StatefulSourcePartition[Union[MQTTMessage, MQTTErro
         return self._child.pid
 
     def next_batch(self) -> List[Union[MQTTMessage, MQTTError]]:
+        if self._schedule is not None:
+            self._schedule.activated()
         packed, self._more = self._child.call("next_batch")
         return unpack(packed, partition=self._index)
 

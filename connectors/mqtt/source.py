@@ -352,6 +352,8 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         return []
 
     def next_batch(self) -> List[Union[MQTTMessage, MQTTError]]:
+        if self._schedule is not None:
+            self._schedule.activated()
         # Called only once the epoch of the last snapshot is committed.
         self._committable = self._ack(self._committable)
         if self._watermark is not None:

@@ -103,13 +103,15 @@ class LiveFlow:
         return sum(line.count('"message":"mqtt input') for line in self.logs().splitlines()
                    if " subscribed to " in line)
 
-    def start(self, timeout: float = 30.0) -> LiveFlow:
+    def start(self, timeout: float = 30.0, order: list[tuple[int, float]] | None = None) -> LiveFlow:
+        """Start every process; ``order``: (process index, seconds to wait before starting it), in turn."""
         self.starts += 1
         before = self._input_subscriptions()
         addresses = None
         if self.processes > 1:
             addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(self.processes))
-        for index in range(self.processes):
+        for index, delay in order or [(index, 0.0) for index in range(self.processes)]:
+            time.sleep(delay)
             with open(self.log_path(index), "ab") as log:
                 self.procs.append(subprocess.Popen(
                     self._command(index, addresses), cwd=self.workdir, env=self.env,
