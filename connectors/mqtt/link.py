@@ -21,6 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .connection import MQTTConnection, Protocol, connect
+from .names import check_client_id
 
 log = logging.getLogger("connectors.mqtt")
 
@@ -253,6 +254,6 @@ def check_connection(connection: MQTTConnection, client_id: str) -> None:
         connection: The broker.
         client_id: The program's client id; the check connects as ``<client_id>-check``.
     """
-    link = Link(connection, f"{client_id}-check", protocol="3.1.1", label="mqtt check", partition="check")
+    link = Link(connection, check_client_id(client_id), protocol="3.1.1", label="mqtt check", partition="check")
     link.start()
     link.stop()

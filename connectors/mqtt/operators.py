@@ -23,6 +23,7 @@ from bytewax.dataflow import Dataflow, Stream, operator
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from .connection import MQTTConnection, Protocol
+from .limits import IDLE_POLL
 from .link import EventHook
 from .message import MQTTError, MQTTMessage
 from .sink import COMMIT_TICK, MQTTSink, _CommitTick
@@ -86,15 +87,11 @@ def input(  # noqa: A001
     return op.input("mqtt_input", flow, source).then(_split, "split")
 
 
-_TICKS_WAKE = timedelta(milliseconds=10)
-"""How often the commit ticks' input wakes: as often as the MQTT input polls while idle."""
-
-
 class _CommitTicksPartition(StatefulSourcePartition[Tuple[str, _CommitTick], None]):
     def __init__(self, keys: List[str], interval: timedelta, until: Optional[Callable[[], bool]]) -> None:
         self._ticks = [(key, COMMIT_TICK) for key in keys]
         self._interval = interval.total_seconds()
-        self._wake = min(interval, _TICKS_WAKE)
+        self._wake = min(interval, IDLE_POLL)
         self._until = until
         self._due = 0.0
 

@@ -62,19 +62,18 @@ import pickle
 import signal
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from bytewax.inputs import StatefulSourcePartition
 from bytewax.outputs import StatefulSinkPartition
 
+from .limits import IDLE_POLL
 from .link import MQTTLinkStats
 from .message import MQTTError, MQTTMessage
 
 log = logging.getLogger("connectors.mqtt")
-
-_IDLE_POLL = timedelta(milliseconds=10)
 
 HEARTBEAT_INTERVAL = 0.2
 """Seconds between a child's heartbeats (its watch of the worker's process runs as often)."""
@@ -370,7 +369,7 @@ class SourcePartitionProcess(StatefulSourcePartition[Union[MQTTMessage, MQTTErro
         return unpack(packed, partition=self._index)
 
     def next_awake(self) -> Optional[datetime]:
-        return None if self._more else datetime.now(timezone.utc) + _IDLE_POLL
+        return None if self._more else datetime.now(timezone.utc) + IDLE_POLL
 
     def snapshot(self) -> None:
         self._child.call("snapshot")

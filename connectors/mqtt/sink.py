@@ -68,7 +68,6 @@ import json
 import logging
 import pickle
 import secrets
-import threading
 import time
 import zlib
 from collections import deque
@@ -83,8 +82,10 @@ from paho.mqtt.properties import Properties
 from .connection import MQTTConnection, MQTTConnectError, MQTTPublishError, Protocol, connect_preferring_v5
 from .link import EventHook, Link, MQTTLinkStats, one_wake_up
 from .message import MQTTMessage
+from .limits import MAX_OUTPUT_INFLIGHT, MAX_OUTPUT_PARTITIONS, MAX_PROGRESS_MARKER_BYTES
+from .names import DEFAULT_PROGRESS_PREFIX, output_client_id, progress_topic, validate_client_id
 from .process import DiedHook, Forward, SinkPartitionProcess, pack
-from .source import check_client_id
+from .retained import load_json, read_retained, reason_text
 
 log = logging.getLogger("connectors.mqtt")
 
@@ -104,17 +105,11 @@ COMMIT_TICK = _CommitTick()
 
 _Record = Tuple[int, MQTTMessage]  # (sequence number in the partition, message)
 
-MAX_PARTITIONS = 64
-"""The most sink partitions; all are listed (see :meth:`MQTTSink.list_parts`)."""
-
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0
 """Seconds before the first retry of a refused record, and the most between retries."""
 
 REFUSAL_LOG_EVERY = 60.0
 """While a refusal lasts, at most one log line per this many seconds."""
-
-MAX_MARKER_BYTES = 256
-"""A progress marker is ``{"run": "<12 hex>", "seq": <int64>}``: far below this."""
 
 
 @dataclass
@@ -147,7 +142,7 @@ class Progress:
 def read_progress(payload: Optional[bytes], run: str, next_seq: int) -> Progress:
     """Read a progress marker, trusting it only as far as the partition's state accounts for it.
 
-    Trusted: at most :data:`MAX_MARKER_BYTES` of UTF-8 JSON, an object with
+    Trusted: at most :data:`.limits.MAX_PROGRESS_MARKER_BYTES` of UTF-8 JSON, an object with
     exactly ``run`` (this partition's run) and ``seq``, an integer from -1
     to ``next_seq - 1``: the partition never numbered a record beyond that,
     so a larger one is not its own (a seq below its first pending record
@@ -156,14 +151,10 @@ def read_progress(payload: Optional[bytes], run: str, next_seq: int) -> Progress
     """
     if not payload:
         return Progress()
-    if len(payload) > MAX_MARKER_BYTES:
-        return Progress(ignored=f"{len(payload)} bytes, more than a marker's {MAX_MARKER_BYTES}")
     try:
-        marker = json.loads(payload.decode("utf-8"))
-    except UnicodeDecodeError:
-        return Progress(ignored="not UTF-8")
-    except (ValueError, RecursionError):
-        return Progress(ignored="not JSON")
+        marker = load_json(payload, MAX_PROGRESS_MARKER_BYTES)
+    except ValueError as err:
+        return Progress(ignored=str(err))
     if not isinstance(marker, dict) or set(marker) != {"run", "seq"}:
         return Progress(ignored='not a {"run", "seq"} object')
     theirs, seq = marker["run"], marker["seq"]
@@ -176,12 +167,6 @@ def read_progress(payload: Optional[bytes], run: str, next_seq: int) -> Progress
     if not -1 <= seq < next_seq:
         return Progress(ignored=f"its seq {seq} is beyond this partition's records (it numbered #0 to #{next_seq - 1})")
     return Progress(done=seq)
-
-
-def _reason_text(reason: object) -> str:
-    """``Not authorized (0x87)``: the MQTT 5 reason code's name and number."""
-    value = getattr(reason, "value", None)
-    return f"{reason} (0x{value:02X})" if isinstance(value, int) else str(reason)
 
 
 @dataclass
@@ -232,8 +217,8 @@ class _MQTTSinkPartition(StatefulSinkPartition[Union[MQTTMessage, _CommitTick], 
         self._floor: Optional[int] = None
         self._waiting_since: Optional[float] = None
         self._next_wait_log = 0.0
-        client_id = f"{sink.client_id}-out-{index}"
-        self._progress_topic = f"{sink.progress_prefix}/{client_id}"
+        client_id = output_client_id(sink.client_id, index)
+        self._progress_topic = progress_topic(sink.progress_prefix, sink.client_id, index)
         self.stats = sink.stats.setdefault(client_id, MQTTLinkStats())
         self.stats.refused_reason, self.stats.refused_since = "", 0.0  # an earlier instance's
         self._link = self._open_link(sink, client_id, index)
@@ -245,7 +230,7 @@ class _MQTTSinkPartition(StatefulSinkPartition[Union[MQTTMessage, _CommitTick], 
         self._lock = self._link.client._out_message_mutex
         if state.records:
             # Committed before the crash: publish what the broker does not have yet.
-            done = self._read_progress(sink.connection.connect_timeout, state) if self._gated else -1
+            done = self._read_progress(state) if self._gated else -1
             self._ready = [r for r in state.records if r[0] > done]
             self._pump()
 
@@ -290,68 +275,41 @@ class _MQTTSinkPartition(StatefulSinkPartition[Union[MQTTMessage, _CommitTick], 
         link.start()
         return link
 
-    def _read_progress(self, timeout: float, state: SinkState) -> int:
-        """The last sequence number the broker holds from this run (-1 if none or untrusted).
+    def _read_progress(self, state: SinkState) -> int:
+        """The last sequence number the broker holds from this run (-1 if none or untrusted)."""
+        got: dict[str, bytes] = {}
 
-        The retained marker comes on subscribing; a non-retained fence
-        published after the SUBACK comes back after it, so once the fence is
-        here the marker has come too, or there is none.
-        """
-        client = self._link.client
-        fence = secrets.token_hex(8).encode()
-        got: Dict[str, bytes] = {}
-        refused: List[str] = []
-        fence_mids: List[int] = []
-        arrived = threading.Event()
-
-        def on_message(_client, _userdata, msg) -> None:
-            if msg.payload == fence:
-                arrived.set()
-            elif msg.retain:
+        def on_message(msg) -> None:
+            if msg.retain:
                 got["marker"] = msg.payload
 
-        def on_subscribe(_client, _userdata, _mid, reasons, _properties) -> None:
-            failed = [r for r in reasons if getattr(r, "is_failure", False)]
-            if failed:
-                refused.append(f"subscribing refused: {_reason_text(failed[0])}")
-                arrived.set()
-            else:
-                fence_mids.append(client.publish(self._progress_topic, fence, qos=1).mid)
-
-        def on_publish(_client, _userdata, mid, reason, _properties) -> None:
-            if mid in fence_mids and getattr(reason, "is_failure", False):
-                refused.append(f"publishing refused: {_reason_text(reason)}")
-                arrived.set()
-
-        client.on_message = on_message
-        client.on_subscribe = on_subscribe
-        client.on_publish = on_publish
+        link = self._link
         try:
-            client.subscribe(self._progress_topic, qos=1)
-            if not arrived.wait(timeout):
-                raise MQTTPublishError(f"{self._link.label}: could not read its progress marker "
-                                       f"{self._progress_topic!r} within {timeout:g}s")
+            refused = read_retained(link.client, link.connection, self._progress_topic, self._progress_topic,
+                                    on_message)
+        except TimeoutError as err:
+            raise MQTTPublishError(f"{link.label}: its progress marker {self._progress_topic!r} was {err}") from None
         finally:
-            client.on_publish = self._on_publish
-        client.unsubscribe(self._progress_topic)
+            link.client.on_publish = self._on_publish
+        link.client.unsubscribe(self._progress_topic)
         pending = len(state.records)
         if refused:
-            self._marker_refusal = f"the broker refuses the progress marker on {self._progress_topic!r}: {refused[0]}"
+            self._marker_refusal = f"the broker refuses the progress marker on {self._progress_topic!r}: {refused}"
             self._marker_refused_since = time.monotonic()
             self._show_refusal()
             log.error("%s: cannot read its progress marker (%s); publishing all %d pending records again "
                       "(some may repeat): the flow's user must read and write %r",
-                      self._link.label, refused[0], pending, self._progress_topic)
+                      link.label, refused, pending, self._progress_topic)
             return -1
         payload = got.get("marker")
         progress = read_progress(payload, self._run, self._next_seq)
         if progress.ignored:
             shown = payload[:64] + (b"..." if len(payload) > 64 else b"")
             log.warning("%s: ignoring the progress marker on %r (%s): %r; publishing all %d pending records "
-                        "again (some may repeat)", self._link.label, self._progress_topic, progress.ignored,
+                        "again (some may repeat)", link.label, self._progress_topic, progress.ignored,
                         shown, pending)
         else:
-            log.info("%s resumes: the broker holds its records up to #%d", self._link.label, progress.done)
+            log.info("%s resumes: the broker holds its records up to #%d", link.label, progress.done)
         return progress.done
 
     # -- paho's network thread --------------------------------------------------
@@ -377,13 +335,13 @@ class _MQTTSinkPartition(StatefulSinkPartition[Union[MQTTMessage, _CommitTick], 
             while self._pubacks:
                 mid, reason = self._pubacks.popleft()
                 if mid not in self._unacked:
-                    continue  # not ours to count: the fence of _read_progress
+                    continue  # not ours to count: the barrier of _read_progress
                 record, sent_at = self._unacked.pop(mid)
                 refused = getattr(reason, "is_failure", False)
                 if record is _MARKER:
-                    self._marker_answered(_reason_text(reason) if refused else "", now)
+                    self._marker_answered(reason_text(reason) if refused else "", now)
                 elif refused:
-                    self._refused(record, _reason_text(reason), now)
+                    self._refused(record, reason_text(reason), now)
                 else:
                     self._acked.append((record[1], now - sent_at))
                     if self._refusal is not None and self._refusal.probe == record[0]:
@@ -597,7 +555,7 @@ class MQTTSink(FixedPartitionedSink[Union[MQTTMessage, _CommitTick], SinkState])
         connection: The broker.
         client_id: Partition ``i`` is client ``<client_id>-out-<i>``.
         partitions: Number of partitions (clients) that get items, 1 to
-            :data:`MAX_PARTITIONS`; several workers and processes publish in
+            :data:`.limits.MAX_OUTPUT_PARTITIONS`; several workers and processes publish in
             parallel. It may change between runs: a recovery store written
             with more still resumes, and their committed records go out.
         timeout: Seconds the worker may wait for the broker (to connect, or
@@ -639,7 +597,7 @@ class MQTTSink(FixedPartitionedSink[Union[MQTTMessage, _CommitTick], SinkState])
         timeout: Optional[float] = None,
         max_inflight: int = 20_000,
         session_expiry: int = 300,
-        progress_prefix: str = "connectors-mqtt/progress",
+        progress_prefix: str = DEFAULT_PROGRESS_PREFIX,
         on_event: Optional[EventHook] = None,
         on_written: Optional[Callable[[List[MQTTMessage], float], None]] = None,
         on_refused: Optional[Callable[[str, str], None]] = None,
@@ -647,13 +605,13 @@ class MQTTSink(FixedPartitionedSink[Union[MQTTMessage, _CommitTick], SinkState])
         own_process: bool = False,
         on_died: Optional[DiedHook] = None,
     ) -> None:
-        check_client_id(client_id)
-        if not 1 <= partitions <= MAX_PARTITIONS:
-            raise ValueError(f"partitions must be 1..{MAX_PARTITIONS}")
+        validate_client_id(client_id)
+        if not 1 <= partitions <= MAX_OUTPUT_PARTITIONS:
+            raise ValueError(f"partitions must be 1..{MAX_OUTPUT_PARTITIONS}")
         if timeout is not None and timeout <= 0:
             raise ValueError("timeout must be > 0")
-        if not 1 <= max_inflight <= 60_000:
-            raise ValueError("max_inflight must be 1..60000 (below the 16-bit packet-id space)")
+        if not 1 <= max_inflight <= MAX_OUTPUT_INFLIGHT:
+            raise ValueError(f"max_inflight must be 1..{MAX_OUTPUT_INFLIGHT} (below the 16-bit packet-id space)")
         if not progress_prefix or "#" in progress_prefix or "+" in progress_prefix:
             raise ValueError(f"progress_prefix {progress_prefix!r}: give a plain topic prefix")
         self.connection = connection
@@ -673,13 +631,13 @@ class MQTTSink(FixedPartitionedSink[Union[MQTTMessage, _CommitTick], SinkState])
         self._position = {name: i for i, name in enumerate(sorted(self.list_parts()))}
 
     def list_parts(self) -> List[str]:
-        # All MAX_PARTITIONS, whatever ``partitions`` is: Bytewax refuses to
+        # All MAX_OUTPUT_PARTITIONS, whatever ``partitions`` is: Bytewax refuses to
         # resume a recovery store holding a partition the sink no longer
         # lists, and a partition dropped by a smaller count may still hold
         # committed records. Only the first ``partitions`` get items; a
         # partition beyond them is built only to resume such a state: it
         # publishes what the broker lacks and stays idle.
-        return [str(i) for i in range(MAX_PARTITIONS)]
+        return [str(i) for i in range(MAX_OUTPUT_PARTITIONS)]
 
     def tick_keys(self) -> List[str]:
         """One key routed to each of the ``partitions`` partitions, for :data:`COMMIT_TICK` items."""
@@ -715,7 +673,7 @@ class MQTTSink(FixedPartitionedSink[Union[MQTTMessage, _CommitTick], SinkState])
                 lambda topic, reason: forward("refused", topic, reason))
             return _MQTTSinkPartition(local, index, resume_state)
 
-        stats = self.stats.setdefault(f"{self.client_id}-out-{index}", MQTTLinkStats())
+        stats = self.stats.setdefault(output_client_id(self.client_id, index), MQTTLinkStats())
         hooks = {"event": self.on_event, "written": self.on_written, "refused": self.on_refused}
         return SinkPartitionProcess(build, COMMIT_TICK, stats, hooks, label=f"mqtt-out-{index}",
                                     on_died=self.on_died)

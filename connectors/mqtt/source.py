@@ -31,12 +31,11 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import re
 import threading
 import time
 import uuid
 from collections import deque
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -44,27 +43,20 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from .connection import PROTOCOLS, MQTTConnectError, MQTTConnection, Protocol, connect, connect_preferring_v5
 from .link import EventHook, Link, MQTTLinkStats
 from .message import MQTTError, MQTTMessage
-from .partitions import (Marker, control_prefix, counts_at_start, marker_index, marker_topic, owned_shards,
-                         takes, transition_over)
+from .limits import IDLE_POLL, MAX_RECEIVE_MAXIMUM, MAX_SHARDS
+from .names import (barrier_topic, input_client_id, input_index, input_key, partition_marker_topic,
+                    partition_markers, probe_topic, reader_client_id, validate_client_id, watermark_topic)
+from .partitions import Marker, counts_at_start, marker_index, owned_shards, takes, transition_over
 from .process import DiedHook, Forward, SourcePartitionProcess
-from .watermarks import (DONE, NOTHING_READ, PartitionClock, WatermarkBoard, encode_watermark, probe_topic,
-                         watermark_topic)
+from .retained import read_retained
+from .watermarks import DONE, NOTHING_READ, PartitionClock, WatermarkBoard, encode_watermark
 
 log = logging.getLogger("connectors.mqtt")
 
 _SESSION_EXPIRY_S = 7 * 24 * 3600
-_IDLE_POLL = timedelta(milliseconds=10)
-_CLIENT_ID = re.compile(r"[A-Za-z0-9_-]+")
 
 _Entry = Tuple[int, int, int]  # (mid, qos, session generation)
 _PROBE: _Entry = (0, -1, -1)  # the buffer entry of a returned probe (no ack, never emitted)
-MAX_RECEIVE_MAXIMUM = 65_535  # MQTT 5's limit, the 16-bit packet-id space
-
-
-def check_client_id(client_id: str) -> None:
-    """Refuse a client id that cannot name MQTT clients and topic levels."""
-    if not _CLIENT_ID.fullmatch(client_id):
-        raise ValueError(f"client_id {client_id!r}: use 1 or more of A-Z a-z 0-9 _ -")
 
 
 class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError], None]):
@@ -78,7 +70,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         self._partitions = source.partitions
         self._shards = source.shards
         self._shard_of = source.shard_of_topic
-        self._control_b = (control_prefix(source.client_id) + "/").encode()
+        self._control_b = (partition_markers(source.client_id) + "/").encode()
         self._probe_b = probe_topic(source.client_id, index).encode()
         self._newest_position = source.newest_position
         self._watermark: Optional[PartitionClock] = None
@@ -135,7 +127,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
             client_id,
             protocol=protocol,
             label=f"mqtt drain in-{self._index}" if self._drain else f"mqtt input #{self._index}",
-            partition=f"in-{self._index}",
+            partition=input_key(self._index),
             persistent=True,
             resume_first=True,
             session_expiry=source.session_expiry,
@@ -155,7 +147,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
         # it was published instead of one topic after the other. The marker
         # filter is subscribed on every connection, so the retained markers
         # come each time, in this session's stream.
-        control = [(control_prefix(source.client_id) + "/+", 1)]
+        control = [(partition_markers(source.client_id) + "/+", 1)]
         if self._watermark is not None:
             control.append((probe_topic(source.client_id, self._index), 1))
         shared = [f"$share/{source.client_id}/{topic}" for topic in source.topics]
@@ -187,7 +179,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
             if not self._drain:
                 self._publish_marker()
             log.info("%s subscribed to %d topics", link.label, len(self._subscribed_shards) * len(source.topics),
-                     extra={"partition": f"in-{self._index}", "client_id": client_id})
+                     extra={"partition": input_key(self._index), "client_id": client_id})
             self._subscribed.set()
 
         link.after_connect = after_connect
@@ -205,7 +197,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
 
     def _publish_marker(self) -> None:
         old = tuple(sorted(self._counts - {self._partitions}))  # EVERYTHING (0) included
-        self._link.client.publish(marker_topic(self._source.client_id, self._index),
+        self._link.client.publish(partition_marker_topic(self._source.client_id, self._index),
                                   Marker(self._partitions, old, shards=self._shards).encode(), qos=1, retain=True)
 
     def _on_marker(self, topic: str, payload: bytes) -> None:
@@ -233,7 +225,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
 
     def _finish_drain(self) -> None:
         """Retire the marker, delete the drained session (its taken messages are all acknowledged)."""
-        link, topic = self._link, marker_topic(self._source.client_id, self._index)
+        link, topic = self._link, partition_marker_topic(self._source.client_id, self._index)
         try:
             # Retired, not cleared: list_parts keeps naming this partition,
             # whose key may still be in a Bytewax recovery store.
@@ -406,7 +398,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
     def next_awake(self) -> Optional[datetime]:
         if self._buffer:
             return None
-        return datetime.now(timezone.utc) + _IDLE_POLL
+        return datetime.now(timezone.utc) + IDLE_POLL
 
     def snapshot(self) -> None:
         # Anything before the previous snapshot is committed by now.
@@ -426,40 +418,32 @@ class _MQTTSourcePartition(StatefulSourcePartition[Union[MQTTMessage, MQTTError]
             self._link.stop()
 
 
-def read_markers(connection: MQTTConnection, client_id: str, *, label: Optional[str] = None) -> Dict[int, Marker]:
-    """The retained markers of ``client_id``'s partitions, by partition index.
+def read_markers(connection: MQTTConnection, client_id: str, *, label: str | None = None) -> dict[int, Marker]:
+    """The retained partition markers of ``client_id``'s input partitions, by partition index.
 
-    A short clean-session client subscribes to them, then publishes a
-    message to a topic of its own under the same filter: once that comes
-    back, every retained marker (sent on the SUBSCRIBE, before it) is here.
-    ``label`` names it in errors (default: its own client id).
+    Read by a short clean-session client; ``label`` names it in errors
+    (default: its own client id).
     """
-    reader_id = f"{client_id}-markers-{uuid.uuid4().hex[:8]}"
-    client = connection.client(reader_id)
-    barrier = f"{control_prefix(client_id)}/barrier/{reader_id}"
-    markers: Dict[int, Marker] = {}
-    done = threading.Event()
+    reader_id = reader_client_id(client_id, "markers")
+    level = partition_markers(client_id)
+    markers: dict[int, Marker] = {}
 
-    def on_message(_c, _u, msg) -> None:
-        if msg.topic == barrier:
-            done.set()
-            return
+    def on_message(msg) -> None:
         k, marker = marker_index(msg.topic, client_id), Marker.decode(msg.payload)
         if k is not None and marker is not None:
             markers[k] = marker
 
-    client.on_connect = lambda c, *_: c.subscribe(control_prefix(client_id) + "/#", qos=1)
-    client.on_subscribe = lambda c, *_: c.publish(barrier, b"", qos=1)
-    client.on_message = on_message
-    connect(client, connection, label=label or reader_id)
-    timeout = connection.connect_timeout
+    client = connection.client(reader_id)
     try:
-        if not done.wait(timeout):
-            raise MQTTConnectError(f"MQTT broker {connection.address}: partition markers not read "
-                                   f"within {timeout:g}s")
+        refused = read_retained(client, connection, f"{level}/#", barrier_topic(level, reader_id), on_message,
+                                connect_as=label or reader_id)
+    except TimeoutError as err:
+        refused = str(err)
     finally:
         client.disconnect()
         client.loop_stop()
+    if refused:
+        raise MQTTConnectError(f"MQTT broker {connection.address}: partition markers {refused}")
     return markers
 
 
@@ -579,13 +563,13 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
         self.on_died = on_died
         self.stats: dict[str, MQTTLinkStats] = {}
         """Counters per client id, filled as partitions start on this process."""
-        check_client_id(client_id)
+        validate_client_id(client_id)
         if protocol is not None and protocol not in PROTOCOLS:
             raise ValueError(f"protocol {protocol!r}: use '3.1.1' or '5'")
         if partitions < 1 or batch_size < 1:
             raise ValueError("partitions and batch_size must be >= 1")
-        if not 0 <= shards <= 4096:
-            raise ValueError("shards must be 0..4096")
+        if not 0 <= shards <= MAX_SHARDS:
+            raise ValueError(f"shards must be 0..{MAX_SHARDS}")
         if not 1 <= max_unacked <= MAX_RECEIVE_MAXIMUM:
             raise ValueError(f"max_unacked must be 1..{MAX_RECEIVE_MAXIMUM}")
         if not self.topics:
@@ -607,14 +591,14 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
 
     def client_id_for(self, index: int) -> str:
         """Stable client id of partition ``index``."""
-        return f"{self.client_id}-in-{index}"
+        return input_client_id(self.client_id, index)
 
     def list_parts(self) -> List[str]:
         """``in-0`` … ``in-<partitions-1>``, and ``in-<j>`` for each session a larger count left (to drain)."""
         left = read_markers(self.connection, self.client_id, label=f"{self.client_id}-in")
         drains = [j for j in sorted(left) if j >= self.partitions]
         self._parts = (*range(self.partitions), *(j for j in drains if not left[j].retired))
-        return [f"in-{i}" for i in range(self.partitions)] + [f"in-{j}" for j in drains]
+        return [input_key(i) for i in (*range(self.partitions), *drains)]
 
     def board(self) -> WatermarkBoard:
         """The watermarks of all partitions (started on first use)."""
@@ -652,7 +636,7 @@ class MQTTSource(FixedPartitionedSource[Union[MQTTMessage, MQTTError], None]):
     def build_part(
         self, step_id: str, for_part: str, resume_state: None
     ) -> Union[_MQTTSourcePartition, SourcePartitionProcess]:
-        index = int(for_part.removeprefix("in-"))
+        index = input_index(for_part)
         # Read here, not in a child: the board's lock is its client thread's.
         start = None if self.newest_position is None else self.board().value(index)
         if not self.own_process:
