@@ -26,7 +26,8 @@ from .connection import MQTTConnection, Protocol
 from .limits import IDLE_POLL
 from .link import EventHook
 from .message import MQTTError, MQTTMessage
-from .sink import COMMIT_TICK, MQTTSink, _CommitTick
+from .sink import MQTTSink
+from .sink_partition import COMMIT_TICK, _CommitTick
 from .source import MQTTSource
 
 __all__ = ["MQTTSourceOut", "input", "output", "publish"]

@@ -29,6 +29,8 @@ from connectors.mqtt import (
     MQTTSink,
     MQTTSource,
 )
+from connectors.mqtt import progress as progress_module
+from connectors.mqtt import refusals as refusals_module
 from connectors.mqtt import sink as sink_module
 from connectors.mqtt.source import read_markers
 from connectors.mqtt.testing import Collector, Mosquitto, Publisher, TlsFiles, process_alive, wait_for
@@ -648,7 +650,7 @@ def drive(part, until, timeout: float, what: str):
 
 def test_a_refused_record_waits_in_the_snapshot_and_goes_out_once_the_acl_allows_it(tmp_path, monkeypatch, caplog):
     # The old sink logged the refusal and dropped the record (counted as written).
-    monkeypatch.setattr(sink_module, "RETRY_FIRST", 0.2, raising=False)
+    monkeypatch.setattr(refusals_module, "RETRY_FIRST", 0.2, raising=False)
     caplog.set_level(logging.INFO, logger="connectors.mqtt")
     acl = tmp_path / "acl"
     acl.write_text(ACL_CLOSED)
@@ -683,7 +685,7 @@ def test_a_refused_record_waits_in_the_snapshot_and_goes_out_once_the_acl_allows
         crash(part)
         part = sink.build_part("out", "0", state)  # hands c0, c1, o1 to the broker, not knowing of the refusal
         part._link.client.reconnect_delay_set(0.1, 0.5)
-        drive(part, lambda: part._refusal is not None, 10, "the refusal again")
+        drive(part, lambda: part._refusals.current is not None, 10, "the refusal again")
         publish_committed(part, [opened[2], closed[2]])  # behind the refusal: they wait
         drive(part, lambda: len(refused) >= 8, 15, "retries, refused")
         assert out.payloads("out/closed") == [] and b"o2" not in out.payloads("out/open")
@@ -759,12 +761,12 @@ def test_a_forged_progress_marker_skips_nothing_and_crashes_nothing(mosquitto, c
     (json.dumps({"run": RUN, "seq": 2}).encode(), 2),
 ])
 def test_a_progress_marker_of_the_partitions_own_records_is_trusted(payload, done):
-    assert sink_module.read_progress(payload, RUN, 3) == sink_module.Progress(done)
+    assert progress_module.read_progress(payload, RUN, 3) == progress_module.Progress(done)
 
 
 def test_every_forged_marker_is_ignored_with_a_reason():
     for forged in FORGED + [b"x" * 100_000, b'{"run": 1, "seq": 1}', b'{"run": "%s"}' % RUN.encode()]:
-        progress = sink_module.read_progress(forged, RUN, 3)
+        progress = progress_module.read_progress(forged, RUN, 3)
         assert progress.done == -1 and progress.ignored, forged[:60]
 
 
@@ -802,7 +804,7 @@ def test_random_content_on_the_progress_topic_never_skips_loses_or_crashes(mosqu
         retain(writer, topic, at_start)
         part = sink.build_part("out", "0", resumed_state(b"s"))  # a starting partition: #0..#2 pending
         part.write_batch([MQTTMessage("out/x", b"s3")])  # a running one: #3 arrives
-        drive(part, lambda: not part._unacked, 5, "#0..#2 and their marker acknowledged")
+        drive(part, lambda: not part._outbox, 5, "#0..#2 and their marker acknowledged")
         retain(writer, topic, while_running)
         state = part.snapshot()  # #3 sealed; killed before its commit
         crash(part)
