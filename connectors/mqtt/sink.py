@@ -19,7 +19,6 @@ import copy
 import pickle
 import zlib
 from collections.abc import Callable
-from typing import Union
 
 from bytewax.outputs import FixedPartitionedSink
 

@@ -36,6 +36,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from .connection import MQTTConnection, connect
 from .message import MQTTMessage
 
 NOT_FOUND = "mosquitto not found: install it with `apt-get install -y mosquitto`"
@@ -378,3 +379,19 @@ def create_sessions(source) -> None:
     for part in source.list_parts():
         source.build_part("in", part, None).close()
     source.close()
+
+
+def has_session(connection: MQTTConnection, client_id: str) -> bool:
+    """Whether the broker holds a session for ``client_id`` (to check that none is left behind).
+
+    Connects as ``client_id`` with MQTT 5, clean start off and no session
+    expiry, so the check itself leaves no session. Never check the client id
+    of a running partition: the broker would disconnect it.
+    """
+    client = connection.client(client_id, protocol="5")
+    present: list[bool] = []
+    client.on_connect = lambda _c, _u, flags, *_: present.append(bool(flags.session_present))
+    connect(client, connection, label=client_id, clean_start=False)
+    client.disconnect()
+    client.loop_stop()
+    return present[0]

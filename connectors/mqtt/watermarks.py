@@ -47,11 +47,14 @@ import logging
 import math
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 
 from .connection import MQTTConnection
 from .limits import MAX_WATERMARK_BYTES
-from .names import barrier_topic, index_of, reader_client_id, watermarks
+from .link import Link
+from .message import MQTTMessage
+from .names import barrier_topic, index_of, probe_topic, reader_client_id, watermark_topic, watermarks
 from .retained import load_json, read_retained
 
 log = logging.getLogger("connectors.mqtt")
@@ -180,6 +183,55 @@ class PartitionClock:
         idle = fast and self._last_fast and not self._data_since_probe
         self._last_fast = fast
         return idle
+
+
+class PartitionWatermark:
+    """One input partition's watermark on the broker: published as its epochs commit, and its probes.
+
+    Probes carry a token of this process: a probe of an earlier run, left
+    in the session, was timed on another monotonic clock.
+    """
+
+    def __init__(self, client_id: str, index: int, restored: float | None,
+                 newest_position: Callable[[list[MQTTMessage]], float | None], probe_interval: float) -> None:
+        self.clock = PartitionClock(restored, time.monotonic(), probe_interval)
+        self._newest_position = newest_position
+        self._topic = watermark_topic(client_id, index)
+        self.probe_topic = probe_topic(client_id, index)
+        self._token = uuid.uuid4().hex[:12]
+
+    def emitted(self, messages: list[MQTTMessage | object], now: float) -> None:
+        """The worker emitted these items (their newest position moves the partition on)."""
+        self.clock.emitted(self._newest_position([m for m in messages if type(m) is MQTTMessage]), now)
+
+    def probe_returned(self, payload: bytes) -> float | None:
+        """Our probe came back (paho's network thread): when it was sent, if it shows the partition idle."""
+        token, _, sent_text = payload.decode("ascii", "replace").partition(" ")
+        try:
+            sent = float(sent_text)
+        except ValueError:
+            return None  # not ours (the ACL should keep others off this topic)
+        if token != self._token or not self.clock.probe_returned(sent, time.monotonic()):
+            return None
+        return sent
+
+    def tend(self, link: Link | None) -> None:
+        """Publish the watermark of the committed epochs; send a probe when one is due."""
+        if link is None or not link.connected:
+            return
+        clock, client = self.clock, link.client
+        value = clock.release()
+        if value is not None:
+            client.publish(self._topic, encode_watermark(value), qos=1, retain=True)
+        elif clock.release_nothing_read():  # not retained: a restarted run proves it again
+            client.publish(self._topic, NOTHING_READ, qos=1)
+        now = time.monotonic()
+        if clock.probe_due(now):
+            client.publish(self.probe_topic, f"{self._token} {now!r}".encode(), qos=1)
+
+    def finish(self, link: Link) -> None:
+        """The partition ended (a drained session): it holds nothing back any more."""
+        link.client.publish(self._topic, encode_watermark(DONE), qos=1, retain=True).wait_for_publish(5)
 
 
 class WatermarkBoard:

@@ -32,7 +32,7 @@ from connectors.mqtt import (
 from connectors.mqtt import progress as progress_module
 from connectors.mqtt import refusals as refusals_module
 from connectors.mqtt import sink as sink_module
-from connectors.mqtt.source import read_markers
+from connectors.mqtt.ownership import read_markers
 from connectors.mqtt.testing import Collector, Mosquitto, Publisher, TlsFiles, process_alive, wait_for
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(90)]
@@ -358,7 +358,7 @@ def test_mqtt5_receive_maximum_bounds_unacked_deliveries_and_acks_wait_for_the_e
         wait_for(lambda: got.extend(part.next_batch()) or len(got) >= 30, 10, "the first window")
         time.sleep(0.5)
         got.extend(part.next_batch())
-        assert len(got) == 30 and part._unacked == 30, "nothing acknowledged before a commit"
+        assert len(got) == 30 and part._intake.unacked == 30, "nothing acknowledged before a commit"
 
         def one_epoch() -> bool:
             part.snapshot()  # end of the epoch; the next next_batch means it committed: ack
@@ -369,7 +369,7 @@ def test_mqtt5_receive_maximum_bounds_unacked_deliveries_and_acks_wait_for_the_e
         assert [m.payload for m in got] == nums("b", 0, 100)
         part.snapshot()
         part.next_batch()
-        assert not part._held and not part._committable
+        assert not part._intake.held and not part._intake.committable
     finally:
         part.close()
     # The acks reached the broker: a new partition with the same id gets nothing old.
@@ -398,7 +398,7 @@ def test_a_reused_packet_id_is_a_new_message_only_a_dup_copy_is_a_redelivery(mos
         for msg in (delivery(7, b"first"), delivery(7, b"second"), delivery(7, b"first", dup=True)):
             part._on_message(part._link.client, None, msg)
         assert [m.payload for m in part.next_batch()] == [b"first", b"second"]
-        assert part.stats.redeliveries_skipped == 1 and part._unacked == 2
+        assert part.stats.redeliveries_skipped == 1 and part._intake.unacked == 2
     finally:
         part.close()
 
@@ -443,12 +443,12 @@ def test_mqtt311_stops_reading_at_the_unacked_bound(mosquitto, clients):
     part = src.build_part("in", "in-0", None)
     try:
         pub.publish("in/b", nums("b", 0, 100))
-        wait_for(lambda: len(part._held) >= 10, 10, "bound reached")
+        wait_for(lambda: len(part._intake.held) >= 10, 10, "bound reached")
         full_at = time.monotonic()
         time.sleep(1.5)
         # At the bound, the network thread takes one message per wake-up (1 s here).
-        wake_ups = (time.monotonic() - full_at) / part._block_s
-        assert len(part._held) <= 10 + int(wake_ups) + 1 < 100
+        wake_ups = (time.monotonic() - full_at) / part._intake.block_s
+        assert len(part._intake.held) <= 10 + int(wake_ups) + 1 < 100
         got: list = []
 
         def one_epoch() -> bool:
