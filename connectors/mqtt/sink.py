@@ -15,7 +15,6 @@ broker has (:mod:`.progress`); a refused record waits and is retried
 
 from __future__ import annotations
 
-import copy
 import pickle
 import zlib
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from .limits import MAX_OUTPUT_INFLIGHT, MAX_OUTPUT_PARTITIONS
 from .link import EventHook, MQTTLinkStats
 from .message import MQTTMessage
 from .names import DEFAULT_PROGRESS_PREFIX, output_client_id, validate_client_id
-from .process import DiedHook, Forward, SinkPartitionProcess, pack
+from .process import WRITTEN, DiedHook, SinkPartitionProcess, hand_off
 from .sink_partition import COMMIT_TICK, SinkState, _CommitTick, _MQTTSinkPartition
 
 __all__ = ["COMMIT_TICK", "MQTTSink", "SinkState"]
@@ -155,18 +154,8 @@ class MQTTSink(FixedPartitionedSink[MQTTMessage | _CommitTick, SinkState]):
             resume_state = pickle.loads(resume_state)
         if not self.own_process:
             return _MQTTSinkPartition(self, index, resume_state)
-
-        def build(forward: Forward) -> _MQTTSinkPartition:
-            # In the child: the same sink, its hooks forwarded to the worker.
-            local = copy.copy(self)
-            local.on_event = None if self.on_event is None else lambda *event: forward("event", *event)
-            local.on_written = None if self.on_written is None else (
-                lambda messages, seconds: forward("written", pack(messages), seconds))
-            local.on_refused = None if self.on_refused is None else (
-                lambda topic, reason: forward("refused", topic, reason))
-            return _MQTTSinkPartition(local, index, resume_state)
-
+        build, hooks = hand_off(self, {"on_event": None, "on_written": WRITTEN, "on_refused": None},
+                                lambda local: _MQTTSinkPartition(local, index, resume_state))
         stats = self.stats.setdefault(output_client_id(self.client_id, index), MQTTLinkStats())
-        hooks = {"event": self.on_event, "written": self.on_written, "refused": self.on_refused}
         return SinkPartitionProcess(build, COMMIT_TICK, stats, hooks, label=f"mqtt-out-{index}",
                                     on_died=self.on_died)

@@ -13,7 +13,6 @@ docs/scaling-and-brokers.md and docs/delivery.md.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -26,7 +25,7 @@ from .link import EventHook, MQTTLinkStats
 from .message import MQTTError, MQTTMessage
 from .names import input_client_id, input_index, input_key, validate_client_id
 from .ownership import read_markers
-from .process import DiedHook, Forward, SourcePartitionProcess
+from .process import DiedHook, SourcePartitionProcess, hand_off
 from .source_partition import _MQTTSourcePartition
 from .watermarks import WatermarkBoard
 
@@ -203,15 +202,9 @@ class MQTTSource(FixedPartitionedSource[MQTTMessage | MQTTError, None]):
         start = None if self.newest_position is None else self.board().value(index)
         if not self.own_process:
             return _MQTTSourcePartition(self, index, start)
-
-        def build(forward: Forward) -> _MQTTSourcePartition:
-            # In the child: the same source, its hook forwarded to the worker.
-            local = copy.copy(self)
-            local.on_event = None if self.on_event is None else lambda *event: forward("event", *event)
-            return _MQTTSourcePartition(local, index, start)
-
+        build, hooks = hand_off(self, {"on_event": None}, lambda local: _MQTTSourcePartition(local, index, start))
         stats = MQTTLinkStats()
         if index < self.partitions:
             stats = self.stats.setdefault(self.client_id_for(index), stats)
-        return SourcePartitionProcess(build, stats, self.on_event, label=f"mqtt-in-{index}", index=index,
+        return SourcePartitionProcess(build, stats, hooks, label=f"mqtt-in-{index}", index=index,
                                       on_died=self.on_died)
