@@ -31,8 +31,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any
 
 from .link import MQTTLinkStats
 
@@ -66,14 +67,14 @@ def _serve(conn: Connection, build: Callable[[Forward], Any], parent: int, heart
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_beat_while, args=(parent, heartbeat), name="heartbeat", daemon=True).start()
-    calls: List[Tuple[str, tuple]] = []
+    calls: list[tuple[str, tuple]] = []
     lock = threading.Lock()
 
     def forward(hook: str, *args: Any) -> None:  # any thread of the child
         with lock:
             calls.append((hook, args))
 
-    def forwarded() -> List[Tuple[str, tuple]]:
+    def forwarded() -> list[tuple[str, tuple]]:
         with lock:
             out = calls[:]
             calls.clear()
@@ -85,7 +86,7 @@ def _serve(conn: Connection, build: Callable[[Forward], Any], parent: int, heart
         conn.send(("error", err, forwarded(), None))
         return
     conn.send(("ok", None, forwarded(), served.stats))
-    failed: Optional[BaseException] = None  # by a call that gets no answer: told at the next one
+    failed: BaseException | None = None  # by a call that gets no answer: told at the next one
     while True:
         try:
             method, args, answer = conn.recv()
@@ -110,7 +111,7 @@ def _serve(conn: Connection, build: Callable[[Forward], Any], parent: int, heart
             return
 
 
-def describe_exit(code: Optional[int]) -> str:
+def describe_exit(code: int | None) -> str:
     """A process's exit as words: ``killed by SIGKILL``, ``exited with code 1``."""
     if code is None:
         return "exited (status unknown)"
@@ -130,8 +131,8 @@ class Child:
     """The worker's end of a child process serving one object."""
 
     def __init__(self, build: Callable[[Forward], Any], stats: MQTTLinkStats,
-                 hooks: Dict[str, Optional[Callable[..., None]]], label: str, kind: str,
-                 on_died: Optional[DiedHook] = None) -> None:
+                 hooks: dict[str, Callable[..., None] | None], label: str, kind: str,
+                 on_died: DiedHook | None = None) -> None:
         self.stats = stats
         self._hooks = hooks
         self._on_died = on_died
@@ -139,7 +140,7 @@ class Child:
         self._closing = False
         self._gone_lock = threading.Lock()
         self._reap_lock = threading.Lock()
-        self._exit: Optional[str] = None
+        self._exit: str | None = None
         # Fork: the child inherits the logging set-up and the partition's
         # settings (functions included) as they are, with nothing to pickle.
         ctx = multiprocessing.get_context("fork")
@@ -157,7 +158,7 @@ class Child:
         self._answer()  # built (or its error)
 
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         return self._process.pid
 
     def _watch(self) -> None:
@@ -171,7 +172,7 @@ class Child:
                 self._gone(watcher=True)
                 return
 
-    def _reap(self, timeout: float) -> Optional[int]:
+    def _reap(self, timeout: float) -> int | None:
         """The child's exit code, waiting up to ``timeout`` seconds for its end (None: it runs on).
 
         One thread at a time: of two threads in ``waitpid`` at once one gets
@@ -223,7 +224,7 @@ class Child:
         """
         self._send((method, args, False))
 
-    def _send(self, call: Tuple[str, tuple, bool]) -> None:
+    def _send(self, call: tuple[str, tuple, bool]) -> None:
         try:
             self._conn.send(call)
         except OSError as err:  # the child is gone (a broken pipe)

@@ -41,11 +41,9 @@ class Intake:
 
     def __init__(self, index: int, max_unacked: int, max_bytes: int | None, block_s: float,
                  stats: MQTTLinkStats) -> None:
-        self._index = index
-        self._max_unacked = max_unacked
+        self._index, self.stats = index, stats
+        self._max_unacked, self.block_s = max_unacked, block_s
         self._max_bytes = max_bytes
-        self.block_s = block_s
-        self.stats = stats
         self.v5 = False
         """Whether messages may carry user properties (set once connected)."""
         self._cond = threading.Condition()

@@ -3,12 +3,11 @@
 A flow's ``client_id`` names all of them, so a restarted flow finds its
 broker sessions and retained messages again:
 
->>> input_client_id("driver-stats", 3), output_client_id("driver-stats", 0)
+>>> client_id_of("driver-stats", input_key(3)), client_id_of("driver-stats", output_key(0))
 ('driver-stats-in-3', 'driver-stats-out-0')
->>> partition_marker_topic("driver-stats", 3)
-'connectors-mqtt/partitions/driver-stats/in-3'
->>> watermark_topic("driver-stats", 2), probe_topic("driver-stats", 2)
-('connectors-mqtt/watermarks/driver-stats/in-2', 'connectors-mqtt/probes/driver-stats/in-2')
+>>> [input_topic(kind, "driver-stats", 2) for kind in (PARTITIONS, WATERMARKS, PROBES)]
+['connectors-mqtt/partitions/driver-stats/in-2', 'connectors-mqtt/watermarks/driver-stats/in-2', \
+'connectors-mqtt/probes/driver-stats/in-2']
 >>> progress_topic(DEFAULT_PROGRESS_PREFIX, "driver-stats", 0)
 'connectors-mqtt/progress/driver-stats-out-0'
 
@@ -16,9 +15,9 @@ Coordination topics carry what the partitions say about themselves; the
 flow's user must read and write ``connectors-mqtt/#`` and no other client
 may write there (docs/scaling-and-brokers.md, "Access control"). A *marker*
 is a retained message in which a partition states its own state: a
-*partition marker* (the count it reads by, :mod:`.partitions`) or a
-*progress marker* (what the broker holds of a sink partition's records,
-:mod:`.progress`).
+*partition marker* (the count an input partition reads by,
+:mod:`.partitions`) or a *progress marker* (what the broker holds of an
+output partition's records, :mod:`.progress`).
 """
 
 from __future__ import annotations
@@ -41,29 +40,22 @@ def validate_client_id(client_id: str) -> None:
         raise ValueError(f"client_id {client_id!r}: use 1 or more of A-Z a-z 0-9 _ -")
 
 
-def input_client_id(client_id: str, index: int) -> str:
-    """The MQTT client id (and session) of input partition ``index``."""
-    return f"{client_id}-in-{index}"
-
-
-def output_client_id(client_id: str, index: int) -> str:
-    """The MQTT client id of output partition ``index``."""
-    return f"{client_id}-out-{index}"
-
-
-def check_client_id(client_id: str) -> str:
-    """The MQTT client id of a connection check (:func:`.link.check_connection`)."""
-    return f"{client_id}-check"
+def client_id_of(client_id: str, part: str) -> str:
+    """The MQTT client id of ``part`` (a partition key, or ``check``) of the flow ``client_id``."""
+    return f"{client_id}-{part}"
 
 
 def reader_client_id(client_id: str, what: str) -> str:
     """A unique client id for a short reader of ``what`` (``markers``, ``watermarks``): never a session."""
-    return f"{client_id}-{what}-{uuid.uuid4().hex[:8]}"
+    return client_id_of(client_id, f"{what}-{uuid.uuid4().hex[:8]}")
 
 
 def input_key(index: int) -> str:
-    """The Bytewax partition key of input partition ``index``."""
+    """The Bytewax partition key of input partition ``index``; ``output_key`` names output partitions."""
     return f"in-{index}"
+
+
+output_key = "out-{}".format
 
 
 def input_index(key: str) -> int:
@@ -85,29 +77,18 @@ def index_of(topic: str, prefix: str) -> int | None:
     return index if index < MAX_PARTITIONS else None
 
 
-def partition_markers(client_id: str) -> str:
-    """The topic level above the partition markers of ``client_id``'s input partitions."""
-    return f"{ROOT}/partitions/{client_id}"
+PARTITIONS, WATERMARKS, PROBES = "partitions", "watermarks", "probes"
+"""The kinds of input partitions' coordination topics: partition markers, watermarks, idle probes."""
 
 
-def partition_marker_topic(client_id: str, index: int) -> str:
-    """The retained partition marker of input partition ``index``."""
-    return f"{partition_markers(client_id)}/in-{index}"
+def input_level(kind: str, client_id: str) -> str:
+    """The topic level above the ``kind`` topics of ``client_id``'s input partitions."""
+    return f"{ROOT}/{kind}/{client_id}"
 
 
-def watermarks(client_id: str) -> str:
-    """The topic level above the watermarks of ``client_id``'s input partitions."""
-    return f"{ROOT}/watermarks/{client_id}"
-
-
-def watermark_topic(client_id: str, index: int) -> str:
-    """The retained watermark of input partition ``index``."""
-    return f"{watermarks(client_id)}/in-{index}"
-
-
-def probe_topic(client_id: str, index: int) -> str:
-    """The topic input partition ``index`` probes its own session on."""
-    return f"{ROOT}/probes/{client_id}/in-{index}"
+def input_topic(kind: str, client_id: str, index: int) -> str:
+    """The ``kind`` topic of input partition ``index`` (retained for partition markers and watermarks)."""
+    return f"{input_level(kind, client_id)}/{input_key(index)}"
 
 
 def barrier_topic(level: str, reader_id: str) -> str:
@@ -117,4 +98,4 @@ def barrier_topic(level: str, reader_id: str) -> str:
 
 def progress_topic(prefix: str, client_id: str, index: int) -> str:
     """The retained progress marker of output partition ``index``."""
-    return f"{prefix}/{output_client_id(client_id, index)}"
+    return f"{prefix}/{client_id_of(client_id, output_key(index))}"

@@ -14,9 +14,9 @@ mop.output("out", inp.oks, connection=MQTTConnection(), client_id="example")
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Callable, List, Optional, Tuple, Union
+from datetime import UTC, datetime, timedelta
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream, operator
@@ -48,26 +48,26 @@ class MQTTSourceOut:
 
 @operator
 def _split(
-    step_id: str, up: Stream[Union[MQTTMessage, MQTTError]]
+    step_id: str, up: Stream[MQTTMessage | MQTTError]
 ) -> MQTTSourceOut:
     branch = op.branch("branch", up, lambda x: isinstance(x, MQTTMessage))
     return MQTTSourceOut(branch.trues, branch.falses)  # type: ignore[arg-type]
 
 
 @operator
-def input(  # noqa: A001
+def input(
     step_id: str,
     flow: Dataflow,
     *,
     connection: MQTTConnection,
-    topics: List[str],
+    topics: list[str],
     client_id: str,
     partitions: int = 1,
-    max_message_bytes: Optional[int] = None,
+    max_message_bytes: int | None = None,
     max_unacked: int = 50_000,
     batch_size: int = 1000,
-    protocol: Optional[Protocol] = None,
-    on_event: Optional[EventHook] = None,
+    protocol: Protocol | None = None,
+    on_event: EventHook | None = None,
 ) -> MQTTSourceOut:
     """Subscribe to ``topics``: ``oks`` are messages, ``errs`` oversized ones.
 
@@ -88,15 +88,15 @@ def input(  # noqa: A001
     return op.input("mqtt_input", flow, source).then(_split, "split")
 
 
-class _CommitTicksPartition(StatefulSourcePartition[Tuple[str, _CommitTick], None]):
-    def __init__(self, keys: List[str], interval: timedelta, until: Optional[Callable[[], bool]]) -> None:
+class _CommitTicksPartition(StatefulSourcePartition[tuple[str, _CommitTick], None]):
+    def __init__(self, keys: list[str], interval: timedelta, until: Callable[[], bool] | None) -> None:
         self._ticks = [(key, COMMIT_TICK) for key in keys]
         self._interval = interval.total_seconds()
         self._wake = min(interval, IDLE_POLL)
         self._until = until
         self._due = 0.0
 
-    def next_batch(self) -> List[Tuple[str, _CommitTick]]:
+    def next_batch(self) -> list[tuple[str, _CommitTick]]:
         if self._until is not None and self._until():
             raise StopIteration
         now = time.monotonic()
@@ -105,17 +105,16 @@ class _CommitTicksPartition(StatefulSourcePartition[Tuple[str, _CommitTick], Non
         self._due = now + self._interval
         return self._ticks
 
-    def next_awake(self) -> Optional[datetime]:
-        return datetime.now(timezone.utc) + self._wake
+    def next_awake(self) -> datetime | None:
+        return datetime.now(UTC) + self._wake
 
     def snapshot(self) -> None:
         # The epoch ends: tick at the first call of the next one, which comes
         # once this epoch is committed, so the sink publishes its records then.
         self._due = 0.0
-        return None
 
 
-class _CommitTicks(FixedPartitionedSource[Tuple[str, _CommitTick], None]):
+class _CommitTicks(FixedPartitionedSource[tuple[str, _CommitTick], None]):
     """A tick per sink partition every ``interval`` and at the start of every epoch, from a single partition (so on one worker).
 
     Bytewax calls an input's ``next_batch`` in epoch E only once epoch E-1
@@ -139,10 +138,10 @@ class _CommitTicks(FixedPartitionedSource[Tuple[str, _CommitTick], None]):
     makes every worker spin for the gap.
     """
 
-    def __init__(self, keys: List[str], interval: timedelta, until: Optional[Callable[[], bool]]) -> None:
+    def __init__(self, keys: list[str], interval: timedelta, until: Callable[[], bool] | None) -> None:
         self.keys, self.interval, self.until = keys, interval, until
 
-    def list_parts(self) -> List[str]:
+    def list_parts(self) -> list[str]:
         # One partition, whatever the sink's count: a recovery store's
         # partitions must all be listed again on resuming.
         return ["ticks"]
@@ -154,11 +153,11 @@ class _CommitTicks(FixedPartitionedSource[Tuple[str, _CommitTick], None]):
 @operator
 def publish(
     step_id: str,
-    up: Stream[Tuple[str, MQTTMessage]],
+    up: Stream[tuple[str, MQTTMessage]],
     sink: MQTTSink,
     *,
     tick_interval: timedelta = timedelta(milliseconds=100),
-    until: Optional[Callable[[], bool]] = None,
+    until: Callable[[], bool] | None = None,
 ) -> None:
     """Publish ``(key, MQTTMessage)`` items once their epoch is committed (see :mod:`.sink`).
 
@@ -179,8 +178,8 @@ def output(
     connection: MQTTConnection,
     client_id: str,
     partitions: int = 1,
-    timeout: Optional[float] = None,
-    on_event: Optional[EventHook] = None,
+    timeout: float | None = None,
+    on_event: EventHook | None = None,
 ) -> None:
     """Publish each :class:`MQTTMessage` with QoS 1, keyed by topic (so a topic keeps its order).
 

@@ -18,13 +18,23 @@ lock.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from .connection import MQTTConnectError, MQTTConnection, connect
 from .link import Link
-from .names import barrier_topic, partition_marker_topic, partition_markers, reader_client_id
-from .partitions import Marker, counts_at_start, marker_index, owned_shards, takes, transition_over
+from .names import PARTITIONS, barrier_topic, input_level, input_topic, reader_client_id
+from .partitions import (
+    Marker,
+    counts_at_start,
+    marker_index,
+    owned_shards,
+    takes,
+    transition_over,
+)
 from .retained import read_retained
+
+if TYPE_CHECKING:
+    from .source import MQTTSource
 
 log = logging.getLogger("connectors.mqtt")
 
@@ -36,7 +46,7 @@ def read_markers(connection: MQTTConnection, client_id: str, *, label: str | Non
     (default: its own client id).
     """
     reader_id = reader_client_id(client_id, "markers")
-    level = partition_markers(client_id)
+    level = input_level(PARTITIONS, client_id)
     markers: dict[int, Marker] = {}
 
     def on_message(msg) -> None:
@@ -70,32 +80,25 @@ class Ownership:
     """Which topics input partition ``index`` subscribes to and takes, as the partition count changes.
 
     Args:
-        client_id: The source's client id.
+        source: The source's settings: ``client_id``, ``partitions`` (the
+            count it runs with now), ``shards``, ``shard_of_topic`` and
+            ``topics_of``.
         index: The partition.
-        partitions: The count the source runs with now.
-        shards: The source's shard count.
-        shard_of: Topic (bytes, as paho has it) -> its shard (None: a plain topic).
-        topics_of: The topic names of some shards (None: the plain topics).
         marker: The partition's own retained marker, read before it connects.
     """
 
-    def __init__(self, client_id: str, index: int, partitions: int, shards: int,
-                 shard_of: Mapping[bytes, int | None], topics_of, marker: Marker | None) -> None:
-        self._client_id = client_id
-        self._index = index
-        self._partitions = partitions
-        self._shards = shards
-        self._shard_of = shard_of
-        self._topics_of = topics_of
-        self.marker = marker
-        self.drain = index >= partitions
+    def __init__(self, source: MQTTSource, index: int, marker: Marker | None) -> None:
+        self._client_id, self._partitions, self._shards = source.client_id, source.partitions, source.shards
+        self._shard_of, self._topics_of = source.shard_of_topic, source.topics_of
+        self._index, self.marker = index, marker
+        self.drain = index >= source.partitions
         """A session left by a larger count: it only takes what its old counts gave it."""
         self.over = True
         """Whether the change of count is over in this session's stream."""
         self._started = False
         self._proven: set[int] = set()  # partitions whose marker with the new count came
         self._subscribed: list[int | None] = []  # the shards asked for on the last connect
-        self._by_counts(frozenset({partitions}))
+        self._by_counts(frozenset({source.partitions}))
 
     def _by_counts(self, counts: frozenset[int]) -> None:
         """Own by each of ``counts`` from now on (looked up once per topic, not per message)."""
@@ -129,7 +132,7 @@ class Ownership:
         """Say, retained, the count this partition reads by, and the old ones it still takes by."""
         old = tuple(sorted(self._counts - {self._partitions}))
         marker = Marker(self._partitions, old, shards=self._shards)
-        link.client.publish(partition_marker_topic(self._client_id, self._index), marker.encode(), qos=1, retain=True)
+        link.client.publish(input_topic(PARTITIONS, self._client_id, self._index), marker.encode(), qos=1, retain=True)
 
     def on_marker(self, link: Link, topic: str, payload: bytes) -> None:
         """A partition marker came in the session's stream (paho's network thread): is the change over?"""
@@ -158,5 +161,5 @@ class Ownership:
     def retire(self, link: Link) -> None:
         """Mark the drained session's marker retired: the partition stays listed (its key may be in a recovery store)."""
         retired = Marker(self.marker.partitions, retired=True, shards=self.marker.shards)
-        topic = partition_marker_topic(self._client_id, self._index)
+        topic = input_topic(PARTITIONS, self._client_id, self._index)
         link.client.publish(topic, retired.encode(), qos=1, retain=True).wait_for_publish(5)

@@ -9,7 +9,7 @@ partition has its own persistent session with plain subscriptions to the
 topics it owns, so the broker delivers each message once, to its owner.
 
 After each SUBACK, partition ``i`` publishes its retained *partition marker*
-(:class:`Marker`) on :func:`.names.partition_marker_topic`::
+(:class:`Marker`) on :func:`.names.input_topic`::
 
     {"partitions": 4, "shards": 64}                        # runs as one of 4
     {"partitions": 4, "shards": 64, "draining_from": [2]}  # ... still taking 2's shards too
@@ -43,11 +43,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import AbstractSet
 
 from .limits import MAX_PARTITION_MARKER_BYTES, MAX_PARTITIONS, MAX_SHARDS
-from .names import index_of, partition_markers
+from .names import PARTITIONS, index_of, input_level
 from .retained import load_json
 
 EVERYTHING = 0
@@ -61,7 +61,7 @@ def marker_index(topic: str, client_id: str) -> int | None:
     >>> marker_index("connectors-mqtt/partitions/c/in-12", "c"), marker_index("x/in-1", "c")
     (12, None)
     """
-    return index_of(topic, partition_markers(client_id))
+    return index_of(topic, input_level(PARTITIONS, client_id))
 
 
 def owner(shard: int | None, partitions: int) -> int:

@@ -26,9 +26,9 @@ from __future__ import annotations
 import copy
 import functools
 import pickle
-from collections.abc import Mapping
-from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from bytewax.inputs import StatefulSourcePartition
 from bytewax.outputs import StatefulSinkPartition
@@ -40,15 +40,15 @@ from .message import MQTTError, MQTTMessage
 
 __all__ = ["DiedHook", "Forward", "SinkPartitionProcess", "SourcePartitionProcess", "hand_off", "pack", "unpack"]
 
-_Packed = Union[None, Tuple[str, bytes, tuple], Tuple[str, bytes, tuple, str]]
+_Packed = None | tuple[str, bytes, tuple] | tuple[str, bytes, tuple, str]
 T = TypeVar("T")
 P = TypeVar("P")
 
-Codec = Tuple[Callable[..., tuple], Callable[..., tuple]]
+Codec = tuple[Callable[..., tuple], Callable[..., tuple]]
 """How a hook's arguments cross the pipe: ``(encode, decode)``, each from arguments to arguments."""
 
 
-def pack(items: List[Any]) -> List[_Packed]:
+def pack(items: list[Any]) -> list[_Packed]:
     """MQTTMessage/MQTTError items as tuples (several times cheaper to pickle); anything else as None."""
     return [(item.topic, item.payload, item.user_properties) if type(item) is MQTTMessage
             else (item.message.topic, item.message.payload, item.message.user_properties, item.reason)
@@ -56,7 +56,7 @@ def pack(items: List[Any]) -> List[_Packed]:
             for item in items]
 
 
-def unpack(packed: List[_Packed], other: Any = None, partition: int = 0) -> List[Any]:
+def unpack(packed: list[_Packed], other: Any = None, partition: int = 0) -> list[Any]:
     """:func:`pack` undone (the messages read by source partition ``partition``); None becomes ``other``."""
     return [other if item is None else MQTTMessage(*item, partition) if len(item) == 3
             else MQTTError(MQTTMessage(*item[:3], partition), item[3])
@@ -69,8 +69,8 @@ WRITTEN: Codec = (lambda messages, seconds: (pack(messages), seconds),
 """The codec of ``on_written(messages, seconds)``: the messages cross packed."""
 
 
-def hand_off(owner: T, hooks: Mapping[str, Optional[Codec]], make: Callable[[T], P]
-             ) -> Tuple[Callable[[Forward], P], Dict[str, Callable[..., None]]]:
+def hand_off(owner: T, hooks: Mapping[str, Codec | None], make: Callable[[T], P]
+             ) -> tuple[Callable[[Forward], P], dict[str, Callable[..., None]]]:
     """A partition of ``owner`` (a source or sink) built in a child process, its hooks run by the worker.
 
     Args:
@@ -91,7 +91,7 @@ def hand_off(owner: T, hooks: Mapping[str, Optional[Codec]], make: Callable[[T],
                 setattr(local, name, functools.partial(_forward, forward, name, codec))
         return make(local)
 
-    worker: Dict[str, Callable[..., None]] = {}
+    worker: dict[str, Callable[..., None]] = {}
     for name, codec in hooks.items():
         hook = getattr(owner, name)
         if hook is not None:
@@ -99,7 +99,7 @@ def hand_off(owner: T, hooks: Mapping[str, Optional[Codec]], make: Callable[[T],
     return build, worker
 
 
-def _forward(forward: Forward, name: str, codec: Optional[Codec], *args: Any) -> None:
+def _forward(forward: Forward, name: str, codec: Codec | None, *args: Any) -> None:
     forward(name, *(args if codec is None else codec[0](*args)))
 
 
@@ -114,7 +114,7 @@ class _ServedSource:
         self.part = part
         self.stats = part.stats
 
-    def next_batch(self) -> Tuple[List[_Packed], bool]:
+    def next_batch(self) -> tuple[list[_Packed], bool]:
         return pack(self.part.next_batch()), self.part.has_buffered()
 
     def snapshot(self) -> None:
@@ -124,7 +124,7 @@ class _ServedSource:
         self.part.close()
 
 
-class SourcePartitionProcess(StatefulSourcePartition[Union[MQTTMessage, MQTTError], None]):
+class SourcePartitionProcess(StatefulSourcePartition[MQTTMessage | MQTTError, None]):
     """The worker's stand-in for a source partition that runs in a child process.
 
     Args:
@@ -139,28 +139,27 @@ class SourcePartitionProcess(StatefulSourcePartition[Union[MQTTMessage, MQTTErro
     """
 
     def __init__(self, build: Callable[[Forward], Any], stats: MQTTLinkStats,
-                 hooks: Dict[str, Callable[..., None]], label: str, index: int = 0,
-                 on_died: Optional[DiedHook] = None) -> None:
+                 hooks: dict[str, Callable[..., None]], label: str, index: int = 0,
+                 on_died: DiedHook | None = None) -> None:
         self._child = Child(lambda forward: _ServedSource(build(forward)), stats, hooks, label, "input", on_died)
         self.stats = stats
         self._index = index
         self._more = False
 
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         """The child's process id."""
         return self._child.pid
 
-    def next_batch(self) -> List[Union[MQTTMessage, MQTTError]]:
+    def next_batch(self) -> list[MQTTMessage | MQTTError]:
         packed, self._more = self._child.call("next_batch")
         return unpack(packed, partition=self._index)
 
-    def next_awake(self) -> Optional[datetime]:
-        return None if self._more else datetime.now(timezone.utc) + IDLE_POLL
+    def next_awake(self) -> datetime | None:
+        return None if self._more else datetime.now(UTC) + IDLE_POLL
 
     def snapshot(self) -> None:
         self._child.call("snapshot")
-        return None
 
     def close(self) -> None:
         self._child.close()
@@ -174,7 +173,7 @@ class _ServedSink:
         self.stats = part.stats
         self._tick = tick
 
-    def write_batch(self, packed: List[_Packed]) -> None:
+    def write_batch(self, packed: list[_Packed]) -> None:
         self.part.write_batch(unpack(packed, self._tick))
 
     def snapshot(self) -> bytes:
@@ -203,18 +202,18 @@ class SinkPartitionProcess(StatefulSinkPartition[Any, bytes]):
     """
 
     def __init__(self, build: Callable[[Forward], Any], tick: Any, stats: MQTTLinkStats,
-                 hooks: Dict[str, Callable[..., None]], label: str,
-                 on_died: Optional[DiedHook] = None) -> None:
+                 hooks: dict[str, Callable[..., None]], label: str,
+                 on_died: DiedHook | None = None) -> None:
         self._child = Child(lambda forward: _ServedSink(build(forward), tick), stats, hooks, label,
                              "output", on_died)
         self.stats = stats
 
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         """The child's process id."""
         return self._child.pid
 
-    def write_batch(self, items: List[Any]) -> None:
+    def write_batch(self, items: list[Any]) -> None:
         # Not waited for: the child publishes while the worker goes on; the
         # snapshot (answered) comes after it in the pipe, so it holds it.
         self._child.send("write_batch", pack(items))

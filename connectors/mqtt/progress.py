@@ -19,9 +19,9 @@ import json
 import logging
 from dataclasses import dataclass
 
+from .connection import MQTTPublishError
 from .limits import MAX_PROGRESS_MARKER_BYTES
 from .link import Link
-from .connection import MQTTPublishError
 from .refusals import REFUSAL_LOG_EVERY
 from .retained import load_json, read_retained
 

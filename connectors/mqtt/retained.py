@@ -54,17 +54,16 @@ def read_retained(
     """Subscribe ``client`` to ``topic_filter`` and hand ``on_message`` what comes, until all retained are in.
 
     The broker sends the retained messages on the SUBSCRIBE; a message that
-    ``client`` then publishes to ``barrier`` (a topic under the filter) comes
-    back after them, so once it is here every retained message has come, or
-    there is none. It carries a token of its own, so ``barrier`` may be a
-    topic that others publish to as well. Waits ``connection.connect_timeout``.
+    ``client`` then publishes on ``barrier`` (under the filter, with a token
+    of its own) comes back after them, so once it is here every retained
+    message has come, or there is none. Waits ``connection.connect_timeout``.
 
     Args:
-        client: A client that is connected, or ``connect_as``: connect it
-            first, as that label, and subscribe on every connection.
+        client: A connected client; or, with ``connect_as``, one to connect
+            first, as that label, subscribing on every connection.
         connection: The broker.
         topic_filter: What to read.
-        barrier: The topic of the barrier message.
+        barrier: The barrier's topic.
         on_message: Called (from paho's thread) with every message but the
             barrier, until the caller replaces ``client.on_message``.
 
@@ -75,43 +74,52 @@ def read_retained(
     Raises:
         TimeoutError: Neither came in time.
     """
-    token = secrets.token_hex(8).encode()
-    done = threading.Event()
-    failures: list[str] = []
-    barrier_mids: list[int] = []
-
-    def failed(why: str) -> None:
-        failures.append(why)
-        done.set()
-
-    def on_barrier_message(_client, _userdata, msg) -> None:
-        if msg.topic == barrier and msg.payload == token:
-            done.set()
-        else:
-            on_message(msg)
-
-    def on_subscribe(_client, _userdata, _mid, reasons, _properties) -> None:
-        refused = [r for r in reasons if getattr(r, "is_failure", False)]
-        if refused:
-            failed(f"subscribing refused: {reason_text(refused[0])}")
-        else:
-            barrier_mids.append(client.publish(barrier, token, qos=1).mid)
-
-    def on_publish(_client, _userdata, mid, reason, _properties) -> None:
-        if mid in barrier_mids and getattr(reason, "is_failure", False):
-            failed(f"publishing refused: {reason_text(reason)}")
-
-    client.on_message = on_barrier_message
-    client.on_subscribe = on_subscribe
-    client.on_publish = on_publish
+    wait = _Barrier(client, barrier, on_message)
     if connect_as is None:
         client.subscribe(topic_filter, qos=1)
     else:
         client.on_connect = lambda c, *_: c.subscribe(topic_filter, qos=1)
         connect(client, connection, label=connect_as)
-    if not done.wait(connection.connect_timeout):
+    if not wait.done.wait(connection.connect_timeout):
         raise TimeoutError(f"not read within {connection.connect_timeout:g}s")
-    return failures[0] if failures else ""
+    return wait.refused
+
+
+class _Barrier:
+    """A client's callbacks while it waits for its barrier (paho's network thread)."""
+
+    def __init__(self, client: paho.Client, topic: str, on_message: Callable[[paho.MQTTMessage], None]) -> None:
+        self.done = threading.Event()
+        self.refused = ""
+        self._topic = topic
+        self._token = secrets.token_hex(8).encode()
+        self._mids: list[int] = []
+        self._on_message = on_message
+        client.on_message = self._message
+        client.on_subscribe = self._subscribed
+        client.on_publish = self._published
+
+    def _message(self, _client, _userdata, msg) -> None:
+        if msg.topic == self._topic and msg.payload == self._token:
+            self.done.set()
+        else:
+            self._on_message(msg)
+
+    def _subscribed(self, client, _userdata, _mid, reasons, _properties) -> None:
+        refused = [r for r in reasons if getattr(r, "is_failure", False)]
+        if refused:
+            self._fail(f"subscribing refused: {reason_text(refused[0])}")
+        else:
+            self._mids.append(client.publish(self._topic, self._token, qos=1).mid)
+
+    def _published(self, _client, _userdata, mid, reason, _properties) -> None:
+        if mid in self._mids and getattr(reason, "is_failure", False):
+            self._fail(f"publishing refused: {reason_text(reason)}")
+
+    def _fail(self, why: str) -> None:
+        if not self.done.is_set():
+            self.refused = why
+        self.done.set()
 
 
 def reason_text(reason: object) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import pickle
 import zlib
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 
 from bytewax.outputs import FixedPartitionedSink
 
@@ -25,13 +26,14 @@ from .connection import MQTTConnection
 from .limits import MAX_OUTPUT_INFLIGHT, MAX_OUTPUT_PARTITIONS
 from .link import EventHook, MQTTLinkStats
 from .message import MQTTMessage
-from .names import DEFAULT_PROGRESS_PREFIX, output_client_id, validate_client_id
+from .names import DEFAULT_PROGRESS_PREFIX, client_id_of, output_key, validate_client_id
 from .process import WRITTEN, DiedHook, SinkPartitionProcess, hand_off
 from .sink_partition import COMMIT_TICK, SinkState, _CommitTick, _MQTTSinkPartition
 
 __all__ = ["COMMIT_TICK", "MQTTSink", "SinkState"]
 
 
+@dataclass(eq=False)
 class MQTTSink(FixedPartitionedSink[MQTTMessage | _CommitTick, SinkState]):
     """Publish ``(key, MQTTMessage)`` items with QoS 1 once their epoch is committed.
 
@@ -80,46 +82,35 @@ class MQTTSink(FixedPartitionedSink[MQTTMessage | _CommitTick, SinkState]):
             child process ends without being closed (:data:`.process.DiedHook`).
     """
 
-    def __init__(
-        self,
-        connection: MQTTConnection,
-        *,
-        client_id: str,
-        partitions: int = 1,
-        timeout: float | None = None,
-        max_inflight: int = 20_000,
-        session_expiry: int = 300,
-        progress_prefix: str = DEFAULT_PROGRESS_PREFIX,
-        on_event: EventHook | None = None,
-        on_written: Callable[[list[MQTTMessage], float], None] | None = None,
-        on_refused: Callable[[str, str], None] | None = None,
-        commit_gated: bool = True,
-        own_process: bool = False,
-        on_died: DiedHook | None = None,
-    ) -> None:
-        validate_client_id(client_id)
-        if not 1 <= partitions <= MAX_OUTPUT_PARTITIONS:
+    connection: MQTTConnection
+    _: KW_ONLY
+    client_id: str
+    partitions: int = 1
+    timeout: float | None = None
+    max_inflight: int = 20_000
+    session_expiry: int = 300
+    progress_prefix: str = DEFAULT_PROGRESS_PREFIX
+    on_event: EventHook | None = None
+    on_written: Callable[[list[MQTTMessage], float], None] | None = None
+    on_refused: Callable[[str, str], None] | None = None
+    commit_gated: bool = True
+    own_process: bool = False
+    on_died: DiedHook | None = None
+    stats: dict[str, MQTTLinkStats] = field(default_factory=dict, init=False)
+    """Counters per client id, filled as partitions start on this process."""
+
+    def __post_init__(self) -> None:
+        validate_client_id(self.client_id)
+        if not 1 <= self.partitions <= MAX_OUTPUT_PARTITIONS:
             raise ValueError(f"partitions must be 1..{MAX_OUTPUT_PARTITIONS}")
-        if timeout is not None and timeout <= 0:
+        if self.timeout is not None and self.timeout <= 0:
             raise ValueError("timeout must be > 0")
-        if not 1 <= max_inflight <= MAX_OUTPUT_INFLIGHT:
+        if not 1 <= self.max_inflight <= MAX_OUTPUT_INFLIGHT:
             raise ValueError(f"max_inflight must be 1..{MAX_OUTPUT_INFLIGHT} (below the 16-bit packet-id space)")
-        if not progress_prefix or "#" in progress_prefix or "+" in progress_prefix:
-            raise ValueError(f"progress_prefix {progress_prefix!r}: give a plain topic prefix")
-        self.connection = connection
-        self.client_id = client_id
-        self.partitions = partitions
-        self.timeout = timeout
-        self.max_inflight = max_inflight
-        self.session_expiry = session_expiry
-        self.progress_prefix = progress_prefix.rstrip("/")
-        self.on_event = on_event
-        self.on_written = on_written
-        self.on_refused = on_refused
-        self.commit_gated = commit_gated
-        self.own_process = own_process
-        self.on_died = on_died
-        self.stats: dict[str, MQTTLinkStats] = {}
+        prefix = self.progress_prefix
+        if not prefix or "#" in prefix or "+" in prefix:
+            raise ValueError(f"progress_prefix {prefix!r}: give a plain topic prefix")
+        self.progress_prefix = prefix.rstrip("/")
         self._position = {name: i for i, name in enumerate(sorted(self.list_parts()))}
 
     def list_parts(self) -> list[str]:
@@ -156,6 +147,6 @@ class MQTTSink(FixedPartitionedSink[MQTTMessage | _CommitTick, SinkState]):
             return _MQTTSinkPartition(self, index, resume_state)
         build, hooks = hand_off(self, {"on_event": None, "on_written": WRITTEN, "on_refused": None},
                                 lambda local: _MQTTSinkPartition(local, index, resume_state))
-        stats = self.stats.setdefault(output_client_id(self.client_id, index), MQTTLinkStats())
+        stats = self.stats.setdefault(client_id_of(self.client_id, output_key(index)), MQTTLinkStats())
         return SinkPartitionProcess(build, COMMIT_TICK, stats, hooks, label=f"mqtt-out-{index}",
                                     on_died=self.on_died)

@@ -23,10 +23,15 @@ from typing import TYPE_CHECKING
 
 from bytewax.outputs import StatefulSinkPartition
 
-from .connection import MQTTConnectError, MQTTPublishError, Protocol, connect_preferring_v5
+from .connection import (
+    MQTTConnectError,
+    MQTTPublishError,
+    Protocol,
+    connect_preferring_v5,
+)
 from .link import Link, MQTTLinkStats
 from .message import MQTTMessage
-from .names import output_client_id, progress_topic
+from .names import client_id_of, output_key, progress_topic
 from .outbox import Outbox, Record
 from .progress import ProgressMarker
 from .refusals import Refusals
@@ -85,7 +90,7 @@ class _MQTTSinkPartition(StatefulSinkPartition[MQTTMessage | _CommitTick, SinkSt
         self._acked: list[tuple[MQTTMessage, float]] = []  # accepted since the last report, and their wait
         self._waiting_since: float | None = None
         self._next_wait_log = 0.0
-        self.stats = sink.stats.setdefault(output_client_id(sink.client_id, index), MQTTLinkStats())
+        self.stats = sink.stats.setdefault(client_id_of(sink.client_id, output_key(index)), MQTTLinkStats())
         self.stats.refused_reason, self.stats.refused_since = "", 0.0  # an earlier instance's
         self._link = _connect(sink, index, self.stats)
         self._refusals = Refusals(self._link.label)
@@ -247,8 +252,8 @@ def _connect(sink: MQTTSink, index: int, stats: MQTTLinkStats) -> Link:
 
 def _start(sink: MQTTSink, index: int, label: str, stats: MQTTLinkStats, protocol: Protocol) -> Link:
     # A fresh session each time: nothing is left to receive.
-    link = Link(sink.connection, output_client_id(sink.client_id, index), protocol=protocol, label=label,
-                partition=f"out-{index}", session_expiry=sink.session_expiry, stats=stats,
+    link = Link(sink.connection, client_id_of(sink.client_id, output_key(index)), protocol=protocol, label=label,
+                partition=output_key(index), session_expiry=sink.session_expiry, stats=stats,
                 on_event=sink.on_event, batch_read=True)
     # Our own bound (max_inflight) applies; paho must not hold records
     # back behind its window, or a progress marker would wait for PUBACKs.

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass, field
 
 from bytewax.inputs import FixedPartitionedSource
 
 from .connection import PROTOCOLS, MQTTConnection, Protocol
-from .limits import MAX_RECEIVE_MAXIMUM, MAX_SHARDS
+from .limits import MAX_PARTITIONS, MAX_RECEIVE_MAXIMUM, MAX_SHARDS
 from .link import EventHook, MQTTLinkStats
 from .message import MQTTError, MQTTMessage
-from .names import input_client_id, input_index, input_key, validate_client_id
+from .names import client_id_of, input_index, input_key, validate_client_id
 from .ownership import read_markers
 from .process import DiedHook, SourcePartitionProcess, hand_off
 from .source_partition import _MQTTSourcePartition
@@ -32,6 +33,7 @@ from .watermarks import WatermarkBoard
 _SESSION_EXPIRY_S = 7 * 24 * 3600
 
 
+@dataclass(eq=False)
 class MQTTSource(FixedPartitionedSource[MQTTMessage | MQTTError, None]):
     """QoS 1 subscriptions as a partitioned Bytewax source.
 
@@ -84,67 +86,55 @@ class MQTTSource(FixedPartitionedSource[MQTTMessage | MQTTError, None]):
             child process ends without being closed (:data:`.process.DiedHook`).
     """
 
-    def __init__(
-        self,
-        connection: MQTTConnection,
-        topics: Iterable[str],
-        *,
-        client_id: str,
-        partitions: int = 1,
-        shards: int = 0,
-        max_unacked: int = 50_000,
-        batch_size: int = 1000,
-        max_message_bytes: int | None = None,
-        protocol: Protocol | None = None,
-        session_expiry: int = _SESSION_EXPIRY_S,
-        on_event: EventHook | None = None,
-        newest_position: Callable[[list[MQTTMessage]], float | None] | None = None,
-        position_max_ahead: float = math.inf,
-        wall_clock: Callable[[], float] = time.time,
-        probe_interval: float = 1.0,
-        own_process: bool = False,
-        on_died: DiedHook | None = None,
-    ) -> None:
-        self.connection = connection
-        self.topics = list(topics)
-        self.client_id = client_id
-        self.partitions = partitions
-        self.shards = shards
-        self.max_unacked = max_unacked
-        self.batch_size = batch_size
-        self.max_message_bytes = max_message_bytes
-        self.protocol = protocol
-        self.session_expiry = session_expiry
-        self.on_event = on_event
-        self.newest_position = newest_position
-        self.position_max_ahead = position_max_ahead
-        self.wall_clock = wall_clock
-        self.probe_interval = probe_interval
-        self.own_process = own_process
-        self.on_died = on_died
-        self.stats: dict[str, MQTTLinkStats] = {}
-        """Counters per client id, filled as partitions start on this process."""
-        validate_client_id(client_id)
-        if protocol is not None and protocol not in PROTOCOLS:
-            raise ValueError(f"protocol {protocol!r}: use '3.1.1' or '5'")
-        if partitions < 1 or batch_size < 1:
-            raise ValueError("partitions and batch_size must be >= 1")
-        if not 0 <= shards <= MAX_SHARDS:
+    connection: MQTTConnection
+    topics: Sequence[str]
+    _: KW_ONLY
+    client_id: str
+    partitions: int = 1
+    shards: int = 0
+    max_unacked: int = 50_000
+    batch_size: int = 1000
+    max_message_bytes: int | None = None
+    protocol: Protocol | None = None
+    session_expiry: int = _SESSION_EXPIRY_S
+    on_event: EventHook | None = None
+    newest_position: Callable[[list[MQTTMessage]], float | None] | None = None
+    position_max_ahead: float = math.inf
+    wall_clock: Callable[[], float] = time.time
+    probe_interval: float = 1.0
+    own_process: bool = False
+    on_died: DiedHook | None = None
+    stats: dict[str, MQTTLinkStats] = field(default_factory=dict, init=False)
+    """Counters per client id, filled as partitions start on this process."""
+    shard_of_topic: dict[bytes, int | None] = field(default_factory=dict, init=False, repr=False)
+    """Topic (bytes, as paho has it) -> its shard; None for a plain topic."""
+
+    def __post_init__(self) -> None:
+        self.topics = list(self.topics)
+        self._check()
+        for shard in (None, *range(self.shards)):
+            for topic in self.topics_of([shard]):
+                self.shard_of_topic[topic.encode()] = shard
+        self._board: WatermarkBoard | None = None
+        self._parts: tuple[int, ...] = ()  # partitions whose watermark counts (listed, not retired)
+
+    def _check(self) -> None:
+        validate_client_id(self.client_id)
+        if self.protocol is not None and self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol {self.protocol!r}: use '3.1.1' or '5'")
+        if not 1 <= self.partitions <= MAX_PARTITIONS:
+            raise ValueError(f"partitions must be 1..{MAX_PARTITIONS}")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if not 0 <= self.shards <= MAX_SHARDS:
             raise ValueError(f"shards must be 0..{MAX_SHARDS}")
-        if not 1 <= max_unacked <= MAX_RECEIVE_MAXIMUM:
+        if not 1 <= self.max_unacked <= MAX_RECEIVE_MAXIMUM:
             raise ValueError(f"max_unacked must be 1..{MAX_RECEIVE_MAXIMUM}")
         if not self.topics:
             raise ValueError("no topics")
         for topic in self.topics:
             if not topic or "#" in topic or "+" in topic or topic.startswith("$"):
                 raise ValueError(f"topic {topic!r}: give a plain topic name (no wildcards, not $...)")
-        self.shard_of_topic: dict[bytes, int | None] = {}
-        """Topic (bytes, as paho has it) -> its shard; None for a plain topic."""
-        for shard in (None, *range(shards)):
-            for topic in self.topics_of([shard]):
-                self.shard_of_topic[topic.encode()] = shard
-        self._board: WatermarkBoard | None = None
-        self._parts: tuple[int, ...] = ()  # partitions whose watermark counts (listed, not retired)
 
     def topics_of(self, shards: Iterable[int | None]) -> list[str]:
         """The topic names of ``shards`` (None: the plain topics)."""
@@ -152,7 +142,7 @@ class MQTTSource(FixedPartitionedSource[MQTTMessage | MQTTError, None]):
 
     def client_id_for(self, index: int) -> str:
         """Stable client id of partition ``index``."""
-        return input_client_id(self.client_id, index)
+        return client_id_of(self.client_id, input_key(index))
 
     def list_parts(self) -> list[str]:
         """``in-0`` … ``in-<partitions-1>``, and ``in-<j>`` for each session a larger count left (to drain)."""

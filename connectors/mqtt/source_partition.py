@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from bytewax.inputs import StatefulSourcePartition
@@ -25,7 +25,7 @@ from .intake import PROBE, Intake
 from .limits import IDLE_POLL
 from .link import Link, MQTTLinkStats
 from .message import MQTTError, MQTTMessage
-from .names import input_key, partition_markers
+from .names import PARTITIONS, input_key, input_level
 from .ownership import Ownership, delete_session, read_markers
 from .watermarks import PartitionWatermark
 
@@ -45,8 +45,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[MQTTMessage | MQTTError, None
         client_id = source.client_id_for(index)
         # Before this partition says anything: its own marker names the count(s) its session ran under.
         marker = read_markers(source.connection, source.client_id, label=client_id).get(index)
-        self._owner = Ownership(source.client_id, index, source.partitions, source.shards, source.shard_of_topic,
-                                source.topics_of, marker)
+        self._owner = Ownership(source, index, marker)
         drain = self._owner.drain
         self.stats = MQTTLinkStats() if drain else source.stats.setdefault(client_id, MQTTLinkStats())
         block_s = min(1.0, max(0.05, source.connection.keepalive / 4))
@@ -55,7 +54,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[MQTTMessage | MQTTError, None
         if source.newest_position is not None:  # from its own retained watermark: downtime does not count
             self._watermark = PartitionWatermark(source.client_id, index, start_watermark, source.newest_position,
                                                  source.probe_interval)
-        self._markers_b = (partition_markers(source.client_id) + "/").encode()
+        self._markers_b = (input_level(PARTITIONS, source.client_id) + "/").encode()
         self._probe_b = b"" if self._watermark is None else self._watermark.probe_topic.encode()
         # Plain-topic traffic does not scale out: said once, where it matters.
         self._plain_unwarned = index == 0 and source.partitions > 1 and source.shards > 0
@@ -109,7 +108,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[MQTTMessage | MQTTError, None
         The partition markers (and the probes) too, so the retained markers
         come each time, in this session's stream.
         """
-        control = [(partition_markers(self._source.client_id) + "/+", 1)]
+        control = [(input_level(PARTITIONS, self._source.client_id) + "/+", 1)]
         if self._watermark is not None:
             control.append((self._watermark.probe_topic, 1))
         data = [(topic, 1) for topic in self._owner.connected(session_present)]
@@ -204,14 +203,13 @@ class _MQTTSourcePartition(StatefulSourcePartition[MQTTMessage | MQTTError, None
     def next_awake(self) -> datetime | None:
         if self._intake.has_buffered():
             return None
-        return datetime.now(timezone.utc) + IDLE_POLL
+        return datetime.now(UTC) + IDLE_POLL
 
     def snapshot(self) -> None:
         self._intake.seal(self._link)
         if self._watermark is not None:
             self._watermark.tend(self._link)
             self._watermark.clock.seal()
-        return None
 
     def close(self) -> None:
         self._intake.close()

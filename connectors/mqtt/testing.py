@@ -27,9 +27,10 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Self
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -42,7 +43,7 @@ from .message import MQTTMessage
 NOT_FOUND = "mosquitto not found: install it with `apt-get install -y mosquitto`"
 
 
-def find_mosquitto() -> Optional[str]:
+def find_mosquitto() -> str | None:
     """The mosquitto binary (Debian installs it in /usr/sbin), or None."""
     found = shutil.which("mosquitto")
     if found:
@@ -95,7 +96,7 @@ def password_line(username: str, password: str) -> str:
     salt = secrets.token_bytes(12)
     iterations = 101
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
-    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    b64 = lambda b: base64.b64encode(b).decode()
     return f"{username}:$7${iterations}${b64(salt)}${b64(digest)}"
 
 
@@ -252,7 +253,7 @@ class Mosquitto:
                 text += path.read_text(errors="replace")
         return " | ".join(text.strip().splitlines()[-lines:])
 
-    def __enter__(self) -> Mosquitto:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

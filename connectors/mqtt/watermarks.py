@@ -4,7 +4,7 @@ A source built with a ``newest_position`` function (:class:`~.source.MQTTSource`
 gives every batch of data messages a *position*, the newest time in Unix
 seconds the messages themselves carry (driver-stats: the event time). Each
 partition keeps a *watermark*: the newest position it has emitted, published
-(retained, QoS 1, on :func:`.names.watermark_topic`) only once the epoch
+(retained, QoS 1, on :func:`.names.input_topic`) only once the epoch
 that emitted it is committed, the acknowledgements' gate, so everything the
 partition emitted before it has been processed by the whole dataflow.
 :class:`WatermarkBoard` reads them all; the lowest over the listed
@@ -14,7 +14,7 @@ Positions come from the stream only, so a backlog is read at its own pace
 and the watermark follows it. An idle stream still moves: a partition that
 is *caught up and idle* advances by the time elapsed since it last read. It
 finds out with *probes*: every ``probe_interval`` it publishes a QoS 1
-message to its own :func:`.names.probe_topic`, which the broker queues
+message to its own :func:`.names.input_topic`, which the broker queues
 behind everything already queued for its session. A probe counts as idle
 (:meth:`PartitionClock.probe_returned`) only if no data came between
 sending and receiving it and it, and the probe before it, came back within
@@ -54,7 +54,15 @@ from .connection import MQTTConnection
 from .limits import MAX_WATERMARK_BYTES
 from .link import Link
 from .message import MQTTMessage
-from .names import barrier_topic, index_of, probe_topic, reader_client_id, watermark_topic, watermarks
+from .names import (
+    PROBES,
+    WATERMARKS,
+    barrier_topic,
+    index_of,
+    input_level,
+    input_topic,
+    reader_client_id,
+)
 from .retained import load_json, read_retained
 
 log = logging.getLogger("connectors.mqtt")
@@ -196,8 +204,8 @@ class PartitionWatermark:
                  newest_position: Callable[[list[MQTTMessage]], float | None], probe_interval: float) -> None:
         self.clock = PartitionClock(restored, time.monotonic(), probe_interval)
         self._newest_position = newest_position
-        self._topic = watermark_topic(client_id, index)
-        self.probe_topic = probe_topic(client_id, index)
+        self._topic = input_topic(WATERMARKS, client_id, index)
+        self.probe_topic = input_topic(PROBES, client_id, index)
         self._token = uuid.uuid4().hex[:12]
 
     def emitted(self, messages: list[MQTTMessage | object], now: float) -> None:
@@ -262,7 +270,7 @@ class WatermarkBoard:
         if self._client is not None:
             return self
         reader_id = reader_client_id(self._client_id, "watermarks")
-        level = watermarks(self._client_id)
+        level = input_level(WATERMARKS, self._client_id)
         client = self._connection.client(reader_id)
         client.reconnect_delay_set(1, 30)
         try:
@@ -277,7 +285,7 @@ class WatermarkBoard:
 
     def _on_watermark(self, msg) -> None:
         topic, payload = msg.topic, msg.payload
-        index = index_of(topic, watermarks(self._client_id))
+        index = index_of(topic, input_level(WATERMARKS, self._client_id))
         if index is None:
             return
         if not payload:  # cleared

@@ -14,6 +14,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import paho.mqtt.client as paho
 import pytest
@@ -22,8 +23,8 @@ from hypothesis import strategies as st
 
 from connectors.mqtt import (
     COMMIT_TICK,
-    MQTTConnection,
     MQTTConnectError,
+    MQTTConnection,
     MQTTMessage,
     MQTTPublishError,
     MQTTSink,
@@ -33,7 +34,14 @@ from connectors.mqtt import progress as progress_module
 from connectors.mqtt import refusals as refusals_module
 from connectors.mqtt import sink as sink_module
 from connectors.mqtt.ownership import read_markers
-from connectors.mqtt.testing import Collector, Mosquitto, Publisher, TlsFiles, process_alive, wait_for
+from connectors.mqtt.testing import (
+    Collector,
+    Mosquitto,
+    Publisher,
+    TlsFiles,
+    process_alive,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(90)]
 
@@ -118,7 +126,7 @@ class Flow:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
 
-    def __enter__(self) -> Flow:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -244,16 +252,17 @@ def test_broker_restart_mid_stream_loses_nothing(mosquitto, clients, tmp_path):
 
 
 def make_certs(tmp: Path) -> tuple[Path, Path, Path]:
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     def key():
         return ec.generate_private_key(ec.SECP256R1())
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key, srv_key = key(), key()
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
@@ -585,7 +594,7 @@ def test_sink_publishes_a_record_once_its_epoch_is_committed_and_once_only_after
     part.write_batch([COMMIT_TICK])  # epoch 1 is committed
     wait_for(lambda: out.payloads("out/x") == [b"m0", b"m1"], 10, "epoch 1's records")
     # (A partition in a process of its own gives its state pickled, as Bytewax stores it.)
-    records = lambda state: (pickle.loads(state) if own_process else state).records  # noqa: E731
+    records = lambda state: (pickle.loads(state) if own_process else state).records
     wait_for(lambda: records(part.snapshot()) == [(2, msgs[2])], 10, "m0, m1 acknowledged")
     part.write_batch([msgs[3]])
     committed_2 = part.snapshot()  # epoch 2 ends holding m2 and m3; it commits, and then
@@ -731,7 +740,7 @@ def retain(client: paho.Client, topic: str, payload: bytes) -> None:
     client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
 
 
-def resumed_state(prefix: bytes) -> "sink_module.SinkState":
+def resumed_state(prefix: bytes) -> sink_module.SinkState:
     """A committed snapshot of run RUN holding three records, #0 to #2."""
     return sink_module.SinkState(RUN, 3, [(i, MQTTMessage("out/x", prefix + b"%d" % i)) for i in range(3)])
 
@@ -745,7 +754,7 @@ def test_a_forged_progress_marker_skips_nothing_and_crashes_nothing(mosquitto, c
     topic = "connectors-mqtt/progress/forged-out-0"
     for n, forged in enumerate(FORGED):
         written = []
-        sink.on_written = lambda ms, _s: written.extend(m.payload for m in ms)
+        sink.on_written = lambda ms, _s, written=written: written.extend(m.payload for m in ms)
         retain(pub.client, topic, forged)
         caplog.clear()
         part = sink.build_part("out", "0", resumed_state(b"f%d-" % n))
