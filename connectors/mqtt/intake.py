@@ -1,6 +1,6 @@
 """An input partition's messages from paho's network thread to the dataflow, and their PUBACKs after the commit.
 
-A message taken is PUBACKed only once Bytewax has committed the epoch it
+A message the partition takes (:mod:`.ownership`) is PUBACKed only once Bytewax has committed the epoch it
 was emitted in: emitted in one epoch, *committable* at its snapshot, and
 acknowledged at the next call (Bytewax calls the partition again only once
 that epoch is committed). See docs/delivery.md, "Input: acknowledged after
@@ -101,8 +101,8 @@ class Intake:
         return message
 
     # The worker.
-    def take(self, n: int) -> list[tuple[Entry, MQTTMessage | MQTTError | float]]:
-        """Up to ``n`` buffered entries, in order; counted as emitted by :meth:`emitted`."""
+    def pop(self, n: int) -> list[tuple[Entry, MQTTMessage | MQTTError | float]]:
+        """Up to ``n`` buffered entries, in order (the caller tells which it emitted: :meth:`emitted`)."""
         with self._cond:
             self.stats.last_call = time.monotonic()
             self.stats.buffered = len(self._buffer)
@@ -110,9 +110,9 @@ class Intake:
             n = min(n, len(self._buffer))
             if n == 0:
                 return []
-            taken = [self._buffer.popleft() for _ in range(n)]
+            batch = [self._buffer.popleft() for _ in range(n)]
             self._cond.notify_all()
-        return taken
+        return batch
 
     def emitted(self, entries: list[Entry]) -> None:
         self._emitted.extend(entries)

@@ -115,27 +115,18 @@ class _CommitTicksPartition(StatefulSourcePartition[tuple[str, _CommitTick], Non
 
 
 class _CommitTicks(FixedPartitionedSource[tuple[str, _CommitTick], None]):
-    """A tick per sink partition every ``interval`` and at the start of every epoch, from a single partition (so on one worker).
+    """A tick per sink partition every ``interval`` and at the start of every epoch, from one partition.
 
     Bytewax calls an input's ``next_batch`` in epoch E only once epoch E-1
     is committed, so a tick's arrival at the sink proves that.
 
-    Its epoch clock matters. Bytewax 0.21.1 moves each input to the next
-    epoch on its own clock, ``epoch_interval`` after the last move, and then
-    lets it wait until every input everywhere has left the previous epoch;
-    an input whose wake-up (``next_awake``) falls due while it waits is
-    re-activated at once, again and again: its worker spins for as long as
-    its clock runs ahead of the slowest input's, every epoch. So this is a
-    fixed-partitioned source, whose clock Bytewax starts when the recovery
-    loads are done, a moment all workers see together, as it does for the
-    MQTT input's partitions (a :class:`~bytewax.inputs.DynamicSource`'s
-    clock starts when its worker builds the dataflow, which
-    ``cluster_main`` processes do up to a second apart: a lead that
-    persists). And it wakes every 10 ms (ticking every ``interval``), as
-    the MQTT input polls while idle, so its clock moves on as promptly as
-    theirs: one woken only every 100 ms moves on late by the delays of its
-    ten wake-ups, falls further behind the MQTT input's each epoch, and
-    makes every worker spin for the gap.
+    Bytewax 0.21 moves each input to the next epoch on its own clock and
+    re-activates an input that is due while it waits for the slowest one:
+    its worker spins for the gap. So this input's clock must run with the
+    MQTT input's: it is fixed-partitioned (its clock starts when the
+    recovery loads are done, as theirs does, not when each worker builds
+    the dataflow) and wakes every :data:`.limits.IDLE_POLL`, as they poll
+    while idle (ticking every ``interval``).
     """
 
     def __init__(self, keys: list[str], interval: timedelta, until: Callable[[], bool] | None) -> None:

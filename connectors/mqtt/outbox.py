@@ -34,8 +34,8 @@ class Outbox:
     for a while.
 
     Its lock is paho's own ``_out_message_mutex``: paho holds it while it
-    calls ``on_publish`` and ``publish()`` takes it, so a lock of ours taken
-    in both would be taken in both orders (a deadlock). Holding paho's makes
+    calls ``on_publish`` and ``publish()`` acquires it, so a lock of ours
+    held in both would be acquired in both orders (a deadlock). Holding paho's makes
     handing a record to paho and noting its packet id one step against the
     PUBACK's callback (which so always finds its record), and likewise
     reading the floor and publishing the marker after a group. It is

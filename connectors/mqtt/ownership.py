@@ -107,10 +107,10 @@ class Ownership:
 
     def takes(self, topic: bytes) -> bool:
         """Whether the partition takes a message on ``topic`` (paho's network thread)."""
-        taken = self._takes.get(topic)
-        if taken is None:  # a topic no longer configured, left subscribed in the session: plain
+        owned = self._takes.get(topic)
+        if owned is None:  # a topic no longer configured, left subscribed in the session: plain
             return takes(None, self._index, self._counts)
-        return taken
+        return owned
 
     def connected(self, session_present: bool) -> list[str]:
         """The data topics to subscribe to on this connection (on the first: the counts it starts with)."""

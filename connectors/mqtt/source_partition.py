@@ -7,7 +7,8 @@ takes (:class:`~.ownership.Ownership`), how messages reach the dataflow and
 are acknowledged (:class:`~.intake.Intake`) and its watermark
 (:class:`~.watermarks.PartitionWatermark`) are parts of their own; this
 routes paho's messages to them and answers Bytewax. ``next_batch`` never
-blocks.
+blocks. Each part guards what its threads share; this class keeps nothing
+both threads write.
 """
 
 from __future__ import annotations
@@ -166,12 +167,12 @@ class _MQTTSourcePartition(StatefulSourcePartition[MQTTMessage | MQTTError, None
                 raise StopIteration  # Bytewax discards this partition's recovery state
             if self._owner.over and self._intake.settled():
                 self._finish_drain()
-        taken = self._intake.take(self._batch_size)
+        batch = self._intake.pop(self._batch_size)
         if self._watermark is None:
-            self._intake.emitted([entry for entry, _ in taken])
-            return [item for _, item in taken]
+            self._intake.emitted([entry for entry, _ in batch])
+            return [item for _, item in batch]
         entries, items = [], []
-        for entry, item in taken:
+        for entry, item in batch:
             if entry is PROBE:
                 self._watermark.clock.idle_emitted(item)  # everything before it is emitted
             else:
