@@ -20,9 +20,10 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional, TextIO, Tuple
+from typing import TextIO
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -50,7 +51,7 @@ class _FilePartition(StatefulSourcePartition[FileMessage, int]):
         topic: str,
         offset: int,
         batch_size: int,
-        on_read: Optional[Callable[[int], None]],
+        on_read: Callable[[int], None] | None,
     ) -> None:
         self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
         self._file.seek(offset)
@@ -59,8 +60,8 @@ class _FilePartition(StatefulSourcePartition[FileMessage, int]):
         self._batch_size = batch_size
         self._on_read = on_read
 
-    def next_batch(self) -> List[FileMessage]:
-        batch: List[FileMessage] = []
+    def next_batch(self) -> list[FileMessage]:
+        batch: list[FileMessage] = []
         readline = self._file.readline
         topic = self._topic
         lines = 0
@@ -100,10 +101,10 @@ class FileSource(FixedPartitionedSource[FileMessage, int]):
 
     def __init__(
         self,
-        files: Iterable[Tuple[str | Path, str]],
+        files: Iterable[tuple[str | Path, str]],
         *,
         batch_size: int = 1000,
-        on_read: Optional[Callable[[int], None]] = None,
+        on_read: Callable[[int], None] | None = None,
     ) -> None:
         self.files = {str(path): topic for path, topic in files}
         if batch_size < 1:
@@ -111,10 +112,10 @@ class FileSource(FixedPartitionedSource[FileMessage, int]):
         self.batch_size = batch_size
         self.on_read = on_read
 
-    def list_parts(self) -> List[str]:
+    def list_parts(self) -> list[str]:
         return list(self.files)
 
-    def build_part(self, step_id: str, for_part: str, resume_state: Optional[int]) -> _FilePartition:
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _FilePartition:
         return _FilePartition(
             Path(for_part), self.files[for_part], resume_state or 0, self.batch_size, self.on_read
         )
@@ -155,7 +156,7 @@ class CollectSink(DynamicSink):
 class Progress:
     """Counts lines read and prints ``<label>: N events read, R events/s`` every ``every`` s."""
 
-    def __init__(self, label: str = "read", every: float = 2.0, stream: Optional[TextIO] = None) -> None:
+    def __init__(self, label: str = "read", every: float = 2.0, stream: TextIO | None = None) -> None:
         self.label = label
         self.every = every
         self.stream = stream if stream is not None else sys.stderr
@@ -174,6 +175,6 @@ class Progress:
             line = self.line(now)
         print(line, file=self.stream, flush=True)
 
-    def line(self, now: Optional[float] = None) -> str:
+    def line(self, now: float | None = None) -> str:
         elapsed = max(1e-9, (now or time.monotonic()) - self.started)
         return f"{self.label}: {self.count} events read, {self.count / elapsed:,.0f} events/s"

@@ -31,7 +31,7 @@ against paho's own decoding.
 from __future__ import annotations
 
 import struct
-from typing import Iterable, Tuple
+from collections.abc import Iterable
 
 import mqtt5
 import paho.mqtt.client as paho
@@ -139,7 +139,7 @@ class BatchReadingClient(paho.Client):
             self._send_puback(message.mid)
         return True
 
-    def ack_all(self, acks: Iterable[Tuple[int, int]]) -> int:
+    def ack_all(self, acks: Iterable[tuple[int, int]]) -> int:
         """``ack(mid, qos)`` for every ``(mid, qos)``, the PUBACKs as one packet of bytes; how many were sent.
 
         paho queues a packet, and makes a system call, per acknowledgement;

@@ -10,11 +10,13 @@ that do not speak MQTT 5.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Optional, TypeVar
+from typing import Literal, TypeVar
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -70,11 +72,11 @@ class MQTTConnection:
     host: str = "localhost"
     port: int = 1883
     tls: bool = False
-    ca_file: Optional[str] = None
-    cert_file: Optional[str] = None
-    key_file: Optional[str] = None
-    username: Optional[str] = None
-    password: Optional[str] = field(default=None, repr=False)
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
     keepalive: int = 30
     connect_timeout: float = 10.0
 
@@ -161,13 +163,13 @@ def connect(
     client: paho.Client,
     connection: MQTTConnection,
     *,
-    label: Optional[str] = None,
+    label: str | None = None,
     properties=None,
     clean_start=paho.MQTT_CLEAN_START_FIRST_ONLY,
 ) -> None:
     """Connect ``client``, start its network thread and wait for a successful CONNACK.
 
-    The client's own ``on_connect`` runs (for every successful CONNACK; the
+    The client's own ``on_connect`` runs for every successful CONNACK (the
     first one before this returns, so subscriptions it makes are sent by
     then) and its ``on_disconnect`` for every loss after that. On failure the
     client is stopped and :class:`MQTTConnectError` raised.
@@ -180,39 +182,7 @@ def connect(
         clean_start: MQTT 5 clean start.
     """
     where = connection.address + (f" as {label}" if label else "")
-    done = threading.Event()
-    failure: list[MQTTConnectError] = []
-    then_connect, then_disconnect = client.on_connect, client.on_disconnect
-
-    def on_connect(c, userdata, flags, reason, props) -> None:
-        if reason.is_failure:  # at start: our error; on a reconnect: paho retries
-            if not done.is_set():
-                text = str(reason)
-                failure.append(MQTTConnectError(
-                    f"MQTT broker {where} refused the connection: {text}",
-                    refused=True, protocol_mismatch="protocol" in text.lower(),
-                ))
-                done.set()
-            return
-        try:
-            if then_connect is not None:
-                then_connect(c, userdata, flags, reason, props)
-        finally:
-            done.set()
-
-    def on_disconnect(c, userdata, flags, reason, props) -> None:
-        if not done.is_set():
-            failure.append(MQTTConnectError(
-                f"MQTT broker {where} refused the connection: connection closed before CONNACK ({reason})",
-                refused=True, protocol_mismatch=True,
-            ))
-            done.set()
-            return
-        if then_disconnect is not None:
-            then_disconnect(c, userdata, flags, reason, props)
-
-    client.on_connect = on_connect
-    client.on_disconnect = on_disconnect
+    first = _FirstConnack(client, where)
     try:
         client.connect(
             connection.host,
@@ -224,26 +194,63 @@ def connect(
     except (OSError, ValueError, ssl.SSLError) as err:
         raise MQTTConnectError(f"cannot connect to MQTT broker {where}: {describe(err)}") from None
     client.loop_start()
-    if not done.wait(connection.connect_timeout):
-        failure.append(MQTTConnectError(
+    if not first.done.wait(connection.connect_timeout):
+        first.failure.append(MQTTConnectError(
             f"cannot connect to MQTT broker {where}: no CONNACK within {connection.connect_timeout:g}s",
             protocol_mismatch=True,
         ))
-    if failure:
+    if first.failure:
         _stop(client)
-        raise failure[0]
+        raise first.failure[0]
+
+
+class _FirstConnack:
+    """Wraps a client's ``on_connect``/``on_disconnect`` to catch how its first connection ends."""
+
+    def __init__(self, client: paho.Client, where: str) -> None:
+        self.done = threading.Event()
+        self.failure: list[MQTTConnectError] = []
+        self._where = where
+        self._then_connect, self._then_disconnect = client.on_connect, client.on_disconnect
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+
+    def _on_connect(self, c, userdata, flags, reason, props) -> None:
+        if reason.is_failure:  # at start: our error; on a reconnect: paho retries
+            if not self.done.is_set():
+                text = str(reason)
+                self.failure.append(MQTTConnectError(
+                    f"MQTT broker {self._where} refused the connection: {text}",
+                    refused=True, protocol_mismatch="protocol" in text.lower(),
+                ))
+                self.done.set()
+            return
+        try:
+            if self._then_connect is not None:
+                self._then_connect(c, userdata, flags, reason, props)
+        finally:
+            self.done.set()
+
+    def _on_disconnect(self, c, userdata, flags, reason, props) -> None:
+        if not self.done.is_set():
+            self.failure.append(MQTTConnectError(
+                f"MQTT broker {self._where} refused the connection: connection closed before CONNACK ({reason})",
+                refused=True, protocol_mismatch=True,
+            ))
+            self.done.set()
+            return
+        if self._then_disconnect is not None:
+            self._then_disconnect(c, userdata, flags, reason, props)
 
 
 def _stop(client: paho.Client) -> None:
-    try:
+    with contextlib.suppress(Exception):  # stopping a client that never connected
         client.disconnect()
-    except Exception:  # noqa: BLE001 - stopping a client that never connected
-        pass
     client.loop_stop()
 
 
 def connect_preferring_v5(
-    open_with: Callable[[Protocol], T], protocol: Optional[Protocol] = None
+    open_with: Callable[[Protocol], T], protocol: Protocol | None = None
 ) -> tuple[T, Protocol]:
     """``open_with("5")``, or ``open_with("3.1.1")`` if the broker lacks MQTT 5.
 

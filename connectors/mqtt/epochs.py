@@ -26,17 +26,17 @@ workers take the cores the others need to end the hold.
     >>> schedule = EpochSchedule(epoch_interval=1.0, poll=0.01, clock=lambda: now[0])
     >>> schedule.period
     1.02
-    >>> schedule.next_awake(more=False)  # early in the epoch: the next poll
+    >>> schedule.wake_time(more=False)  # early in the epoch: the next poll
     100.51
     >>> now[0] = 101.49  # the epoch may move from 101.5 on: wait for the boundary, 100 × 1.02
-    >>> round(schedule.next_awake(more=True), 3)
+    >>> round(schedule.wake_time(more=True), 3)
     102.0
     >>> now[0] = 102.001  # the boundary: the epoch moves in this activation
-    >>> schedule.next_awake(more=True) is None  # no hold seen yet: at once after it
+    >>> schedule.wake_time(more=True) is None  # no hold seen yet: at once after it
     True
     >>> schedule.activated(); schedule.epoch_moved()
     >>> now[0] = 102.301  # the hold ended 0.3 s later
-    >>> schedule.next_awake(more=True) is None, round(schedule.hold, 3)  # next time, sleep that long
+    >>> schedule.wake_time(more=True) is None, round(schedule.hold, 3)  # next time, sleep that long
     (True, 0.3)
 """
 
@@ -44,11 +44,11 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime
 from typing import Callable, Optional
 
-IDLE_POLL = timedelta(milliseconds=10)
-"""How often an idle input partition looks for messages (between epoch boundaries)."""
+from .limits import IDLE_POLL
+
 MARGIN = 0.02
 """Seconds by which the shared period exceeds the epoch interval.
 
@@ -73,9 +73,10 @@ class EpochSchedule:
     Bytewax calls a partition from its worker's thread only: no lock.
     """
 
-    def __init__(self, epoch_interval: float, poll: float, clock: Callable[[], float] = time.time) -> None:
-        self.interval = epoch_interval
-        self.period = round(epoch_interval + MARGIN, 6)
+    def __init__(self, epoch_interval: Optional[float], poll: float = IDLE_POLL.total_seconds(),
+                 clock: Callable[[], float] = time.time) -> None:
+        self.interval = math.inf if epoch_interval is None else epoch_interval  # None: poll, never align
+        self.period = round(self.interval + MARGIN, 6)
         self.hold = 0.0
         """Seconds the partition expects to be held after its epoch moves."""
         self._poll = poll
@@ -100,7 +101,12 @@ class EpochSchedule:
         self._started = self._activated if now - self._activated < STARTED_WITHIN else now
         self._moving, self._moved = False, True
 
-    def next_awake(self, more: bool) -> Optional[float]:
+    def next_awake(self, more: bool) -> Optional[datetime]:
+        """Bytewax's ``next_awake`` for a partition that has items waiting (``more``) or not."""
+        when = self.wake_time(more)
+        return None if when is None else datetime.fromtimestamp(when, UTC)
+
+    def wake_time(self, more: bool) -> Optional[float]:
         """The wall-clock time to wake the partition (``None``: at once); ``more``: whether it has items waiting."""
         now = self._clock()
         if self._moved:  # the first call since the move: the hold has ended
@@ -120,8 +126,3 @@ class EpochSchedule:
         self._moving = True  # it moves in this activation, right after this call
         self._asked = max(wanted, now + self.hold)
         return None if self._asked <= now else self._asked
-
-
-def wake_at(when: Optional[float]) -> Optional[datetime]:
-    """:meth:`EpochSchedule.next_awake` as Bytewax's ``next_awake`` wants it."""
-    return None if when is None else datetime.fromtimestamp(when, timezone.utc)

@@ -10,17 +10,19 @@ detail)`` when given.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .connection import MQTTConnection, Protocol, connect
+from .names import client_id_of
 
 log = logging.getLogger("connectors.mqtt")
 
@@ -105,24 +107,19 @@ class Link:
         persistent: bool = False,
         resume_first: bool = False,
         session_expiry: int = 0,
-        receive_maximum: Optional[int] = None,
+        receive_maximum: int | None = None,
         manual_ack: bool = False,
         batch_read: bool = False,
-        stats: Optional[MQTTLinkStats] = None,
-        on_event: Optional[EventHook] = None,
+        stats: MQTTLinkStats | None = None,
+        on_event: EventHook | None = None,
     ) -> None:
-        self.connection = connection
-        self.client_id = client_id
-        self.label = label
+        self.connection, self.client_id, self.protocol, self.label = connection, client_id, protocol, label
         self.stats = stats if stats is not None else MQTTLinkStats()
-        self.persistent = persistent
-        self._partition = partition
-        self._resume_first = resume_first
-        self._session_expiry = session_expiry
-        self._receive_maximum = receive_maximum
-        self._on_event = on_event
+        # The session, and what the CONNECT asks for.
+        self.persistent, self._resume_first = persistent, resume_first
+        self._session_expiry, self._receive_maximum = session_expiry, receive_maximum
         self._v5 = protocol == "5"
-        self.protocol = protocol
+        self._partition, self._on_event = partition, on_event  # for the log lines and the hook
         self.client = connection.client(
             client_id, protocol=protocol, persistent=persistent, manual_ack=manual_ack, batch_read=batch_read
         )
@@ -135,7 +132,7 @@ class Link:
         self.session_gen = 0
         """Incremented when the broker lost our session: older message ids are void."""
         self._ever_connected = False
-        self._down_since: Optional[float] = None
+        self._down_since: float | None = None
         self._closing = False
 
     def _event(self, event: str, detail: str, level: int = logging.INFO) -> None:
@@ -146,7 +143,7 @@ class Link:
         if self._on_event is not None:
             try:
                 self._on_event(event, self.client_id, detail)
-            except Exception:  # noqa: BLE001 - a metrics hook must not kill the link
+            except Exception:
                 log.exception("on_event hook failed")
 
     def start(self) -> None:
@@ -165,10 +162,8 @@ class Link:
 
     def stop(self) -> None:
         self._closing = True
-        try:
+        with contextlib.suppress(Exception):
             self.client.disconnect()
-        except Exception:  # noqa: BLE001
-            pass
         self.client.loop_stop()
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
@@ -253,6 +248,6 @@ def check_connection(connection: MQTTConnection, client_id: str) -> None:
         connection: The broker.
         client_id: The program's client id; the check connects as ``<client_id>-check``.
     """
-    link = Link(connection, f"{client_id}-check", protocol="3.1.1", label="mqtt check", partition="check")
+    link = Link(connection, client_id_of(client_id, "check"), protocol="3.1.1", label="mqtt check", partition="check")
     link.start()
     link.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -23,19 +22,19 @@ class MQTTMessage:
 
     topic: str
     payload: bytes
-    user_properties: Tuple[Tuple[str, str], ...] = ()
+    user_properties: tuple[tuple[str, str], ...] = ()
     partition: int = field(default=0, compare=False)
 
-    def user_property(self, name: str) -> Optional[str]:
+    def user_property(self, name: str) -> str | None:
         """The first user property ``name``, or None."""
         return next((v for k, v in self.user_properties if k == name), None)
 
     def rejected(
-        self, reason: str, detail: Optional[str] = None, prefix: str = "rejected/"
+        self, reason: str, detail: str | None = None, prefix: str = "rejected/"
     ) -> MQTTMessage:
         """This message, unchanged, for ``<prefix><topic>`` with user properties
         ``reason`` (and ``detail``): a dead-letter copy of it."""
-        props: Tuple[Tuple[str, str], ...] = (("reason", reason),)
+        props: tuple[tuple[str, str], ...] = (("reason", reason),)
         if detail is not None:
             props += (("detail", detail),)
         return MQTTMessage(prefix + self.topic, self.payload, props)

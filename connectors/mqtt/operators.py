@@ -14,19 +14,21 @@ mop.output("out", inp.oks, connection=MQTTConnection(), client_id="example")
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Callable, List, Optional, Tuple, Union
+from datetime import datetime, timedelta
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream, operator
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from .connection import MQTTConnection, Protocol
-from .epochs import EpochSchedule, wake_at
+from .epochs import EpochSchedule
+from .limits import IDLE_POLL
 from .link import EventHook
 from .message import MQTTError, MQTTMessage
-from .sink import COMMIT_TICK, MQTTSink, _CommitTick
+from .sink import MQTTSink
+from .sink_partition import COMMIT_TICK, _CommitTick
 from .source import MQTTSource
 
 __all__ = ["MQTTSourceOut", "input", "output", "publish"]
@@ -47,26 +49,26 @@ class MQTTSourceOut:
 
 @operator
 def _split(
-    step_id: str, up: Stream[Union[MQTTMessage, MQTTError]]
+    step_id: str, up: Stream[MQTTMessage | MQTTError]
 ) -> MQTTSourceOut:
     branch = op.branch("branch", up, lambda x: isinstance(x, MQTTMessage))
     return MQTTSourceOut(branch.trues, branch.falses)  # type: ignore[arg-type]
 
 
 @operator
-def input(  # noqa: A001
+def input(  # noqa: A001 - the operator mirrors bytewax.operators.input
     step_id: str,
     flow: Dataflow,
     *,
     connection: MQTTConnection,
-    topics: List[str],
+    topics: list[str],
     client_id: str,
     partitions: int = 1,
-    max_message_bytes: Optional[int] = None,
+    max_message_bytes: int | None = None,
     max_unacked: int = 50_000,
     batch_size: int = 1000,
-    protocol: Optional[Protocol] = None,
-    on_event: Optional[EventHook] = None,
+    protocol: Protocol | None = None,
+    on_event: EventHook | None = None,
 ) -> MQTTSourceOut:
     """Subscribe to ``topics``: ``oks`` are messages, ``errs`` oversized ones.
 
@@ -87,23 +89,17 @@ def input(  # noqa: A001
     return op.input("mqtt_input", flow, source).then(_split, "split")
 
 
-_TICKS_WAKE = timedelta(milliseconds=10)
-"""How often the commit ticks' input wakes: as often as the MQTT input polls while idle."""
-
-
-class _CommitTicksPartition(StatefulSourcePartition[Tuple[str, _CommitTick], None]):
-    def __init__(self, keys: List[str], interval: timedelta, until: Optional[Callable[[], bool]],
-                 epoch_interval: Optional[float] = None) -> None:
+class _CommitTicksPartition(StatefulSourcePartition[tuple[str, _CommitTick], None]):
+    def __init__(self, keys: list[str], interval: timedelta, until: Callable[[], bool] | None,
+                 epoch_interval: float | None) -> None:
         self._ticks = [(key, COMMIT_TICK) for key in keys]
-        self._schedule = None if epoch_interval is None else EpochSchedule(epoch_interval, interval.total_seconds())
         self._interval = interval.total_seconds()
-        self._wake = min(interval, _TICKS_WAKE)
+        self._schedule = EpochSchedule(epoch_interval, poll=min(interval, IDLE_POLL).total_seconds())
         self._until = until
         self._due = 0.0
 
-    def next_batch(self) -> List[Tuple[str, _CommitTick]]:
-        if self._schedule is not None:
-            self._schedule.activated()
+    def next_batch(self) -> list[tuple[str, _CommitTick]]:
+        self._schedule.activated()
         if self._until is not None and self._until():
             raise StopIteration
         now = time.monotonic()
@@ -112,49 +108,33 @@ class _CommitTicksPartition(StatefulSourcePartition[Tuple[str, _CommitTick], Non
         self._due = now + self._interval
         return self._ticks
 
-    def next_awake(self) -> Optional[datetime]:
-        if self._schedule is not None:
-            return wake_at(self._schedule.next_awake(False))
-        return datetime.now(timezone.utc) + self._wake
+    def next_awake(self) -> datetime | None:
+        return self._schedule.next_awake(False)
 
     def snapshot(self) -> None:
-        if self._schedule is not None:
-            self._schedule.epoch_moved()
+        self._schedule.epoch_moved()
         # The epoch ends: tick at the first call of the next one, which comes
         # once this epoch is committed, so the sink publishes its records then.
         self._due = 0.0
-        return None
 
 
-class _CommitTicks(FixedPartitionedSource[Tuple[str, _CommitTick], None]):
-    """A tick per sink partition every ``interval`` and at the start of every epoch, from a single partition (so on one worker).
+class _CommitTicks(FixedPartitionedSource[tuple[str, _CommitTick], None]):
+    """A tick per sink partition every ``interval`` and at the start of every epoch, from one partition.
 
     Bytewax calls an input's ``next_batch`` in epoch E only once epoch E-1
     is committed, so a tick's arrival at the sink proves that.
 
-    Its epoch clock matters. Bytewax 0.21.1 moves each input to the next
-    epoch on its own clock, ``epoch_interval`` after the last move, and then
-    lets it wait until every input everywhere has left the previous epoch;
-    an input whose wake-up (``next_awake``) falls due while it waits is
-    re-activated at once, again and again: its worker spins for as long as
-    its clock runs ahead of the slowest input's, every epoch. So this is a
-    fixed-partitioned source, whose clock Bytewax starts when the recovery
-    loads are done, a moment all workers see together, as it does for the
-    MQTT input's partitions (a :class:`~bytewax.inputs.DynamicSource`'s
-    clock starts when its worker builds the dataflow, which
-    ``cluster_main`` processes do up to a second apart: a lead that
-    persists). And it wakes every 10 ms (ticking every ``interval``), as
-    the MQTT input polls while idle, so its clock moves on as promptly as
-    theirs: one woken only every 100 ms moves on late by the delays of its
-    ten wake-ups, falls further behind the MQTT input's each epoch, and
-    makes every worker spin for the gap.
+    Its epochs move with the MQTT input's (:mod:`.epochs`): it is
+    fixed-partitioned (its clock starts when the recovery loads are done,
+    as theirs does, not when each worker builds the dataflow) and wakes on
+    the same schedule.
     """
 
-    def __init__(self, keys: List[str], interval: timedelta, until: Optional[Callable[[], bool]],
-                 epoch_interval: Optional[float] = None) -> None:
+    def __init__(self, keys: list[str], interval: timedelta, until: Callable[[], bool] | None,
+                 epoch_interval: float | None = None) -> None:
         self.keys, self.interval, self.until, self.epoch_interval = keys, interval, until, epoch_interval
 
-    def list_parts(self) -> List[str]:
+    def list_parts(self) -> list[str]:
         # One partition, whatever the sink's count: a recovery store's
         # partitions must all be listed again on resuming.
         return ["ticks"]
@@ -166,11 +146,11 @@ class _CommitTicks(FixedPartitionedSource[Tuple[str, _CommitTick], None]):
 @operator
 def publish(
     step_id: str,
-    up: Stream[Tuple[str, MQTTMessage]],
+    up: Stream[tuple[str, MQTTMessage]],
     sink: MQTTSink,
     *,
     tick_interval: timedelta = timedelta(milliseconds=100),
-    until: Optional[Callable[[], bool]] = None,
+    until: Callable[[], bool] | None = None,
 ) -> None:
     """Publish ``(key, MQTTMessage)`` items once their epoch is committed (see :mod:`.sink`).
 
@@ -179,8 +159,8 @@ def publish(
     a test that is true once that input is done (the ticks then stop, so
     the dataflow can end; the sink publishes what is left on closing).
     """
-    ticks = op.input("commit_ticks", up.flow(),
-                     _CommitTicks(sink.tick_keys(), tick_interval, until, sink.epoch_interval))
+    ticks = op.input("commit_ticks", up.flow(), _CommitTicks(sink.tick_keys(), tick_interval, until,
+                                                                sink.epoch_interval))
     op.output("mqtt_output", op.merge("with_commit_ticks", up, ticks), sink)
 
 
@@ -192,8 +172,8 @@ def output(
     connection: MQTTConnection,
     client_id: str,
     partitions: int = 1,
-    timeout: Optional[float] = None,
-    on_event: Optional[EventHook] = None,
+    timeout: float | None = None,
+    on_event: EventHook | None = None,
 ) -> None:
     """Publish each :class:`MQTTMessage` with QoS 1, keyed by topic (so a topic keeps its order).
 

@@ -1,4 +1,4 @@
-"""Which input partition reads a topic, and the markers that make changing the count safe.
+"""Which input partition reads a topic, and the partition markers that make changing the count safe.
 
 Topics are read in *shards*: besides each plain topic ``t``, the source may
 read ``t/<s>`` for ``s < shards``, where producers pick ``s`` from a key of
@@ -8,94 +8,63 @@ shard, in publish order. Partition ``i`` of ``N`` owns shard ``s`` when
 partition has its own persistent session with plain subscriptions to the
 topics it owns, so the broker delivers each message once, to its owner.
 
-**Markers.** After each SUBACK, partition ``i`` publishes a retained QoS 1
-*marker* on ``connectors-mqtt/partitions/<client_id>/in-<i>``
-(:func:`marker_topic`), JSON (:class:`Marker`)::
+After each SUBACK, partition ``i`` publishes its retained *partition marker*
+(:class:`Marker`) on :func:`.names.input_topic`::
 
     {"partitions": 4, "shards": 64}                        # runs as one of 4
     {"partitions": 4, "shards": 64, "draining_from": [2]}  # ... still taking 2's shards too
-    {"partitions": 4, "shards": 64, "retired": true}       # a drained session, being deleted
+    {"partitions": 4, "shards": 64, "retired": true}       # a drained session, deleted
 
-(A marker without ``shards`` was written by a version that split the plain
-topics by payload hash: its session may hold any message, see
-:data:`EVERYTHING`.) Every session also subscribes to
-``connectors-mqtt/partitions/<client_id>/+`` (retained markers come on every
-subscribe), so markers arrive *in* each session's stream. A marker from
-partition ``k`` is published after ``k`` subscribed; the broker delivers a
-session's messages in publish order (mosquitto: one queue per session; MQTT
-itself promises it per topic only), so every message after that marker in
-any session's stream is also queued in ``k``'s session. That is what ends a
-change of count:
+Every session also subscribes to the markers, so they arrive *in* each
+session's stream. A marker from partition ``k`` is published after ``k``
+subscribed, and the broker delivers a session's messages in publish order
+(mosquitto: one queue per session), so every message after that marker in
+any session's stream is also queued in ``k``'s session. That ends a change
+of count:
 
-* **Union.** A session whose previous count was different (its own retained
-  marker, read before it connects, says so) subscribes to and takes the
+* **Union.** A session whose own marker names another count takes the
   shards it owns under the old count *or* the new one (:func:`takes` with
-  several counts), until its stream has carried, for every ``k < N``, a
-  marker of ``k`` with ``partitions == N`` (:func:`transition_over`). Then it
-  unsubscribes the shards it no longer owns and republishes its marker
-  without ``draining_from``.
+  several counts) until its stream has carried, for every ``k < N``, a
+  marker of ``k`` with ``partitions == N`` (:func:`transition_over`); then
+  it unsubscribes the shards it no longer owns.
 * **Drain.** A session ``j >= N`` left by a larger count is read by a
-  Bytewax partition of its own, ``in-<j>`` (listed from the retained
-  markers), with its old counts, until the same condition holds in ``j``'s
-  stream; once what it took is committed, the
-  session is deleted (clean start) and its marker cleared. It is marked
-  ``retired`` first, so a crash between the two steps is harmless; a crash
-  before them redoes the drain at the next start.
+  partition of its own, ``in-<j>``, with its old counts until the same
+  holds in ``j``'s stream; once what it took is committed, its marker is
+  retired and its session deleted. A retired marker stays, so ``in-<j>``
+  stays listed for a recovery store that still holds its key.
 
-A message taken twice (under both counts) is a duplicate, absorbed by the
-dataflow's dedupe; a message taken by nobody cannot happen while the broker
-keeps the sessions (see ``connectors/mqtt/__init__.py``). Markers are
-read defensively: anything on a marker topic that is not a well-formed
-marker (wrong types, huge or non-finite numbers, binary, a partition index
-beyond :data:`MAX_PARTITIONS`) counts as no marker, which only ever makes a
-session take more (duplicates), never less.
+A message taken under both counts is a duplicate, absorbed by the
+dataflow's dedupe. Anything on a marker topic that is not a well-formed
+marker counts as none, which only ever makes a session take more, never
+less. See docs/scaling-and-brokers.md.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import AbstractSet, Iterable, Optional
 
-CONTROL_ROOT = "connectors-mqtt/partitions"
+from .limits import MAX_PARTITION_MARKER_BYTES, MAX_PARTITIONS, MAX_SHARDS
+from .names import PARTITIONS, index_of, input_level
+from .retained import load_json
+
 EVERYTHING = 0
-"""In a set of counts: every message (a session left by a version before
-shards, whose queue may hold a share of the plain topics by payload hash, or
-of a shared subscription)."""
-MAX_PARTITIONS = 1024
-"""Partition indexes and counts above this on a marker topic are not ours: ignored."""
-MAX_MARKER_BYTES = 4096
+"""In a set of counts: every message its session's queue holds (the session
+ran under no marker of this layout, so its queue may hold any message)."""
 
 
-def control_prefix(client_id: str) -> str:
-    """The topic level above the markers of ``client_id``'s partitions."""
-    return f"{CONTROL_ROOT}/{client_id}"
-
-
-def marker_topic(client_id: str, index: int) -> str:
-    """The retained marker topic of partition ``index``.
-
-    >>> marker_topic("driver-stats", 3)
-    'connectors-mqtt/partitions/driver-stats/in-3'
-    """
-    return f"{control_prefix(client_id)}/in-{index}"
-
-
-def marker_index(topic: str, client_id: str) -> Optional[int]:
-    """The partition a marker topic names, or None.
+def marker_index(topic: str, client_id: str) -> int | None:
+    """The partition a partition marker topic names, or None.
 
     >>> marker_index("connectors-mqtt/partitions/c/in-12", "c"), marker_index("x/in-1", "c")
     (12, None)
     """
-    head = control_prefix(client_id) + "/in-"
-    tail = topic[len(head):]
-    if not topic.startswith(head) or not (tail.isascii() and tail.isdigit()) or len(tail) > 4:
-        return None
-    index = int(tail)
-    return index if index < MAX_PARTITIONS else None
+    return index_of(topic, input_level(PARTITIONS, client_id))
 
 
-def owner(shard: Optional[int], partitions: int) -> int:
+def owner(shard: int | None, partitions: int) -> int:
     """The partition (of ``partitions``) that reads ``shard``; ``None`` is the plain topics (always 0).
 
     >>> owner(5, 1), owner(5, 2), owner(5, 4), owner(None, 4)
@@ -104,7 +73,7 @@ def owner(shard: Optional[int], partitions: int) -> int:
     return 0 if shard is None else shard % partitions
 
 
-def takes(shard: Optional[int], index: int, counts: Iterable[int]) -> bool:
+def takes(shard: int | None, index: int, counts: Iterable[int]) -> bool:
     """Whether partition ``index`` takes a message of ``shard`` when it owns by each count in ``counts``.
 
     One count normally; the old and the new one during a change of count
@@ -118,10 +87,10 @@ def takes(shard: Optional[int], index: int, counts: Iterable[int]) -> bool:
     return any(n == EVERYTHING or owner(shard, n) == index for n in counts)
 
 
-def owned_shards(index: int, counts: Iterable[int], shards: int) -> list[Optional[int]]:
+def owned_shards(index: int, counts: Iterable[int], shards: int) -> list[int | None]:
     """The shards (``None``: the plain topics) partition ``index`` subscribes to under ``counts``.
 
-    :data:`EVERYTHING` adds the plain topics (what an old session subscribed to).
+    :data:`EVERYTHING` adds the plain topics.
 
     >>> owned_shards(1, {4}, 8), owned_shards(0, {2}, 4), owned_shards(1, {2, 4}, 4)
     ([1, 5], [None, 0, 2], [1, 3])
@@ -143,7 +112,7 @@ def transition_over(proven: AbstractSet[int], partitions: int) -> bool:
     return all(k in proven for k in range(partitions))
 
 
-def _count(value) -> int:
+def _count(value: object) -> int:
     """A partition count from JSON: an int in 1..MAX_PARTITIONS, else ValueError."""
     if type(value) is not int or not 1 <= value <= MAX_PARTITIONS:
         raise ValueError(value)
@@ -152,16 +121,16 @@ def _count(value) -> int:
 
 @dataclass(frozen=True)
 class Marker:
-    """What a partition says about itself on its marker topic.
+    """What an input partition says about itself on its partition marker topic.
 
-    ``shards`` is the shard count it reads by; ``None`` on a marker written
-    by a version that split the plain topics by payload hash.
+    ``shards``: the shard count it reads by (None: unknown, as no marker of
+    this layout).
     """
 
     partitions: int
     draining_from: tuple[int, ...] = ()
     retired: bool = False
-    shards: Optional[int] = None
+    shards: int | None = None
 
     def encode(self) -> bytes:
         body: dict = {"partitions": self.partitions}
@@ -174,20 +143,20 @@ class Marker:
         return json.dumps(body, separators=(",", ":")).encode()
 
     @staticmethod
-    def decode(payload: bytes) -> Optional[Marker]:
-        """The marker, or None for an empty (cleared), unreadable or out-of-range payload.
+    def decode(payload: bytes) -> Marker | None:
+        """The marker, or None for an empty, unreadable or out-of-range payload.
 
         >>> Marker.decode(Marker(4, (2,), shards=64).encode())
         Marker(partitions=4, draining_from=(2,), retired=False, shards=64)
         >>> [Marker.decode(p) for p in (b"", b"{", b'{"partitions":1e400}', b'{"partitions":-1}', b"\\xff")]
         [None, None, None, None, None]
         """
-        if not payload or len(payload) > MAX_MARKER_BYTES:
+        if not payload:
             return None
         try:
-            body = json.loads(payload)
+            body = load_json(payload, MAX_PARTITION_MARKER_BYTES)
             shards = body.get("shards")
-            if shards is not None and (type(shards) is not int or not 0 <= shards <= 4096):
+            if shards is not None and (type(shards) is not int or not 0 <= shards <= MAX_SHARDS):
                 raise ValueError(shards)
             retired = body.get("retired", False)
             if type(retired) is not bool:
@@ -203,8 +172,6 @@ class Marker:
         """The counts its session's unacknowledged messages may be owned by (none once retired)."""
         if self.retired:
             return frozenset()
-        if self.shards is None:
-            return frozenset({EVERYTHING})
         return frozenset({self.partitions, *self.draining_from})
 
     def proves(self, partitions: int, shards: int) -> bool:
@@ -212,15 +179,12 @@ class Marker:
         return not self.retired and self.partitions == partitions and self.shards == shards
 
 
-def counts_at_start(own: Optional[Marker], partitions: int, shards: int, session_present: bool) -> frozenset[int]:
+def counts_at_start(own: Marker | None, partitions: int, shards: int, session_present: bool) -> frozenset[int]:
     """The counts partition ``i`` of ``partitions`` takes by when it starts.
 
-    The new count, plus the old ones its own retained marker names until the
-    transition is over. No marker: a new partition (nothing to take over), or
-    a session left by a version without markers (shared subscriptions: its
-    queue holds messages no other session has, so it takes everything). A
-    marker of another layout (no shards: the payload-hash version; another
-    shard count) takes everything too.
+    The new count, plus the old ones its own marker names until the change
+    is over. A session present without a marker of this layout (none, or one
+    of another shard count) may hold any message: it takes everything.
 
     >>> sorted(counts_at_start(Marker(2, shards=8), 4, 8, True)), sorted(counts_at_start(Marker(4, shards=8), 4, 8, True))
     ([2, 4], [4])
@@ -235,7 +199,7 @@ def counts_at_start(own: Optional[Marker], partitions: int, shards: int, session
     """
     if own is None:
         old = frozenset({EVERYTHING}) if session_present else frozenset()
-    elif own.shards not in (None, shards) and not own.retired:
+    elif own.shards != shards and not own.retired:
         old = frozenset({EVERYTHING})
     else:
         old = own.counts()

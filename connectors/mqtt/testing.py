@@ -27,21 +27,23 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Self
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from .connection import MQTTConnection, connect
 from .message import MQTTMessage
 
 NOT_FOUND = "mosquitto not found: install it with `apt-get install -y mosquitto`"
 
 
-def find_mosquitto() -> Optional[str]:
+def find_mosquitto() -> str | None:
     """The mosquitto binary (Debian installs it in /usr/sbin), or None."""
     found = shutil.which("mosquitto")
     if found:
@@ -94,7 +96,8 @@ def password_line(username: str, password: str) -> str:
     salt = secrets.token_bytes(12)
     iterations = 101
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
-    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    def b64(b):
+        return base64.b64encode(b).decode()
     return f"{username}:$7${iterations}${b64(salt)}${b64(digest)}"
 
 
@@ -251,7 +254,7 @@ class Mosquitto:
                 text += path.read_text(errors="replace")
         return " | ".join(text.strip().splitlines()[-lines:])
 
-    def __enter__(self) -> Mosquitto:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -378,3 +381,19 @@ def create_sessions(source) -> None:
     for part in source.list_parts():
         source.build_part("in", part, None).close()
     source.close()
+
+
+def has_session(connection: MQTTConnection, client_id: str) -> bool:
+    """Whether the broker holds a session for ``client_id`` (to check that none is left behind).
+
+    Connects as ``client_id`` with MQTT 5, clean start off and no session
+    expiry, so the check itself leaves no session. Never check the client id
+    of a running partition: the broker would disconnect it.
+    """
+    client = connection.client(client_id, protocol="5")
+    present: list[bool] = []
+    client.on_connect = lambda _c, _u, flags, *_: present.append(bool(flags.session_present))
+    connect(client, connection, label=client_id, clean_start=False)
+    client.disconnect()
+    client.loop_stop()
+    return present[0]

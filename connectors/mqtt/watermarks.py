@@ -3,46 +3,30 @@
 A source built with a ``newest_position`` function (:class:`~.source.MQTTSource`)
 gives every batch of data messages a *position*, the newest time in Unix
 seconds the messages themselves carry (driver-stats: the event time). Each
-partition then keeps a *watermark*: the newest position it has emitted, published only once
-the epoch that emitted it is complete, i.e. once every step of the dataflow,
-on every worker, has processed everything the partition emitted before it
-(the same gate as the acknowledgements). It is a retained QoS 1 message on
-``connectors-mqtt/watermarks/<client_id>/in-<i>`` (:func:`watermark_topic`),
-``{"watermark": 1733320000.5}``, or ``{"done": true}`` once a drained
-partition ended. :class:`WatermarkBoard` reads them all; the dataflow's
-*low watermark* is the lowest over the listed partitions (leaving out
-those that read nothing and are idle, below), so a message still to come
-from any of them can only be positioned after what that partition had read
-before it: nothing it has yet to deliver lies behind it.
+partition keeps a *watermark*: the newest position it has emitted, published
+(retained, QoS 1, on :func:`.names.input_topic`) only once the epoch
+that emitted it is committed, the acknowledgements' gate, so everything the
+partition emitted before it has been processed by the whole dataflow.
+:class:`WatermarkBoard` reads them all; the lowest over the listed
+partitions is the dataflow's low watermark.
 
-Positions come from the stream only, never from the wall clock, so a backlog
-(after an outage, a frozen broker, a slow flow, a partition behind the
-others) is read at its own pace and the watermark follows it. One exception,
-so that an idle stream still moves: a partition that is *caught up and idle*
-advances by the time elapsed since it last read. It finds out with *probes*: every
-``probe_interval`` it publishes a QoS 1 message to its own
-``connectors-mqtt/probes/<client_id>/in-<i>`` (one at a time); the broker
-queues it behind everything already queued for the partition's session, so
-when it comes back, everything published before it was sent has been read.
-A probe counts as idle (:meth:`PartitionClock.probe_returned`) only if no
-data came between sending and receiving it, it came back within
-:data:`FAST_ROUND_TRIP` seconds, and so did the probe before it; after a
-frozen or restarted broker the first probes are slow, so producers have a
-full interval to flush what they queued meanwhile before the wall clock
-counts again. An idle probe sent at ``S`` moves the watermark to
-``newest position + (S - when it was read)``, the time the stream had to
-move since. Those times are ``time.monotonic()``: a step of the host's wall
-clock (NTP, a resumed VM) moves no watermark.
+Positions come from the stream only, so a backlog is read at its own pace
+and the watermark follows it. An idle stream still moves: a partition that
+is *caught up and idle* advances by the time elapsed since it last read. It
+finds out with *probes*: every ``probe_interval`` it publishes a QoS 1
+message to its own :func:`.names.input_topic`, which the broker queues
+behind everything already queued for its session. A probe counts as idle
+(:meth:`PartitionClock.probe_returned`) only if no data came between
+sending and receiving it and it, and the probe before it, came back within
+:data:`FAST_ROUND_TRIP` seconds. Times are ``time.monotonic()``: a step of
+the host's wall clock moves no watermark.
 
-A partition that has read nothing (no position: never read, and no
-watermark of its own from an earlier run) has no watermark, and a missing
-watermark counts as ``-inf``: it holds the stream back, since it may be
-about to deliver a backlog. Once its probes show it caught up and idle, it
-says so instead: ``{"idle": true}`` on its watermark topic, *not* retained
-(so nothing of it outlives the run), again every epoch while it stays so.
-:meth:`WatermarkBoard.of` then leaves it out altogether: it neither holds
-the stream back nor moves it, whatever the wall clock says, until it reads
-something (Flink's idle sources work the same way).
+A partition that has read nothing has no watermark and holds the stream
+back (``-inf``), since it may be about to deliver a backlog, until its
+probes show it caught up and idle: then it says so each epoch
+(:data:`NOTHING_READ`, not retained, so nothing of it outlives the run) and
+:meth:`WatermarkBoard.of` leaves it out until it reads something. See
+docs/event-time.md.
 
 >>> clock = PartitionClock(restored=None, now=100.0)
 >>> clock.idle_emitted(sent=110.0); clock.seal(); clock.release() is None   # read nothing: no watermark
@@ -64,37 +48,33 @@ import math
 import threading
 import time
 import uuid
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from collections.abc import Callable, Mapping
 
-from .connection import MQTTConnection, connect
+from .connection import MQTTConnection
+from .limits import MAX_WATERMARK_BYTES
+from .link import Link
+from .message import MQTTMessage
+from .names import (
+    PROBES,
+    WATERMARKS,
+    barrier_topic,
+    index_of,
+    input_level,
+    input_topic,
+    reader_client_id,
+)
+from .retained import load_json, read_retained
 
 log = logging.getLogger("connectors.mqtt")
 
-WATERMARK_ROOT = "connectors-mqtt/watermarks"
-PROBE_ROOT = "connectors-mqtt/probes"
 FAST_ROUND_TRIP = 1.0
 """Seconds within which a probe must come back to count as idle (the broker answers at once)."""
 PROBE_TIMEOUT = 30.0
 """A probe not back by then is sent again (the broker may have lost it with the session)."""
-MAX_PAYLOAD_BYTES = 256
 DONE = math.inf
 """The watermark of a partition that has ended (a drained session): it holds nothing back."""
 NOTHING_READ = b'{"idle":true}'
 """Published (not retained) by a partition that has read nothing and is caught up and idle: leave it out."""
-
-
-def watermark_topic(client_id: str, index: int) -> str:
-    """The retained watermark topic of partition ``index``.
-
-    >>> watermark_topic("driver-stats", 2)
-    'connectors-mqtt/watermarks/driver-stats/in-2'
-    """
-    return f"{WATERMARK_ROOT}/{client_id}/in-{index}"
-
-
-def probe_topic(client_id: str, index: int) -> str:
-    """The topic partition ``index`` probes its own session on."""
-    return f"{PROBE_ROOT}/{client_id}/in-{index}"
 
 
 def encode_watermark(value: float) -> bytes:
@@ -102,7 +82,7 @@ def encode_watermark(value: float) -> bytes:
     return b'{"done":true}' if value == DONE else json.dumps({"watermark": value}).encode()
 
 
-def decode_watermark(payload: bytes) -> Optional[float]:
+def decode_watermark(payload: bytes) -> float | None:
     """The watermark in ``payload``; None for anything else (no crash, whatever the bytes).
 
     >>> [decode_watermark(p) for p in (encode_watermark(5.5), encode_watermark(DONE))]
@@ -110,10 +90,10 @@ def decode_watermark(payload: bytes) -> Optional[float]:
     >>> [decode_watermark(p) for p in (b"", b"{", b'{"watermark":1e400}', b'{"watermark":"5"}', b"\\xff")]
     [None, None, None, None, None]
     """
-    if not payload or len(payload) > MAX_PAYLOAD_BYTES:
+    if not payload:
         return None
     try:
-        body = json.loads(payload)
+        body = load_json(payload, MAX_WATERMARK_BYTES)
         if body.get("done") is True:
             return DONE
         value = body["watermark"]
@@ -137,7 +117,7 @@ class PartitionClock:
     and every other time it is given are ``time.monotonic()`` seconds.
     """
 
-    def __init__(self, restored: Optional[float], now: float, probe_interval: float = 1.0) -> None:
+    def __init__(self, restored: float | None, now: float, probe_interval: float = 1.0) -> None:
         self.probe_interval = probe_interval
         self._position = -math.inf if restored is None or restored == DONE else restored
         # When (monotonic) the stream was last known to be at _position.
@@ -149,12 +129,12 @@ class PartitionClock:
         self._sealed = -math.inf  # emitted before the last snapshot: publishable once committed
         self._published = -math.inf
         self._data_since_probe = False  # paho received data since the probe in flight was sent
-        self._probe_sent: Optional[float] = None  # the probe in flight
+        self._probe_sent: float | None = None  # the probe in flight
         self._probe_back = -math.inf  # when the last probe came back
         self._last_fast = False
 
     # Worker thread.
-    def emitted(self, newest: Optional[float], now: float) -> None:
+    def emitted(self, newest: float | None, now: float) -> None:
         """Data emitted in this epoch, the newest position among it (None: none known)."""
         if newest is not None and newest > self._position:
             self._position, self._position_wall, self._has_position = newest, now, True
@@ -182,7 +162,7 @@ class PartitionClock:
         idle, self._idle_unread_sealed = self._idle_unread_sealed and not self._has_position, False
         return idle
 
-    def release(self) -> Optional[float]:
+    def release(self) -> float | None:
         """The watermark to publish now (the epochs sealed before are committed), if it moved."""
         if self._sealed > self._published:
             self._published = self._sealed
@@ -213,15 +193,63 @@ class PartitionClock:
         return idle
 
 
-class WatermarkBoard:
-    """The retained watermarks of ``client_id``'s partitions, kept up to date by a client of its own.
+class PartitionWatermark:
+    """One input partition's watermark on the broker: published as its epochs commit, and its probes.
 
-    :meth:`of` gives the value of each partition asked for (``-inf`` for one
-    that has none yet; none for one that read nothing and is idle). Started by :meth:`start`, which returns once the retained
-    ones are in (a barrier message of its own comes after them). A value more
-    than ``max_ahead`` seconds ahead of the wall clock is no partition's (the
+    Probes carry a token of this process: a probe of an earlier run, left
+    in the session, was timed on another monotonic clock.
+    """
+
+    def __init__(self, client_id: str, index: int, restored: float | None,
+                 newest_position: Callable[[list[MQTTMessage]], float | None], probe_interval: float) -> None:
+        self.clock = PartitionClock(restored, time.monotonic(), probe_interval)
+        self._newest_position = newest_position
+        self._topic = input_topic(WATERMARKS, client_id, index)
+        self.probe_topic = input_topic(PROBES, client_id, index)
+        self._token = uuid.uuid4().hex[:12]
+
+    def emitted(self, messages: list[MQTTMessage | object], now: float) -> None:
+        """The worker emitted these items (their newest position moves the partition on)."""
+        self.clock.emitted(self._newest_position([m for m in messages if type(m) is MQTTMessage]), now)
+
+    def probe_returned(self, payload: bytes) -> float | None:
+        """Our probe came back (paho's network thread): when it was sent, if it shows the partition idle."""
+        token, _, sent_text = payload.decode("ascii", "replace").partition(" ")
+        try:
+            sent = float(sent_text)
+        except ValueError:
+            return None  # not ours (the ACL should keep others off this topic)
+        if token != self._token or not self.clock.probe_returned(sent, time.monotonic()):
+            return None
+        return sent
+
+    def tend(self, link: Link | None) -> None:
+        """Publish the watermark of the committed epochs; send a probe when one is due."""
+        if link is None or not link.connected:
+            return
+        clock, client = self.clock, link.client
+        value = clock.release()
+        if value is not None:
+            client.publish(self._topic, encode_watermark(value), qos=1, retain=True)
+        elif clock.release_nothing_read():  # not retained: a restarted run proves it again
+            client.publish(self._topic, NOTHING_READ, qos=1)
+        now = time.monotonic()
+        if clock.probe_due(now):
+            client.publish(self.probe_topic, f"{self._token} {now!r}".encode(), qos=1)
+
+    def finish(self, link: Link) -> None:
+        """The partition ended (a drained session): it holds nothing back any more."""
+        link.client.publish(self._topic, encode_watermark(DONE), qos=1, retain=True).wait_for_publish(5)
+
+
+class WatermarkBoard:
+    """The watermarks of ``client_id``'s input partitions, kept up to date by a client of its own.
+
+    :meth:`start` returns once the retained ones are in. A value more than
+    ``max_ahead`` seconds ahead of the wall clock is no partition's (the
     positions are bounded the same way): it is ignored with a warning, so
-    that a forged one cannot close intervals early.
+    that a forged one cannot close intervals early. Its lock guards the
+    values, written by its client's thread and read by the workers.
     """
 
     def __init__(self, connection: MQTTConnection, client_id: str, max_ahead: float = math.inf,
@@ -230,72 +258,62 @@ class WatermarkBoard:
         self._client_id = client_id
         self._max_ahead = max_ahead
         self._wall_clock = wall_clock  # the calendar: a watermark is a time of day
-        self._prefix = f"{WATERMARK_ROOT}/{client_id}/in-"
-        self._values: Dict[int, float] = {}
+        self._values: dict[int, float] = {}
         self._nothing_read: set[int] = set()  # partitions that said NOTHING_READ and have no watermark
         # of() per set of partitions, until a value changes: the window step
         # asks on every batch of every state key, a watermark comes once an epoch.
-        self._marks: Dict[Tuple[int, ...], Dict[int, float]] = {}
+        self._marks: dict[tuple[int, ...], dict[int, float]] = {}
         self._client = None
         self._lock = threading.Lock()
 
     def start(self) -> WatermarkBoard:
         if self._client is not None:
             return self
-        reader_id = f"{self._client_id}-watermarks-{uuid.uuid4().hex[:8]}"
-        barrier = f"{WATERMARK_ROOT}/{self._client_id}/barrier-{reader_id}"
-        ready = threading.Event()
+        reader_id = reader_client_id(self._client_id, "watermarks")
+        level = input_level(WATERMARKS, self._client_id)
         client = self._connection.client(reader_id)
-
-        def on_message(_c, _u, msg) -> None:
-            if msg.topic == barrier:
-                ready.set()
-                return
-            self._on_watermark(msg.topic, msg.payload)
-
-        client.on_connect = lambda c, *_: c.subscribe(f"{WATERMARK_ROOT}/{self._client_id}/+", qos=1)
-        client.on_subscribe = lambda c, *_: c.publish(barrier, b"", qos=1)
-        client.on_message = on_message
         client.reconnect_delay_set(1, 30)
-        connect(client, self._connection, label=reader_id)
-        if not ready.wait(self._connection.connect_timeout):
-            log.warning("%s: retained watermarks not read within %gs", reader_id, self._connection.connect_timeout)
+        try:
+            refused = read_retained(client, self._connection, f"{level}/#", barrier_topic(level, reader_id),
+                                    self._on_watermark, connect_as=reader_id)
+        except TimeoutError as err:
+            refused = str(err)
+        if refused:
+            log.warning("%s: retained watermarks %s", reader_id, refused)
         self._client = client
         return self
 
-    def _on_watermark(self, topic: str, payload: bytes) -> None:
-        tail = topic[len(self._prefix):] if topic.startswith(self._prefix) else ""
-        if not (tail.isascii() and tail.isdigit() and len(tail) <= 4):
+    def _on_watermark(self, msg) -> None:
+        topic, payload = msg.topic, msg.payload
+        index = index_of(topic, input_level(WATERMARKS, self._client_id))
+        if index is None:
             return
         if not payload:  # cleared
-            with self._lock:
-                self._values.pop(int(tail), None)
-                self._marks = {}
-            return
-        if payload == NOTHING_READ:
-            with self._lock:
-                if int(tail) not in self._values and int(tail) not in self._nothing_read:
-                    self._nothing_read.add(int(tail))
-                    self._marks = {}
-            return
-        value = decode_watermark(payload)
-        if value is None:
-            log.warning("ignored a malformed watermark on %s (%d bytes)", topic, len(payload))
-            return
-        today = self._wall_clock()
-        if value != DONE and value > today + self._max_ahead:
-            log.warning("ignored a watermark on %s %.0fs ahead of the wall clock", topic, value - today)
-            return
+            self._update(lambda: self._values.pop(index, None))
+        elif payload == NOTHING_READ:
+            if index not in self._values and index not in self._nothing_read:
+                self._update(lambda: self._nothing_read.add(index))
+        else:
+            value = decode_watermark(payload)
+            if value is None:
+                log.warning("ignored a malformed watermark on %s (%d bytes)", topic, len(payload))
+                return
+            today = self._wall_clock()
+            if value != DONE and value > today + self._max_ahead:
+                log.warning("ignored a watermark on %s %.0fs ahead of the wall clock", topic, value - today)
+                return
+            self._update(lambda: (self._values.__setitem__(index, value), self._nothing_read.discard(index)))
+
+    def _update(self, change: Callable[[], object]) -> None:
         with self._lock:
-            self._values[int(tail)] = value
-            self._nothing_read.discard(int(tail))
+            change()
             self._marks = {}
 
-    def value(self, index: int) -> Optional[float]:
+    def value(self, index: int) -> float | None:
         with self._lock:
             return self._values.get(index)
 
-    def of(self, indexes: Tuple[int, ...]) -> Mapping[int, float]:
+    def of(self, indexes: tuple[int, ...]) -> Mapping[int, float]:
         """The watermark of each of ``indexes``: ``-inf`` for one that has none yet, none for one that read nothing.
 
         A partition that said :data:`NOTHING_READ` (caught up and idle,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import bytewax.operators as op
@@ -49,7 +49,7 @@ def test_a_tick_for_each_sink_partition_every_interval():
     assert part.next_batch() == []  # woken again before the interval is over
     awake = part.next_awake()
     assert awake is not None
-    assert awake - datetime.now(timezone.utc) <= timedelta(milliseconds=10)
+    assert awake - datetime.now(UTC) <= timedelta(milliseconds=10)
     time.sleep(INTERVAL.total_seconds())
     assert part.next_batch() == first
     assert part.snapshot() is None
@@ -87,7 +87,7 @@ class _IdlePoll(StatefulSourcePartition):
         return []
 
     def next_awake(self):
-        return datetime.now(timezone.utc) + timedelta(milliseconds=10)
+        return datetime.now(UTC) + timedelta(milliseconds=10)
 
     def snapshot(self):
         return None

@@ -14,6 +14,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import paho.mqtt.client as paho
 import pytest
@@ -22,16 +23,25 @@ from hypothesis import strategies as st
 
 from connectors.mqtt import (
     COMMIT_TICK,
-    MQTTConnection,
     MQTTConnectError,
+    MQTTConnection,
     MQTTMessage,
     MQTTPublishError,
     MQTTSink,
     MQTTSource,
 )
+from connectors.mqtt import progress as progress_module
+from connectors.mqtt import refusals as refusals_module
 from connectors.mqtt import sink as sink_module
-from connectors.mqtt.source import read_markers
-from connectors.mqtt.testing import Collector, Mosquitto, Publisher, TlsFiles, process_alive, wait_for
+from connectors.mqtt.ownership import read_markers
+from connectors.mqtt.testing import (
+    Collector,
+    Mosquitto,
+    Publisher,
+    TlsFiles,
+    process_alive,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(90)]
 
@@ -116,7 +126,7 @@ class Flow:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
 
-    def __enter__(self) -> Flow:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -242,16 +252,17 @@ def test_broker_restart_mid_stream_loses_nothing(mosquitto, clients, tmp_path):
 
 
 def make_certs(tmp: Path) -> tuple[Path, Path, Path]:
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     def key():
         return ec.generate_private_key(ec.SECP256R1())
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key, srv_key = key(), key()
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
@@ -356,7 +367,7 @@ def test_mqtt5_receive_maximum_bounds_unacked_deliveries_and_acks_wait_for_the_e
         wait_for(lambda: got.extend(part.next_batch()) or len(got) >= 30, 10, "the first window")
         time.sleep(0.5)
         got.extend(part.next_batch())
-        assert len(got) == 30 and part._unacked == 30, "nothing acknowledged before a commit"
+        assert len(got) == 30 and part._intake.unacked == 30, "nothing acknowledged before a commit"
 
         def one_epoch() -> bool:
             part.snapshot()  # end of the epoch; the next next_batch means it committed: ack
@@ -367,7 +378,7 @@ def test_mqtt5_receive_maximum_bounds_unacked_deliveries_and_acks_wait_for_the_e
         assert [m.payload for m in got] == nums("b", 0, 100)
         part.snapshot()
         part.next_batch()
-        assert not part._held and not part._committable
+        assert not part._intake.held and not part._intake.committable
     finally:
         part.close()
     # The acks reached the broker: a new partition with the same id gets nothing old.
@@ -396,7 +407,7 @@ def test_a_reused_packet_id_is_a_new_message_only_a_dup_copy_is_a_redelivery(mos
         for msg in (delivery(7, b"first"), delivery(7, b"second"), delivery(7, b"first", dup=True)):
             part._on_message(part._link.client, None, msg)
         assert [m.payload for m in part.next_batch()] == [b"first", b"second"]
-        assert part.stats.redeliveries_skipped == 1 and part._unacked == 2
+        assert part.stats.redeliveries_skipped == 1 and part._intake.unacked == 2
     finally:
         part.close()
 
@@ -441,12 +452,12 @@ def test_mqtt311_stops_reading_at_the_unacked_bound(mosquitto, clients):
     part = src.build_part("in", "in-0", None)
     try:
         pub.publish("in/b", nums("b", 0, 100))
-        wait_for(lambda: len(part._held) >= 10, 10, "bound reached")
+        wait_for(lambda: len(part._intake.held) >= 10, 10, "bound reached")
         full_at = time.monotonic()
         time.sleep(1.5)
         # At the bound, the network thread takes one message per wake-up (1 s here).
-        wake_ups = (time.monotonic() - full_at) / part._block_s
-        assert len(part._held) <= 10 + int(wake_ups) + 1 < 100
+        wake_ups = (time.monotonic() - full_at) / part._intake.block_s
+        assert len(part._intake.held) <= 10 + int(wake_ups) + 1 < 100
         got: list = []
 
         def one_epoch() -> bool:
@@ -583,7 +594,8 @@ def test_sink_publishes_a_record_once_its_epoch_is_committed_and_once_only_after
     part.write_batch([COMMIT_TICK])  # epoch 1 is committed
     wait_for(lambda: out.payloads("out/x") == [b"m0", b"m1"], 10, "epoch 1's records")
     # (A partition in a process of its own gives its state pickled, as Bytewax stores it.)
-    records = lambda state: (pickle.loads(state) if own_process else state).records  # noqa: E731
+    def records(state):
+        return (pickle.loads(state) if own_process else state).records
     wait_for(lambda: records(part.snapshot()) == [(2, msgs[2])], 10, "m0, m1 acknowledged")
     part.write_batch([msgs[3]])
     committed_2 = part.snapshot()  # epoch 2 ends holding m2 and m3; it commits, and then
@@ -648,7 +660,7 @@ def drive(part, until, timeout: float, what: str):
 
 def test_a_refused_record_waits_in_the_snapshot_and_goes_out_once_the_acl_allows_it(tmp_path, monkeypatch, caplog):
     # The old sink logged the refusal and dropped the record (counted as written).
-    monkeypatch.setattr(sink_module, "RETRY_FIRST", 0.2, raising=False)
+    monkeypatch.setattr(refusals_module, "RETRY_FIRST", 0.2, raising=False)
     caplog.set_level(logging.INFO, logger="connectors.mqtt")
     acl = tmp_path / "acl"
     acl.write_text(ACL_CLOSED)
@@ -683,7 +695,7 @@ def test_a_refused_record_waits_in_the_snapshot_and_goes_out_once_the_acl_allows
         crash(part)
         part = sink.build_part("out", "0", state)  # hands c0, c1, o1 to the broker, not knowing of the refusal
         part._link.client.reconnect_delay_set(0.1, 0.5)
-        drive(part, lambda: part._refusal is not None, 10, "the refusal again")
+        drive(part, lambda: part._refusals.current is not None, 10, "the refusal again")
         publish_committed(part, [opened[2], closed[2]])  # behind the refusal: they wait
         drive(part, lambda: len(refused) >= 8, 15, "retries, refused")
         assert out.payloads("out/closed") == [] and b"o2" not in out.payloads("out/open")
@@ -729,7 +741,7 @@ def retain(client: paho.Client, topic: str, payload: bytes) -> None:
     client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
 
 
-def resumed_state(prefix: bytes) -> "sink_module.SinkState":
+def resumed_state(prefix: bytes) -> sink_module.SinkState:
     """A committed snapshot of run RUN holding three records, #0 to #2."""
     return sink_module.SinkState(RUN, 3, [(i, MQTTMessage("out/x", prefix + b"%d" % i)) for i in range(3)])
 
@@ -743,7 +755,7 @@ def test_a_forged_progress_marker_skips_nothing_and_crashes_nothing(mosquitto, c
     topic = "connectors-mqtt/progress/forged-out-0"
     for n, forged in enumerate(FORGED):
         written = []
-        sink.on_written = lambda ms, _s: written.extend(m.payload for m in ms)
+        sink.on_written = lambda ms, _s, written=written: written.extend(m.payload for m in ms)
         retain(pub.client, topic, forged)
         caplog.clear()
         part = sink.build_part("out", "0", resumed_state(b"f%d-" % n))
@@ -759,12 +771,12 @@ def test_a_forged_progress_marker_skips_nothing_and_crashes_nothing(mosquitto, c
     (json.dumps({"run": RUN, "seq": 2}).encode(), 2),
 ])
 def test_a_progress_marker_of_the_partitions_own_records_is_trusted(payload, done):
-    assert sink_module.read_progress(payload, RUN, 3) == sink_module.Progress(done)
+    assert progress_module.read_progress(payload, RUN, 3) == progress_module.Progress(done)
 
 
 def test_every_forged_marker_is_ignored_with_a_reason():
     for forged in FORGED + [b"x" * 100_000, b'{"run": 1, "seq": 1}', b'{"run": "%s"}' % RUN.encode()]:
-        progress = sink_module.read_progress(forged, RUN, 3)
+        progress = progress_module.read_progress(forged, RUN, 3)
         assert progress.done == -1 and progress.ignored, forged[:60]
 
 
@@ -802,7 +814,7 @@ def test_random_content_on_the_progress_topic_never_skips_loses_or_crashes(mosqu
         retain(writer, topic, at_start)
         part = sink.build_part("out", "0", resumed_state(b"s"))  # a starting partition: #0..#2 pending
         part.write_batch([MQTTMessage("out/x", b"s3")])  # a running one: #3 arrives
-        drive(part, lambda: not part._unacked, 5, "#0..#2 and their marker acknowledged")
+        drive(part, lambda: not part._outbox, 5, "#0..#2 and their marker acknowledged")
         retain(writer, topic, while_running)
         state = part.snapshot()  # #3 sealed; killed before its commit
         crash(part)

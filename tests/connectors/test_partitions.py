@@ -15,7 +15,14 @@ import random
 import pytest
 
 from connectors.mqtt import partitions as rules
-from connectors.mqtt.partitions import EVERYTHING, Marker, counts_at_start, owned_shards, takes, transition_over
+from connectors.mqtt.partitions import (
+    EVERYTHING,
+    Marker,
+    counts_at_start,
+    owned_shards,
+    takes,
+    transition_over,
+)
 
 
 def test_doctests():
@@ -105,7 +112,7 @@ def simulate(old: int, new: int, seed: int, union: bool = True) -> tuple[dict, s
         publish(("marker", i, retained[i]))
         for s in sorted(started):  # every started session reads a little meanwhile
             read(s, rng.randrange(0, 30))
-    after_change = set(message() for _ in range(60))
+    after_change = {message() for _ in range(60)}
     published += sorted(after_change, key=str)
     for s in state:
         read(s, 10**6)

@@ -157,7 +157,7 @@ def test_a_child_killed_while_the_worker_calls_it_is_named_with_its_signal_every
         part = src.build_part("in", "in-0", None)
         calling = threading.Event()
 
-        def poll():
+        def poll(part=part, died=died, calling=calling):
             while not died:
                 try:
                     part.next_batch()
@@ -171,7 +171,7 @@ def test_a_child_killed_while_the_worker_calls_it_is_named_with_its_signal_every
         calling.wait(5)
         time.sleep(0.05)
         os.kill(part.pid, signal.SIGKILL)
-        wait_for(lambda: died, 5, "on_died")
+        wait_for(lambda died=died: died, 5, "on_died")
         poller.join(5)
         if died != [f"input child mqtt-in-0 (pid {part.pid}) died: killed by SIGKILL"]:
             wrong.append(died)

@@ -10,7 +10,13 @@ import pytest
 from connectors.mqtt import MQTTConnection
 from connectors.mqtt import watermarks as module
 from connectors.mqtt.testing import Publisher, wait_for
-from connectors.mqtt.watermarks import DONE, NOTHING_READ, PartitionClock, WatermarkBoard, encode_watermark
+from connectors.mqtt.watermarks import (
+    DONE,
+    NOTHING_READ,
+    PartitionClock,
+    WatermarkBoard,
+    encode_watermark,
+)
 
 
 def test_doctests():

@@ -17,7 +17,8 @@ import pytest
 
 from connectors.mqtt import MQTTConnection
 from connectors.mqtt.partitions import Marker
-from connectors.mqtt.source import has_session, read_markers
+from connectors.mqtt.ownership import read_markers
+from connectors.mqtt.testing import has_session
 from connectors.mqtt.testing import Collector, Publisher, wait_for
 from driver_stats.traffic import Traffic
 from driver_stats.contract import INPUT_SHARDS
