@@ -124,7 +124,8 @@ class Counted(MQTTSource):
 
 def live_source(settings: Settings, n: int, *, taken=None, protocol: str | None = None) -> Counted:
     """The live flow's input (flows/live.py ``mqtt_source``), counted."""
-    return mqtt_source(settings, source_type=functools.partial(Counted, n, taken=taken), protocol=protocol)
+    return mqtt_source(settings, source_type=functools.partial(Counted, n, taken=taken), protocol=protocol,
+                       epoch_interval=EPOCH.total_seconds())
 
 
 def queue_events(broker: Mosquitto, source: MQTTSource, messages: list[tuple[str, bytes]]) -> None:
@@ -177,7 +178,7 @@ def _scale_process(settings: Settings, n: int, taken, addresses: list[str], proc
             else:
                 others[0] += 1
 
-    sink = mqtt_sink(settings, on_written=written, commit_gated=False)
+    sink = mqtt_sink(settings, on_written=written, commit_gated=False, epoch_interval=EPOCH.total_seconds())
     flow = build_flow(settings, source, sink, stream_clock=StreamClock.of_input(source.watermarks),
                       input_done=source.done)
     cluster_main(flow, addresses, proc_id, epoch_interval=EPOCH, worker_count_per_proc=1)
@@ -287,7 +288,7 @@ def main() -> None:
         full = live_source(settings, args.n, protocol=protocol)
         queue_events(broker, full, messages)
         published: list[int] = [0]
-        sink = mqtt_sink(settings, commit_gated=False, on_written=lambda batch, _s: published.__setitem__(
+        sink = mqtt_sink(settings, commit_gated=False, epoch_interval=EPOCH.total_seconds(), on_written=lambda batch, _s: published.__setitem__(
             0, published[0] + len(batch)))
         full_seconds = timed(build_flow(settings, full, sink, stream_clock=StreamClock.of_input(full.watermarks),
                                         input_done=full.done))

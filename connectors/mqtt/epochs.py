@@ -15,12 +15,16 @@ workers take the cores the others need to end the hold.
 * **Shared boundaries.** Every input's epoch moves at the multiples of
   ``period`` (``epoch_interval`` plus :data:`MARGIN`) on the wall clock,
   which all processes of a host read alike (and NTP keeps within
-  milliseconds across hosts): a partition reads and polls as it likes until
-  its epoch may move, then sleeps until the boundary. Clocks that started
-  apart, or drifted, are aligned again at the next boundary.
+  milliseconds across hosts): an idle partition polls until its epoch may
+  move, then sleeps until the boundary. Clocks that started apart, or
+  drifted while busy, are aligned again at the next idle boundary.
 * **Sleep through the hold.** In the activation in which its epoch moves,
-  the partition asks to be woken after the hold it expects (the last one it
-  saw, halved each time it proves too long), not at once.
+  an idle partition asks to be woken after the hold it expects (the last one
+  it saw, halved each time it proves too long), not at once.
+
+A partition with messages waiting reads at once, as Bytewax's default:
+waiting for a boundary or a hold then costs more throughput than the spin
+it saves.
 
     >>> now = [100.5]
     >>> schedule = EpochSchedule(epoch_interval=1.0, poll=0.01, clock=lambda: now[0])
@@ -28,16 +32,18 @@ workers take the cores the others need to end the hold.
     1.02
     >>> schedule.wake_time(more=False)  # early in the epoch: the next poll
     100.51
-    >>> now[0] = 101.49  # the epoch may move from 101.5 on: wait for the boundary, 100 × 1.02
-    >>> round(schedule.wake_time(more=True), 3)
+    >>> now[0] = 101.49  # the epoch may move from 101.5 on: it waits for the boundary, 100 × 1.02
+    >>> round(schedule.wake_time(more=False), 3)
     102.0
-    >>> now[0] = 102.001  # the boundary: the epoch moves in this activation
-    >>> schedule.wake_time(more=True) is None  # no hold seen yet: at once after it
+    >>> schedule.wake_time(more=True) is None  # with messages waiting: at once
     True
+    >>> now[0] = 102.001  # the boundary: the epoch moves in this activation
+    >>> round(schedule.wake_time(more=False), 3)  # no hold seen yet: the next poll
+    102.011
     >>> schedule.activated(); schedule.epoch_moved()
     >>> now[0] = 102.301  # the hold ended 0.3 s later
-    >>> schedule.wake_time(more=True) is None, round(schedule.hold, 3)  # next time, sleep that long
-    (True, 0.3)
+    >>> round(schedule.wake_time(more=False), 3), round(schedule.hold, 3)  # next time, sleep that long
+    (102.311, 0.3)
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ GUARD = 0.01
 Bytewax reads the epoch's start at the top of an activation, the partition
 learns of it a little later (``snapshot``): this covers the difference.
 """
+MAX_HOLD = 0.5
+"""The longest sleep through a hold, as a share of the epoch interval (a longer hold is spun through)."""
 STARTED_WITHIN = 0.5
 """An epoch that moved this soon after the partition's ``next_batch`` started at that call (the same activation)."""
 LATE = 0.005
@@ -112,17 +120,19 @@ class EpochSchedule:
         if self._moved:  # the first call since the move: the hold has ended
             held = now - self._started
             longer = now > self._asked + max(LATE, self.hold / 4)  # a wake-up comes late by a little anyway
-            self.hold = min(held, self.interval) if longer else self.hold / 2
+            self.hold = min(held, self.interval * MAX_HOLD) if longer else self.hold / 2
             self._moved = False
-        wanted = now if more else now + self._poll
+        if more:  # busy: read at once (a sleep here measurably costs throughput, bench/end_to_end.py --scale)
+            return None
+        wanted = now + self._poll
         may_move = self._started + self.interval
         if wanted < may_move - GUARD:
-            return None if more else wanted
+            return wanted
         boundary = math.ceil(may_move / self.period) * self.period
-        if boundary > now:
+        if now < boundary:
             return boundary
-        if self._moving:  # predicted before, and it did not move (a late wake-up, another interval): as usual
-            return None if more else wanted
+        if self._moving:  # predicted and not moved (a late wake-up, another interval): as usual
+            return wanted
         self._moving = True  # it moves in this activation, right after this call
         self._asked = max(wanted, now + self.hold)
-        return None if self._asked <= now else self._asked
+        return self._asked
