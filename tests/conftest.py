@@ -22,6 +22,7 @@ ONE_AT_A_TIME = (
     "tests/flow/test_child_processes.py",
     "tests/flow/test_stream_time.py",
     "tests/flow/test_wall_clock_steps.py",
+    "tests/flow/test_start_order.py",
 )
 
 
