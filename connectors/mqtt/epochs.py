@@ -22,9 +22,9 @@ workers take the cores the others need to end the hold.
   an idle partition asks to be woken after the hold it expects (the last one
   it saw, halved each time it proves too long), not at once.
 
-A partition with messages waiting reads at once, as Bytewax's default:
-waiting for a boundary or a hold then costs more throughput than the spin
-it saves.
+A partition that read in this epoch, or has messages waiting, polls and
+reads as before (Bytewax's default): waiting for a boundary or a hold then
+costs more throughput than the spin it saves.
 
     >>> now = [100.5]
     >>> schedule = EpochSchedule(epoch_interval=1.0, poll=0.01, clock=lambda: now[0])
@@ -94,10 +94,16 @@ class EpochSchedule:
         self._asked = self._started  # the wake-up asked for in the activation that moved the epoch
         self._moving = False  # predicted a move in this epoch
         self._moved = False  # moved since the last next_awake
+        self._quiet = True  # took nothing this epoch
 
     def activated(self) -> None:
         """Bytewax activated the partition (call at the top of ``next_batch``)."""
         self._activated = self._clock()
+
+    def took(self, count: int) -> None:
+        """The partition's ``next_batch`` gives ``count`` items."""
+        if count:
+            self._quiet = False
 
     def epoch_moved(self) -> None:
         """Bytewax moved the partition's epoch (it calls ``snapshot`` then).
@@ -107,7 +113,7 @@ class EpochSchedule:
         """
         now = self._clock()
         self._started = self._activated if now - self._activated < STARTED_WITHIN else now
-        self._moving, self._moved = False, True
+        self._moving, self._moved, self._quiet = False, True, True
 
     def next_awake(self, more: bool) -> Optional[datetime]:
         """Bytewax's ``next_awake`` for a partition that has items waiting (``more``) or not."""
@@ -125,6 +131,8 @@ class EpochSchedule:
         if more:  # busy: read at once (a sleep here measurably costs throughput, bench/end_to_end.py --scale)
             return None
         wanted = now + self._poll
+        if not self._quiet:  # it read in this epoch: more may come any moment
+            return wanted
         may_move = self._started + self.interval
         if wanted < may_move - GUARD:
             return wanted

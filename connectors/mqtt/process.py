@@ -155,7 +155,9 @@ class SourcePartitionProcess(StatefulSourcePartition[MQTTMessage | MQTTError, No
     def next_batch(self) -> list[MQTTMessage | MQTTError]:
         self._schedule.activated()
         packed, self._more = self._child.call("next_batch")
-        return unpack(packed, partition=self._index)
+        items = unpack(packed, partition=self._index)
+        self._schedule.took(len(items))
+        return items
 
     def next_awake(self) -> datetime | None:
         return self._schedule.next_awake(self._more)

@@ -170,6 +170,7 @@ class _MQTTSourcePartition(StatefulSourcePartition[MQTTMessage | MQTTError, None
             if self._owner.over and self._intake.settled():
                 self._finish_drain()
         batch = self._intake.pop(self._batch_size)
+        self._schedule.took(len(batch))
         if self._watermark is None:
             self._intake.emitted([entry for entry, _ in batch])
             return [item for _, item in batch]

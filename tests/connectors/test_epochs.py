@@ -98,3 +98,14 @@ def test_a_wrong_epoch_interval_never_spins():
     moves, activations = run(1000.0, 30, bytewax_interval=10.0)
     assert len(moves) == 2
     assert activations < 30 / 0.01 + 100
+
+
+def test_a_partition_that_read_in_this_epoch_polls_on():
+    now = [1000.5]
+    schedule = EpochSchedule(INTERVAL, poll=0.01, clock=lambda: now[0])
+    schedule.took(3)
+    now[0] = 1001.495  # its epoch may move soon; the boundary is 0.145 s away
+    assert schedule.wake_time(more=False) == pytest.approx(1001.505)
+    schedule.epoch_moved()  # a new epoch in which it reads nothing
+    now[0] = 1002.49
+    assert schedule.wake_time(more=False) == pytest.approx(1002.66)  # 983 × 1.02
