@@ -16,8 +16,8 @@ workers take the cores the others need to end the hold.
   ``period`` (``epoch_interval`` plus :data:`MARGIN`) on the wall clock,
   which all processes of a host read alike (and NTP keeps within
   milliseconds across hosts): an idle partition polls until its epoch may
-  move, then sleeps until the boundary. Clocks that started apart, or
-  drifted while busy, are aligned again at the next idle boundary.
+  move, then sleeps until the boundary if it is near (:data:`NEAR`). Clocks
+  that started apart, or drifted while busy, creep back to the boundaries.
 * **Sleep through the hold.** In the activation in which its epoch moves,
   an idle partition asks to be woken after the hold it expects (the last one
   it saw, halved each time it proves too long), not at once.
@@ -26,13 +26,13 @@ A partition that read in this epoch, or has messages waiting, polls and
 reads as before (Bytewax's default): waiting for a boundary or a hold then
 costs more throughput than the spin it saves.
 
-    >>> now = [100.5]
+    >>> now = [100.97]
     >>> schedule = EpochSchedule(epoch_interval=1.0, poll=0.01, clock=lambda: now[0])
     >>> schedule.period
     1.02
     >>> schedule.wake_time(more=False)  # early in the epoch: the next poll
-    100.51
-    >>> now[0] = 101.49  # the epoch may move from 101.5 on: it waits for the boundary, 100 × 1.02
+    100.98
+    >>> now[0] = 101.96  # the epoch may move from 101.97 on: wait for the boundary near, 100 × 1.02
     >>> round(schedule.wake_time(more=False), 3)
     102.0
     >>> schedule.wake_time(more=True) is None  # with messages waiting: at once
@@ -69,6 +69,15 @@ learns of it a little later (``snapshot``): this covers the difference.
 """
 MAX_HOLD = 0.5
 """The longest sleep through a hold, as a share of the epoch interval (a longer hold is spun through)."""
+NEAR = 0.05
+"""Seconds a partition waits for a boundary at most.
+
+A partition whose epoch started off the boundaries (it was busy) moves
+unaligned rather than wait long: a partition that waits holds every other
+one back. Each epoch of an idle partition lasts ``epoch_interval`` plus a
+poll or so, a little less than ``period``, so its moves creep up to a
+boundary and are aligned within about ``period / MARGIN`` epochs.
+"""
 STARTED_WITHIN = 0.5
 """An epoch that moved this soon after the partition's ``next_batch`` started at that call (the same activation)."""
 LATE = 0.005
@@ -136,9 +145,9 @@ class EpochSchedule:
         may_move = self._started + self.interval
         if wanted < may_move - GUARD:
             return wanted
-        boundary = math.ceil(may_move / self.period) * self.period
-        if now < boundary:
-            return boundary
+        if now < may_move:  # wait for the boundary if it is near; else move unaligned (aligned a few epochs later)
+            boundary = math.ceil(may_move / self.period) * self.period
+            return boundary if boundary - now <= NEAR else wanted
         if self._moving:  # predicted and not moved (a late wake-up, another interval): as usual
             return wanted
         self._moving = True  # it moves in this activation, right after this call
