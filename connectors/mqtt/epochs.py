@@ -15,9 +15,10 @@ workers take the cores the others need to end the hold.
 * **Shared boundaries.** Every input's epoch moves at the multiples of
   ``period`` (``epoch_interval`` plus :data:`MARGIN`) on the wall clock,
   which all processes of a host read alike (and NTP keeps within
-  milliseconds across hosts): an idle partition polls until its epoch may
-  move, then sleeps until the boundary if it is near (:data:`NEAR`). Clocks
-  that started apart, or drifted while busy, creep back to the boundaries.
+  milliseconds across hosts): a partition that read nothing in this epoch
+  polls until its epoch may move, then sleeps until the boundary. Clocks
+  that started apart, or drifted while busy, are aligned at the next quiet
+  epoch.
 * **Sleep through the hold.** In the activation in which its epoch moves,
   an idle partition asks to be woken after the hold it expects (the last one
   it saw, halved each time it proves too long), not at once.
@@ -70,13 +71,13 @@ learns of it a little later (``snapshot``): this covers the difference.
 MAX_HOLD = 0.5
 """The longest sleep through a hold, as a share of the epoch interval (a longer hold is spun through)."""
 NEAR = 0.05
-"""Seconds a partition waits for a boundary at most.
+"""The ``max_wait`` for a boundary of an input that is never busy, and so cannot tell (the commit ticks).
 
-A partition whose epoch started off the boundaries (it was busy) moves
-unaligned rather than wait long: a partition that waits holds every other
-one back. Each epoch of an idle partition lasts ``epoch_interval`` plus a
-poll or so, a little less than ``period``, so its moves creep up to a
-boundary and are aligned within about ``period / MARGIN`` epochs.
+Its epoch moves unaligned rather than wait long while other inputs are
+busy: an input that waits holds every other one back. Each of its epochs
+lasts ``epoch_interval`` plus a poll or so, a little less than ``period``,
+so its moves creep up to a boundary and are aligned within about
+``period / MARGIN`` epochs.
 """
 STARTED_WITHIN = 0.5
 """An epoch that moved this soon after the partition's ``next_batch`` started at that call (the same activation)."""
@@ -91,12 +92,13 @@ class EpochSchedule:
     """
 
     def __init__(self, epoch_interval: Optional[float], poll: float = IDLE_POLL.total_seconds(),
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, max_wait: float = math.inf) -> None:
         self.interval = math.inf if epoch_interval is None else epoch_interval  # None: poll, never align
         self.period = round(self.interval + MARGIN, 6)
         self.hold = 0.0
         """Seconds the partition expects to be held after its epoch moves."""
         self._poll = poll
+        self._max_wait = max_wait  # the longest wait for a boundary
         self._clock = clock
         self._started = clock()  # a partition is built in the activation that starts its first epoch
         self._activated = self._started
@@ -145,9 +147,9 @@ class EpochSchedule:
         may_move = self._started + self.interval
         if wanted < may_move - GUARD:
             return wanted
-        if now < may_move:  # wait for the boundary if it is near; else move unaligned (aligned a few epochs later)
+        if now < may_move:  # wait for the boundary (unless it is further than max_wait: then move unaligned)
             boundary = math.ceil(may_move / self.period) * self.period
-            return boundary if boundary - now <= NEAR else wanted
+            return boundary if boundary - now <= self._max_wait else wanted
         if self._moving:  # predicted and not moved (a late wake-up, another interval): as usual
             return wanted
         self._moving = True  # it moves in this activation, right after this call

@@ -12,17 +12,18 @@ import random
 
 import pytest
 
-from connectors.mqtt.epochs import EpochSchedule
+from connectors.mqtt.epochs import NEAR, EpochSchedule
 
 INTERVAL = 1.0
 
 
 def run(start: float, seconds: float, *, schedule_interval: float | None = INTERVAL,
-        bytewax_interval: float = INTERVAL, busy: bool = False, seed: int = 1) -> tuple[list[float], int]:
+        bytewax_interval: float = INTERVAL, busy: bool = False, seed: int = 1,
+        max_wait: float = float("inf")) -> tuple[list[float], int]:
     """The times the epoch moved, and the activations, of a partition built at ``start``."""
     rng = random.Random(seed)
     now = [start]
-    schedule = EpochSchedule(schedule_interval, poll=0.01, clock=lambda: now[0])
+    schedule = EpochSchedule(schedule_interval, poll=0.01, clock=lambda: now[0], max_wait=max_wait)
     epoch_started, moves, activations = start, [], 0
     while now[0] < start + seconds:
         activations += 1
@@ -40,9 +41,16 @@ def run(start: float, seconds: float, *, schedule_interval: float | None = INTER
 
 
 def test_partitions_started_apart_move_their_epochs_together():
-    # Two processes' partitions whose clocks started 0.37 s apart: within
-    # about period / MARGIN epochs both move at the boundaries.
-    first, _ = run(1000.0, 150)
+    # Two processes' partitions whose clocks started 0.37 s apart.
+    first, _ = run(1000.0, 20)
+    second, _ = run(1000.37, 20, seed=2)
+    late = [min(abs(a - b) for b in first) for a in second[3:] if a < first[-1]]
+    assert len(late) > 10 and max(late) < 0.01, late
+
+
+def test_an_input_that_waits_for_near_boundaries_only_is_aligned_later():
+    # Within about period / MARGIN epochs both move at the boundaries.
+    first, _ = run(1000.0, 150, max_wait=NEAR)
     second, _ = run(1000.37, 150, seed=2)
     late = [min(abs(a - b) for b in first) for a in second[-30:] if a < first[-1]]
     assert len(late) > 20 and max(late) < 0.01, late
@@ -64,9 +72,9 @@ def test_epochs_keep_their_interval(busy):
     assert all(INTERVAL <= length < 2 * INTERVAL + 0.1 for length in lengths), lengths
 
 
-def test_a_partition_waits_for_a_near_boundary_only():
+def test_an_input_that_cannot_tell_it_is_busy_waits_for_a_near_boundary_only():
     now = [1000.5]
-    schedule = EpochSchedule(INTERVAL, poll=0.01, clock=lambda: now[0])
+    schedule = EpochSchedule(INTERVAL, poll=0.01, clock=lambda: now[0], max_wait=NEAR)
     now[0] = 1001.495  # may move from 1001.5; the boundary (982 × 1.02 = 1001.64) is 0.145 s away
     assert schedule.wake_time(more=False) == pytest.approx(1001.505)  # far: it polls on
     now[0] = 1001.63
