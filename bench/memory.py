@@ -1,7 +1,7 @@
 """Resident memory and state of the full flow over a long run: they must stay flat.
 
     python bench/memory.py [--events 1000000] [--journeys 100000]    # steady traffic
-    python bench/memory.py churn [--recovery] [--events 1000000] [--retention 2]  # every event a new driver
+    python bench/memory.py churn [--recovery] [--events 1000000] [--retention 2] [--rate 10000]  # new drivers
     python bench/memory.py flood [--events 1000000]                  # one driver, one huge interval
 
 *steady* (the default):
@@ -14,17 +14,19 @@ every 10% of the events. Dedupe keys and interval state are dropped when an
 interval closes, so memory should level off after the first intervals; the
 last line compares the end with the 30% mark.
 
-*churn*: every event comes from a driver never seen before, stamped with the
-wall clock as it enters the flow, with 1 s windows, no lateness and a 2 s
-state retention (``--retention``), so that intervals close and drivers are
-forgotten within the run (the same rule as production's 600 s / 30 s /
-3600 s, compressed in time). The flow is :func:`flows.driver_stats.build_flow`
+*churn*: every event comes from a driver never seen before, ``--rate``
+(10,000) events per second of event time, ending about now, with 1 s
+windows, no lateness and a 2 s state retention (``--retention``), so that
+intervals close and drivers are forgotten within the run (the same rule as
+production's 600 s / 30 s / 3600 s, compressed in time). Event times, not
+the wall clock, set how many drivers are held, so a loaded machine changes
+the time a run takes, not its state. The flow is :func:`flows.driver_stats.build_flow`
 with its default stream clock, the product's rule for an input without
 watermarks (:meth:`driver_stats.core.stream_clock.StreamClock.of_input`: the
 stream time is what the window step processed), so drivers are forgotten as
 in production: each sample line shows the drivers the flow holds (its
-``driver_stats_tracked_drivers`` gauge), which levels off at about the
-events of window + retention seconds. RSS is sampled as in *steady*; with
+``driver_stats_tracked_drivers`` gauge), which levels off at about
+``rate`` x (window + retention) drivers. RSS is sampled as in *steady*; with
 ``--recovery`` the flow also snapshots every second into a recovery store
 whose size is sampled instead (``store end/30% ratio``). The last line
 compares the process's CPU seconds per 100k drivers in the last stretch
@@ -114,9 +116,11 @@ def tip(driver: str, journey: str, at: datetime) -> MQTTMessage:
         driver_id=driver, rider_id="r", journey_id=journey, tipped_at=at, amount=100)))
 
 
-def churn_messages(events: int):
+def churn_messages(events: int, rate: int):
+    """Event ``i`` from driver ``i`` at ``i / rate`` stream seconds, the last one about now (none in the future)."""
+    start = time.time() - events / rate
     for i in range(events):
-        yield tip(f"driver-{i}", "journey", datetime.now(timezone.utc))
+        yield tip(f"driver-{i}", "journey", datetime.fromtimestamp(start + i / rate, timezone.utc))
 
 
 def flood_messages(events: int):
@@ -139,7 +143,8 @@ def sampled(stream, events: int, measure, label: str, samples: list, extra=None)
             before = time.process_time()
             gc.collect()
             samples.append((n, measure(), before - paused - cpu))
-            line = f"{n:>9} events  {label} {samples[-1][1]:9.1f} MiB"
+            spent = samples[-1][2] - (samples[-2][2] if len(samples) > 1 else 0.0)
+            line = f"{n:>9} events  cpu {spent / step * 100_000:5.2f} s/100k  {label} {samples[-1][1]:9.1f} MiB"
             if extra is not None:
                 line += f"  {extra()}"
             print(line, flush=True)
@@ -186,7 +191,7 @@ def run_flow(messages, settings: Settings, recovery_dir: Path | None = None,
     return sink
 
 
-def churn(events: int, recovery: bool, retention: float) -> None:
+def churn(events: int, recovery: bool, retention: int, rate: int) -> None:
     settings = Settings(window_seconds=1, allowed_lateness_seconds=0, state_retention_seconds=retention)
     samples: list[tuple[int, float, float]] = []
     held: list[int] = []
@@ -200,11 +205,11 @@ def churn(events: int, recovery: bool, retention: float) -> None:
         store = Path(tmp) if recovery else None
         measure, label = ((lambda: store_mib(store)), "store") if recovery else (rss_mib, "rss")
         started = time.perf_counter()
-        run_flow(sampled(churn_messages(events), events, measure, label, samples, drivers), settings, store, sink)
+        run_flow(sampled(churn_messages(events, rate), events, measure, label, samples, drivers), settings, store, sink)
         elapsed = time.perf_counter() - started
     print(f"{events} drivers in {elapsed:.1f}s, {sink.counter[0]} records out; drivers held at most "
           f"{max(held, default=0):,}, at the last sample {held[-1] if held else 0:,} "
-          f"(window 1 s, lateness 0 s, retention {retention:g} s)")
+          f"(window 1 s, lateness 0 s, retention {retention} s, {rate:,} events per event-time second)")
     if held and held[-1] >= events // 2:
         print("drivers are not forgotten: the stream time did not move", file=sys.stderr)
     figures, ratio = ratio_line(label, samples, events)
@@ -249,11 +254,12 @@ def main() -> None:
     parser.add_argument("--journeys", type=int, default=100_000, help="steady: distinct journeys")
     parser.add_argument("--drivers", type=int, default=2_000, help="steady: distinct drivers")
     parser.add_argument("--recovery", action="store_true", help="churn: sample a recovery store's size")
-    parser.add_argument("--retention", type=float, default=2.0,
-                        help="churn: state retention in seconds (drivers held: about the events of 1 + this)")
+    parser.add_argument("--retention", type=int, default=2,
+                        help="churn: state retention, whole seconds (drivers held: about rate x (1 + this))")
+    parser.add_argument("--rate", type=int, default=10_000, help="churn: events (new drivers) per event-time second")
     args = parser.parse_args()
     if args.mode == "churn":
-        churn(args.events, args.recovery, args.retention)
+        churn(args.events, args.recovery, args.retention, args.rate)
     elif args.mode == "flood":
         flood(args.events)
     else:
