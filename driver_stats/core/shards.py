@@ -48,6 +48,8 @@ from typing import Iterable
 from ..contract import DriverStats, Event
 from .windows import COUNTED, DriverWindows, Verdict
 
+_NEVER = math.inf
+
 SHARDS = 4096
 """State keys of the window step. Enough that a shard holds few drivers (so
 a snapshot of a busy shard stays small), few enough to bound the store."""
@@ -111,18 +113,18 @@ class DriverShard:
         if driver_ids is None:
             driver_ids = self._pop_due(stream_time)
         records: list[DriverStats] = []
-        drivers = self.drivers
+        drivers, due = self.drivers, self.due
         for driver_id in driver_ids:
             windows = drivers.get(driver_id)
             if windows is None:
                 continue
             closed = windows.close_due(stream_time)
-            if windows.discardable(stream_time):
+            if not windows.open and windows.discardable(stream_time):
                 if windows.closed_until > self.floor:
                     self.floor = windows.closed_until
                 del drivers[driver_id]
-                self.due.pop(driver_id, None)  # its heap entries are stale from now on
-            elif closed or self.due.get(driver_id, math.inf) <= stream_time:
+                due.pop(driver_id, None)  # its heap entries are stale from now on
+            elif closed or due.get(driver_id, _NEVER) <= stream_time:
                 self._schedule(driver_id, windows)
             if closed:
                 records += closed
