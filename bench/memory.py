@@ -1,7 +1,7 @@
 """Resident memory and state of the full flow over a long run: they must stay flat.
 
     python bench/memory.py [--events 1000000] [--journeys 100000]    # steady traffic
-    python bench/memory.py churn [--recovery] [--events 1000000]     # every event a new driver
+    python bench/memory.py churn [--recovery] [--events 1000000] [--retention 2] [--rate 10000]  # new drivers
     python bench/memory.py flood [--events 1000000]                  # one driver, one huge interval
 
 *steady* (the default):
@@ -14,13 +14,24 @@ every 10% of the events. Dedupe keys and interval state are dropped when an
 interval closes, so memory should level off after the first intervals; the
 last line compares the end with the 30% mark.
 
-*churn*: every event comes from a driver never seen before, stamped with the
-wall clock as it enters the flow, with 1 s windows, no lateness and a 2 s
-state retention, so that intervals close and drivers are forgotten within
-the run (the same rule as production's 600 s / 30 s / 3600 s, compressed in
-time). RSS is sampled as in *steady*; with ``--recovery`` the flow also
-snapshots every second into a recovery store whose size is sampled instead,
-and the last line is ``store end/30% ratio``.
+*churn*: every event comes from a driver never seen before, ``--rate``
+(10,000) events per second of event time, ending about now, with 1 s
+windows, no lateness and a 2 s state retention (``--retention``), so that
+intervals close and drivers are forgotten within the run (the same rule as
+production's 600 s / 30 s / 3600 s, compressed in time). Event times, not
+the wall clock, set how many drivers are held, so a loaded machine changes
+the time a run takes, not its state. The flow is :func:`flows.driver_stats.build_flow`
+with its default stream clock, the product's rule for an input without
+watermarks (:meth:`driver_stats.core.stream_clock.StreamClock.of_input`: the
+stream time is what the window step processed), so drivers are forgotten as
+in production: each sample line shows the drivers the flow holds (its
+``driver_stats_tracked_drivers`` gauge), which levels off at about
+``rate`` x (window + retention) drivers. RSS is sampled as in *steady*; with
+``--recovery`` the flow also snapshots every second into a recovery store
+whose size is sampled instead (``store end/30% ratio``). The last line
+compares the process's CPU seconds per 100k drivers in the last stretch
+(10% of the events) with the first: the cost of an event must not grow with
+the drivers seen before it.
 
 *flood*: one driver, every event a new journey in one open interval, run
 without and then with a recovery store (1 s snapshots); the last line is the
@@ -44,6 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bytewax.outputs import DynamicSink, StatelessSinkPartition  # noqa: E402
 from bytewax.recovery import RecoveryConfig, init_db_dir  # noqa: E402
 from bytewax.testing import TestingSource, run_main  # noqa: E402
+
+from prometheus_client import REGISTRY  # noqa: E402
 
 from connectors.mqtt import MQTTMessage  # noqa: E402
 from driver_stats.contract import DriverRated, DriverTipped, FinishReason, JourneyFinished, encode_event  # noqa: E402
@@ -103,9 +116,11 @@ def tip(driver: str, journey: str, at: datetime) -> MQTTMessage:
         driver_id=driver, rider_id="r", journey_id=journey, tipped_at=at, amount=100)))
 
 
-def churn_messages(events: int):
+def churn_messages(events: int, rate: int):
+    """Event ``i`` from driver ``i`` at ``i / rate`` stream seconds, the last one about now (none in the future)."""
+    start = time.time() - events / rate
     for i in range(events):
-        yield tip(f"driver-{i}", "journey", datetime.now(timezone.utc))
+        yield tip(f"driver-{i}", "journey", datetime.fromtimestamp(start + i / rate, timezone.utc))
 
 
 def flood_messages(events: int):
@@ -114,28 +129,59 @@ def flood_messages(events: int):
         yield tip("driver-0", f"journey-{i}", at)
 
 
-def sampled(stream, events: int, measure, label: str, samples: list):
-    """Pass ``stream`` through, sampling ``measure()`` every 10% (TestingSource pulls lazily)."""
+def sampled(stream, events: int, measure, label: str, samples: list, extra=None):
+    """Pass ``stream`` through, sampling ``measure()`` every 10% (TestingSource pulls lazily).
+
+    ``extra()``, if given, adds text to each sample's line. The CPU time of
+    the sampling itself (a full collection, the gauges) is left out of the
+    stretches: :data:`samples` holds ``(events, value, cpu seconds so far)``.
+    """
     step = max(1, events // 10)
+    cpu, paused = time.process_time(), 0.0
     for n, message in enumerate(stream, 1):
         if n % step == 0:
+            before = time.process_time()
             gc.collect()
-            samples.append((n, measure()))
-            print(f"{n:>9} events  {label} {samples[-1][1]:9.1f} MiB", flush=True)
+            samples.append((n, measure(), before - paused - cpu))
+            spent = samples[-1][2] - (samples[-2][2] if len(samples) > 1 else 0.0)
+            line = f"{n:>9} events  cpu {spent / step * 100_000:5.2f} s/100k  {label} {samples[-1][1]:9.1f} MiB"
+            if extra is not None:
+                line += f"  {extra()}"
+            print(line, flush=True)
+            paused += time.process_time() - before
         yield message
 
 
-def ratio_line(name: str, samples: list, events: int) -> str:
-    early = next(value for n, value in samples if n >= events * 0.3)
-    return f"{name} end/30% ratio: {samples[-1][1] / early:.2f} ({samples[-1][1]:.1f} / {early:.1f} MiB)"
+def ratio_line(name: str, samples: list, events: int) -> tuple[str, str]:
+    """The figures and the ratio of the last sample to the one at 30% of the events."""
+    early = next(value for n, value, _cpu in samples if n >= events * 0.3)
+    return (f"{name} end/30%: {samples[-1][1]:.1f} / {early:.1f} MiB",
+            f"{name} end/30% ratio: {samples[-1][1] / early:.2f}")
+
+
+def time_lines(samples: list) -> tuple[str, str]:
+    """CPU seconds per 100k drivers (events) in the first and in the last stretch between samples."""
+    n0, _, cpu0 = samples[0]
+    n1, _, cpu1 = samples[-2] if len(samples) > 1 else (0, 0.0, 0.0)
+    n2, _, cpu2 = samples[-1]
+    first, last = cpu0 / n0 * 100_000, (cpu2 - cpu1) / (n2 - n1) * 100_000
+    return (f"cpu per 100k drivers: first {n0:,} drivers {first:.2f} s, last {n2 - n1:,} drivers {last:.2f} s",
+            f"time per 100k drivers end/start: {last / first:.2f}")
+
+
+def tracked_drivers() -> int:
+    """The flow's ``driver_stats_tracked_drivers`` gauge, summed over workers (what an operator sees)."""
+    return int(sum(sample.value for family in REGISTRY.collect()
+                   if family.name == "driver_stats_tracked_drivers" for sample in family.samples))
 
 
 def store_mib(directory: Path) -> float:
     return sum(f.stat().st_size for f in directory.glob("*")) / 2**20
 
 
-def run_flow(messages, settings: Settings, recovery_dir: Path | None = None) -> CountingSink:
-    sink = CountingSink()
+def run_flow(messages, settings: Settings, recovery_dir: Path | None = None,
+             sink: CountingSink | None = None) -> CountingSink:
+    sink = sink or CountingSink()
     flow = build_flow(settings, TestingSource(messages, batch_size=1000), sink)
     if recovery_dir is None:
         run_main(flow)
@@ -145,17 +191,33 @@ def run_flow(messages, settings: Settings, recovery_dir: Path | None = None) -> 
     return sink
 
 
-def churn(events: int, recovery: bool) -> None:
-    settings = Settings(window_seconds=1, allowed_lateness_seconds=0, state_retention_seconds=2)
-    samples: list[tuple[int, float]] = []
+def churn(events: int, recovery: bool, retention: int, rate: int) -> None:
+    settings = Settings(window_seconds=1, allowed_lateness_seconds=0, state_retention_seconds=retention)
+    samples: list[tuple[int, float, float]] = []
+    held: list[int] = []
+    sink = CountingSink()
+
+    def drivers() -> str:
+        held.append(tracked_drivers())
+        return f"drivers held {held[-1]:>8,}  records out {sink.counter[0]:>9,}"
+
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) if recovery else None
         measure, label = ((lambda: store_mib(store)), "store") if recovery else (rss_mib, "rss")
         started = time.perf_counter()
-        sink = run_flow(sampled(churn_messages(events), events, measure, label, samples), settings, store)
+        run_flow(sampled(churn_messages(events, rate), events, measure, label, samples, drivers), settings, store, sink)
         elapsed = time.perf_counter() - started
-    print(f"{events} drivers in {elapsed:.1f}s, {sink.counter[0]} records out")
-    print(ratio_line(label, samples, events))
+    print(f"{events} drivers in {elapsed:.1f}s, {sink.counter[0]} records out; drivers held at most "
+          f"{max(held, default=0):,}, at the last sample {held[-1] if held else 0:,} "
+          f"(window 1 s, lateness 0 s, retention {retention} s, {rate:,} events per event-time second)")
+    if held and held[-1] >= events // 2:
+        print("drivers are not forgotten: the stream time did not move", file=sys.stderr)
+    figures, ratio = ratio_line(label, samples, events)
+    cpu_figures, cpu_ratio = time_lines(samples)
+    print(figures)
+    print(cpu_figures)
+    print(ratio)
+    print(cpu_ratio)
 
 
 def flood(events: int) -> None:
@@ -180,7 +242,9 @@ def steady(events: int, journeys: int, drivers: int) -> None:
     print(f"before: rss {rss_mib():.1f} MiB")
     run_main(flow)
     print(f"{sink.counter[0]} messages out")
-    print(ratio_line("rss", samples, events))
+    figures, ratio = ratio_line("rss", samples, events)
+    print(figures)
+    print(ratio)
 
 
 def main() -> None:
@@ -190,9 +254,12 @@ def main() -> None:
     parser.add_argument("--journeys", type=int, default=100_000, help="steady: distinct journeys")
     parser.add_argument("--drivers", type=int, default=2_000, help="steady: distinct drivers")
     parser.add_argument("--recovery", action="store_true", help="churn: sample a recovery store's size")
+    parser.add_argument("--retention", type=int, default=2,
+                        help="churn: state retention, whole seconds (drivers held: about rate x (1 + this))")
+    parser.add_argument("--rate", type=int, default=10_000, help="churn: events (new drivers) per event-time second")
     args = parser.parse_args()
     if args.mode == "churn":
-        churn(args.events, args.recovery)
+        churn(args.events, args.recovery, args.retention, args.rate)
     elif args.mode == "flood":
         flood(args.events)
     else:

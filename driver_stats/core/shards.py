@@ -6,6 +6,13 @@ state key it ever discarded, so keying by driver would grow the store with
 every driver ever seen; with :data:`SHARDS` keys the store and the key count
 stay bounded however many drivers come and go.
 
+A shard keeps its drivers' wake-ups (:meth:`DriverWindows.next_wakeup`: the
+stream time of a driver's next close, dropped dedupe keys or forgetting) in
+a heap, so a wake-up costs what is due, not a pass over every driver the
+shard holds: with a driver per event (new drivers all day long) and the
+production retention, a shard holds thousands of drivers, and the window
+step asks every state key it touched for its next wake-up once per batch.
+
 A shard forgets a driver once :meth:`DriverWindows.discardable` holds, and
 raises its :attr:`DriverShard.floor` to the end of that driver's newest
 record. A driver (re)created in the shard starts its clock at the floor, so
@@ -33,12 +40,15 @@ by at least the retention, so that only hits events that old.
 
 from __future__ import annotations
 
+import heapq
 import math
 import zlib
 from typing import Iterable
 
 from ..contract import DriverStats, Event
 from .windows import COUNTED, DriverWindows, Verdict
+
+_NEVER = math.inf
 
 SHARDS = 4096
 """State keys of the window step. Enough that a shard holds few drivers (so
@@ -51,9 +61,18 @@ def shard_of(driver_id: str) -> str:
 
 
 class DriverShard:
-    """The :class:`DriverWindows` of the drivers of one shard, and the shard's floor."""
+    """The :class:`DriverWindows` of the drivers of one shard, their wake-ups, and the shard's floor.
 
-    __slots__ = ("window", "lateness", "retention", "drivers", "floor")
+    The wake-ups: :attr:`due` maps a driver to the stream time of its next
+    wake-up (drivers with none are absent: unbounded lateness or retention),
+    and :attr:`heap` holds ``(stream time, driver id)`` entries, of which
+    only those that match :attr:`due` count. A wake-up that moves pushes a
+    new entry and leaves the old one to be skipped when it comes up (lazy
+    invalidation); once stale entries outnumber live ones the heap is
+    rebuilt, so it stays within twice the drivers.
+    """
+
+    __slots__ = ("window", "lateness", "retention", "drivers", "floor", "due", "heap")
 
     def __init__(self, window_seconds: int, lateness_seconds: float, retention_seconds: float = math.inf):
         self.window = window_seconds
@@ -61,42 +80,97 @@ class DriverShard:
         self.retention = retention_seconds
         self.drivers: dict[str, DriverWindows] = {}
         self.floor = -math.inf  # end of the newest record of a forgotten driver
+        self.due: dict[str, float] = {}  # driver id -> stream time of its next wake-up
+        self.heap: list[tuple[float, str]] = []  # (stream time, driver id); stale where due disagrees
 
     def __len__(self) -> int:
         return len(self.drivers)
 
     def add(self, event: Event, event_time: float, stream_time: float) -> Verdict:
         """:meth:`DriverWindows.add` for the event's driver, created at the floor if new."""
-        windows = self.drivers.get(event.driver_id)
-        if windows is not None:
-            return windows.add(event, event_time, stream_time)
-        windows = DriverWindows(self.window, self.lateness, event.driver_id, self.retention, self.floor)
+        driver_id = event.driver_id
+        windows = self.drivers.get(driver_id)
+        if windows is None:
+            windows = DriverWindows(self.window, self.lateness, driver_id, self.retention, self.floor)
+            verdict = windows.add(event, event_time, stream_time)
+            if verdict is COUNTED:  # a driver whose first event is refused leaves no state
+                self.drivers[driver_id] = windows
+                self._schedule(driver_id, windows)
+            return verdict
+        opened = len(windows.open)
         verdict = windows.add(event, event_time, stream_time)
-        if verdict is COUNTED:  # a driver whose first event is refused leaves no state
-            self.drivers[event.driver_id] = windows
+        if len(windows.open) != opened:  # a new interval: it may close before the others
+            self._schedule(driver_id, windows)
         return verdict
 
     def close_due(self, stream_time: float, driver_ids: Iterable[str] | None = None) -> list[DriverStats]:
-        """Close what is due for ``driver_ids`` (default: all), and forget drivers that may go."""
+        """Close what is due, and forget drivers that may go.
+
+        For ``driver_ids`` (the drivers of a batch: their own events may have
+        moved their clocks past the stream time) by looking at each; with
+        none, for the drivers whose wake-up the stream time reached.
+        """
+        if driver_ids is None:
+            driver_ids = self._pop_due(stream_time)
         records: list[DriverStats] = []
-        for driver_id in list(self.drivers) if driver_ids is None else driver_ids:
-            windows = self.drivers.get(driver_id)
+        drivers, due = self.drivers, self.due
+        for driver_id in driver_ids:
+            windows = drivers.get(driver_id)
             if windows is None:
                 continue
-            records += windows.close_due(stream_time)
-            if windows.discardable(stream_time):
-                self.floor = max(self.floor, windows.closed_until)
-                del self.drivers[driver_id]
+            closed = windows.close_due(stream_time)
+            if not windows.open and windows.discardable(stream_time):
+                if windows.closed_until > self.floor:
+                    self.floor = windows.closed_until
+                del drivers[driver_id]
+                due.pop(driver_id, None)  # its heap entries are stale from now on
+            elif closed or due.get(driver_id, _NEVER) <= stream_time:
+                self._schedule(driver_id, windows)
+            if closed:
+                records += closed
         return records
 
     def close_all(self) -> list[DriverStats]:
         """Close every interval of every driver (end of a finite input)."""
-        return [record for windows in self.drivers.values() for record in windows.close_all()]
+        records = [record for windows in self.drivers.values() for record in windows.close_all()]
+        for driver_id, windows in self.drivers.items():  # only the forgetting is left to wake up for
+            self._schedule(driver_id, windows)
+        return records
 
     def next_wakeup(self) -> float | None:
         """The stream time of the shard's next close or forgetting, if any."""
-        times = [at for w in self.drivers.values() if (at := w.next_wakeup()) is not None]
-        return min(times, default=None)
+        heap, due = self.heap, self.due
+        while heap:
+            at, driver_id = heap[0]
+            if due.get(driver_id) == at:
+                return at
+            heapq.heappop(heap)  # stale: the driver's wake-up moved, or it was forgotten
+        return None
+
+    def _schedule(self, driver_id: str, windows: DriverWindows) -> None:
+        """(Re)compute the wake-up of ``driver_id``; push an entry if it moved."""
+        at = windows.next_wakeup()
+        due = self.due
+        if at is None:
+            due.pop(driver_id, None)
+            return
+        if due.get(driver_id) == at:
+            return
+        due[driver_id] = at
+        heap = self.heap
+        heapq.heappush(heap, (at, driver_id))
+        if len(heap) > 2 * len(due) + 64:  # mostly stale entries: rebuild from the live ones
+            self.heap = [(when, driver) for driver, when in due.items()]
+            heapq.heapify(self.heap)
+
+    def _pop_due(self, stream_time: float) -> list[str]:
+        """The drivers whose wake-up is at or before ``stream_time``, their entries taken off the heap."""
+        heap, due, woken = self.heap, self.due, []
+        while heap and heap[0][0] <= stream_time:
+            at, driver_id = heapq.heappop(heap)
+            if due.get(driver_id) == at:
+                woken.append(driver_id)
+        return woken
 
     def snapshot(self) -> tuple:
         return self.floor, [windows.snapshot() for windows in self.drivers.values()]
@@ -108,4 +182,5 @@ class DriverShard:
             windows = DriverWindows.resume(driver_state, self.window, self.lateness, self.retention)
             windows.floor = self.floor
             self.drivers[windows.driver_id] = windows
+            self._schedule(windows.driver_id, windows)
         return self

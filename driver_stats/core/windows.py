@@ -297,9 +297,14 @@ class DriverWindows:
         return not self.open and self.closed_until + self.retention <= self.watermark(stream_time)
 
     def next_wakeup(self) -> float | None:
-        """The stream time of the next change without new events: a close, or becoming discardable."""
+        """The stream time of the next change without new events: a close, dropping dedupe keys, or becoming discardable.
+
+        (A driver may get there sooner on its own clock, by its own events.)
+        """
         if self.open:
             target = min(self.open) + self.window
+            if self.recent:  # keys the retention lets go before that (an interval of long ago)
+                target = min(target, min(self.recent) + self.window + self.retention)
         elif self.retention != math.inf:
             target = self.closed_until + self.retention
         else:
