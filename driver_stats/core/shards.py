@@ -121,16 +121,19 @@ class DriverShard:
             windows = drivers.get(driver_id)
             if windows is None:
                 continue
-            closed = windows.close_due(stream_time)
-            if not windows.open and windows.discardable(stream_time):
-                if windows.closed_until > self.floor:
-                    self.floor = windows.closed_until
-                del drivers[driver_id]
-                due.pop(driver_id, None)  # its heap entries are stale from now on
-            elif closed or due.get(driver_id, _NEVER) <= stream_time:
-                self._schedule(driver_id, windows)
-            if closed:
-                records += closed
+            # (A driver with nothing open that may go is forgotten at once, its keys with it.)
+            if windows.open or not windows.discardable(stream_time):
+                closed = windows.close_due(stream_time)
+                if closed:
+                    records += closed
+                if windows.open or not windows.discardable(stream_time):
+                    if closed or due.get(driver_id, _NEVER) <= stream_time:
+                        self._schedule(driver_id, windows)
+                    continue
+            if windows.closed_until > self.floor:
+                self.floor = windows.closed_until
+            del drivers[driver_id]
+            due.pop(driver_id, None)  # its heap entries are stale from now on
         return records
 
     def close_all(self) -> list[DriverStats]:
