@@ -9,8 +9,8 @@ stay bounded however many drivers come and go.
 A shard keeps its drivers' wake-ups (:meth:`DriverWindows.next_wakeup`: the
 stream time of a driver's next close, dropped dedupe keys or forgetting) in
 a heap, so a wake-up costs what is due, not a pass over every driver the
-shard holds: with a driver per event (new drivers all day long) and the
-production retention, a shard holds thousands of drivers, and the window
+shard holds: with the production retention (an hour) and millions of
+drivers a day, a shard holds hundreds to thousands of them, and the window
 step asks every state key it touched for its next wake-up once per batch.
 
 A shard forgets a driver once :meth:`DriverWindows.discardable` holds, and
@@ -108,7 +108,10 @@ class DriverShard:
 
         For ``driver_ids`` (the drivers of a batch: their own events may have
         moved their clocks past the stream time) by looking at each; with
-        none, for the drivers whose wake-up the stream time reached.
+        none, for the drivers whose wake-up the stream time reached. (A
+        driver whose clock only the floor moved past an interval's end
+        closes it when the stream time gets there, or with its next event:
+        the same record, and an event for that interval is late meanwhile.)
         """
         if driver_ids is None:
             driver_ids = self._pop_due(stream_time)
@@ -118,16 +121,19 @@ class DriverShard:
             windows = drivers.get(driver_id)
             if windows is None:
                 continue
-            closed = windows.close_due(stream_time)
-            if not windows.open and windows.discardable(stream_time):
-                if windows.closed_until > self.floor:
-                    self.floor = windows.closed_until
-                del drivers[driver_id]
-                due.pop(driver_id, None)  # its heap entries are stale from now on
-            elif closed or due.get(driver_id, _NEVER) <= stream_time:
-                self._schedule(driver_id, windows)
-            if closed:
-                records += closed
+            # (A driver with nothing open that may go is forgotten at once, its keys with it.)
+            if windows.open or not windows.discardable(stream_time):
+                closed = windows.close_due(stream_time)
+                if closed:
+                    records += closed
+                if windows.open or not windows.discardable(stream_time):
+                    if closed or due.get(driver_id, _NEVER) <= stream_time:
+                        self._schedule(driver_id, windows)
+                    continue
+            if windows.closed_until > self.floor:
+                self.floor = windows.closed_until
+            del drivers[driver_id]
+            due.pop(driver_id, None)  # its heap entries are stale from now on
         return records
 
     def close_all(self) -> list[DriverStats]:

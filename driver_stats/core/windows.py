@@ -297,7 +297,7 @@ class DriverWindows:
         return not self.open and self.closed_until + self.retention <= self.watermark(stream_time)
 
     def next_wakeup(self) -> float | None:
-        """The stream time of the next change without new events: a close, dropping dedupe keys, or becoming discardable.
+        """The stream time of the next change without new events: a close, dropped dedupe keys, or being discardable.
 
         (A driver may get there sooner on its own clock, by its own events.)
         """
