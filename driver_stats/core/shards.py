@@ -99,8 +99,12 @@ class DriverShard:
             return verdict
         opened = len(windows.open)
         verdict = windows.add(event, event_time, stream_time)
-        if len(windows.open) != opened:  # a new interval: it may close before the others
-            self._schedule(driver_id, windows)
+        if len(windows.open) != opened:  # a new interval (the open dict's last key)
+            # Beside open ones, it moves the wake-up only if it closes first (an event out of order).
+            if not opened or next(reversed(windows.open)) + self.window + self.lateness < self.due.get(
+                driver_id, _NEVER
+            ):
+                self._schedule(driver_id, windows)
         return verdict
 
     def close_due(self, stream_time: float, driver_ids: Iterable[str] | None = None) -> list[DriverStats]:

@@ -303,14 +303,15 @@ class DriverWindows:
         """
         if self.open:
             target = min(self.open) + self.window
-            if self.recent:  # keys the retention lets go before that (an interval of long ago)
-                target = min(target, min(self.recent) + self.window + self.retention)
         elif self.retention != math.inf:
             target = self.closed_until + self.retention
         else:
             return None  # unbounded lateness: only the end of input closes
         if self.lateness == math.inf:
             return None
+        # The keys of an older closed interval go before that (the retention after its end).
+        if self.recent and self.retention != math.inf:
+            target = min(target, min(self.recent) + self.window + self.retention)
         return target + self.lateness
 
     def snapshot(self) -> tuple:
