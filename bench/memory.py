@@ -182,15 +182,19 @@ def store_mib(directory: Path) -> float:
     return sum(f.stat().st_size for f in directory.glob("*")) / 2**20
 
 
+def live_gc() -> None:
+    """The live process's collector settings (flows/live.py): what is set up is frozen, and a
+    collection runs after 50,000 net new objects, not 700."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*live.GC_THRESHOLDS)
+
+
 def run_flow(messages, settings: Settings, recovery_dir: Path | None = None,
              sink: CountingSink | None = None) -> CountingSink:
     sink = sink or CountingSink()
     flow = build_flow(settings, TestingSource(messages, batch_size=1000), sink)
-    # The live process's collector settings (flows/live.py): what is set up is frozen, and a
-    # collection runs after 50,000 net new objects, not 700.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*live.GC_THRESHOLDS)
+    live_gc()
     if recovery_dir is None:
         run_main(flow)
     else:
@@ -251,6 +255,7 @@ def steady(events: int, journeys: int, drivers: int) -> None:
     sink = CountingSink()
     flow = build_flow(Settings(max_future_seconds=10**10), TestingSource(stream, batch_size=1000), sink)
     print(f"before: rss {rss_mib():.1f} MiB")
+    live_gc()
     run_main(flow)
     print(f"{sink.counter[0]} messages out")
     figures, ratio = ratio_line("rss", samples, events)
