@@ -7,9 +7,9 @@ every driver ever seen; with :data:`SHARDS` keys the store and the key count
 stay bounded however many drivers come and go.
 
 A shard keeps its drivers' wake-ups (:meth:`DriverWindows.next_wakeup`: the
-stream time of a driver's next close, dropped dedupe keys or forgetting) in
-a heap, so a wake-up costs what is due, not a pass over every driver the
-shard holds: with the production retention (an hour) and millions of
+stream time of a driver's next close, dropped dedupe keys or forgetting) by
+time, in a heap of times, so a wake-up costs what is due, not a pass over
+every driver the shard holds: with the production retention (an hour) and millions of
 drivers a day, a shard holds hundreds to thousands of them, and the window
 step asks every state key it touched for its next wake-up once per batch.
 
@@ -64,15 +64,17 @@ class DriverShard:
     """The :class:`DriverWindows` of the drivers of one shard, their wake-ups, and the shard's floor.
 
     The wake-ups: :attr:`due` maps a driver to the stream time of its next
-    wake-up (drivers with none are absent: unbounded lateness or retention),
-    and :attr:`heap` holds ``(stream time, driver id)`` entries, of which
-    only those that match :attr:`due` count. A wake-up that moves pushes a
-    new entry and leaves the old one to be skipped when it comes up (lazy
-    invalidation); once stale entries outnumber live ones the heap is
-    rebuilt, so it stays within twice the drivers.
+    wake-up (drivers with none are absent: unbounded lateness or retention).
+    Intervals are aligned, so many drivers share a wake-up: :attr:`slots`
+    maps each time to the drivers scheduled then, and :attr:`times` is a
+    heap of those times; a driver in a slot counts only while :attr:`due`
+    agrees. A wake-up that moves adds the driver to another slot and leaves
+    the old entry to be skipped when its time comes (lazy invalidation);
+    once stale entries outnumber live ones the slots are rebuilt, so they
+    stay within twice the drivers.
     """
 
-    __slots__ = ("window", "lateness", "retention", "drivers", "floor", "due", "heap")
+    __slots__ = ("window", "lateness", "retention", "drivers", "floor", "due", "slots", "times", "entries")
 
     def __init__(self, window_seconds: int, lateness_seconds: float, retention_seconds: float = math.inf):
         self.window = window_seconds
@@ -81,7 +83,9 @@ class DriverShard:
         self.drivers: dict[str, DriverWindows] = {}
         self.floor = -math.inf  # end of the newest record of a forgotten driver
         self.due: dict[str, float] = {}  # driver id -> stream time of its next wake-up
-        self.heap: list[tuple[float, str]] = []  # (stream time, driver id); stale where due disagrees
+        self.slots: dict[float, list[str]] = {}  # stream time -> drivers (stale where due disagrees)
+        self.times: list[float] = []  # heap of the slots' times
+        self.entries = 0  # drivers in all slots, stale ones included
 
     def __len__(self) -> int:
         return len(self.drivers)
@@ -117,7 +121,8 @@ class DriverShard:
         closes it when the stream time gets there, or with its next event:
         the same record, and an event for that interval is late meanwhile.)
         """
-        if driver_ids is None:
+        woken = driver_ids is None
+        if woken:
             driver_ids = self._pop_due(stream_time)
         records: list[DriverStats] = []
         drivers, due = self.drivers, self.due
@@ -131,13 +136,13 @@ class DriverShard:
                 if closed:
                     records += closed
                 if windows.open or not windows.discardable(stream_time):
-                    if closed or due.get(driver_id, _NEVER) <= stream_time:
+                    if woken or closed or due.get(driver_id, _NEVER) <= stream_time:
                         self._schedule(driver_id, windows)
                     continue
             if windows.closed_until > self.floor:
                 self.floor = windows.closed_until
             del drivers[driver_id]
-            due.pop(driver_id, None)  # its heap entries are stale from now on
+            due.pop(driver_id, None)  # its slot entries are stale from now on
         return records
 
     def close_all(self) -> list[DriverStats]:
@@ -149,16 +154,21 @@ class DriverShard:
 
     def next_wakeup(self) -> float | None:
         """The stream time of the shard's next close or forgetting, if any."""
-        heap, due = self.heap, self.due
-        while heap:
-            at, driver_id = heap[0]
-            if due.get(driver_id) == at:
+        times, slots, due = self.times, self.slots, self.due
+        while times:
+            at = times[0]
+            slot = slots[at]
+            while slot and due.get(slot[-1]) != at:  # stale: the driver's wake-up moved, or it was forgotten
+                slot.pop()
+                self.entries -= 1
+            if slot:
                 return at
-            heapq.heappop(heap)  # stale: the driver's wake-up moved, or it was forgotten
+            heapq.heappop(times)
+            del slots[at]
         return None
 
     def _schedule(self, driver_id: str, windows: DriverWindows) -> None:
-        """(Re)compute the wake-up of ``driver_id``; push an entry if it moved."""
+        """(Re)compute the wake-up of ``driver_id``; put it in that time's slot if it moved."""
         at = windows.next_wakeup()
         due = self.due
         if at is None:
@@ -167,19 +177,31 @@ class DriverShard:
         if due.get(driver_id) == at:
             return
         due[driver_id] = at
-        heap = self.heap
-        heapq.heappush(heap, (at, driver_id))
-        if len(heap) > 2 * len(due) + 64:  # mostly stale entries: rebuild from the live ones
-            self.heap = [(when, driver) for driver, when in due.items()]
-            heapq.heapify(self.heap)
+        slot = self.slots.get(at)
+        if slot is None:
+            self.slots[at] = [driver_id]
+            heapq.heappush(self.times, at)
+        else:
+            slot.append(driver_id)
+        self.entries += 1
+        if self.entries > 2 * len(due) + 64:  # mostly stale entries: rebuild from the live ones
+            slots: dict[float, list[str]] = {}
+            for driver, when in due.items():
+                slots.setdefault(when, []).append(driver)
+            self.slots, self.times, self.entries = slots, list(slots), len(due)
+            heapq.heapify(self.times)
 
     def _pop_due(self, stream_time: float) -> list[str]:
-        """The drivers whose wake-up is at or before ``stream_time``, their entries taken off the heap."""
-        heap, due, woken = self.heap, self.due, []
-        while heap and heap[0][0] <= stream_time:
-            at, driver_id = heapq.heappop(heap)
-            if due.get(driver_id) == at:
-                woken.append(driver_id)
+        """The drivers whose wake-up is at or before ``stream_time``, unscheduled (the caller schedules them again)."""
+        times, slots, due, woken = self.times, self.slots, self.due, []
+        while times and times[0] <= stream_time:
+            at = heapq.heappop(times)
+            slot = slots.pop(at)
+            self.entries -= len(slot)
+            for driver_id in slot:
+                if due.get(driver_id) == at:
+                    del due[driver_id]
+                    woken.append(driver_id)
         return woken
 
     def snapshot(self) -> tuple:

@@ -1,4 +1,4 @@
-"""A shard's wake-ups: a heap of (stream time, driver), so a wake-up costs what is due, not every driver held."""
+"""A shard's wake-ups: drivers by stream time (a heap of times), so a wake-up costs what is due, not every driver held."""
 
 import math
 import pickle
@@ -44,7 +44,7 @@ def test_a_forgotten_driver_is_woken_once_its_retention_passed_and_then_leaves_n
     assert shard.close_due(BASE + 114.9) == [] and len(shard) == 1
     assert shard.close_due(BASE + 115) == [] and len(shard) == 0
     assert shard.floor == BASE + 10
-    assert shard.next_wakeup() is None and shard.heap == [] and shard.due == {}
+    assert shard.next_wakeup() is None and shard.times == [] and shard.slots == {} and shard.due == {}
 
 
 def test_a_driver_forgotten_and_seen_again_is_woken_for_its_new_interval_not_by_its_old_entries():
@@ -96,9 +96,8 @@ def test_a_driver_with_nothing_open_lets_an_older_intervals_keys_go_at_their_own
 def test_a_later_interval_beside_an_open_one_leaves_the_wakeup_as_it_is():
     shard = DriverShard(10, lateness_seconds=30, retention_seconds=60)
     add(shard, tipped("d1", "j1", 5, 1), stream_time=BASE + 5)
-    heap = list(shard.heap)
     add(shard, tipped("d1", "j2", 15, 1), stream_time=BASE + 15)  # [10, 20) while [0, 10) waits for the lateness
-    assert shard.heap == heap and shard.next_wakeup() == BASE + 40
+    assert shard.entries == 1 and shard.next_wakeup() == BASE + 40
 
 
 def test_a_driver_with_an_open_interval_is_woken_when_the_retention_drops_its_old_dedupe_keys():
@@ -135,13 +134,13 @@ def test_a_wakeup_and_notify_at_cost_what_is_due_however_many_drivers_the_shard_
             assert [r.driver_id for r in shard.close_due(now + 1)] == [driver]
             assert shard.next_wakeup() is not None
         assert len(shard) == held + 100
-        assert len(shard.heap) <= 2 * len(shard.due) + 64
+        assert shard.entries <= 2 * len(shard.due) + 64
         per_size[held] = dict(calls)
     assert per_size[10] == per_size[100] == per_size[10_000]
     assert per_size[10_000]["close_due"] <= 2 * 100  # the touched driver, then the woken one
 
 
-def test_forgetting_many_drivers_costs_one_look_each_and_leaves_the_heap_empty(calls):
+def test_forgetting_many_drivers_costs_one_look_each_and_leaves_nothing_scheduled(calls):
     shard = DriverShard(1, lateness_seconds=0, retention_seconds=10)
     for i in range(5000):
         add(shard, tipped(f"d{i}", "j", i * 0.001, 1), stream_time=BASE + i * 0.001)
@@ -150,7 +149,7 @@ def test_forgetting_many_drivers_costs_one_look_each_and_leaves_the_heap_empty(c
     assert shard.close_due(BASE + 20) == [] and len(shard) == 0  # ... and all forgotten at once
     # One close each, and one look whether it may go after its close and once its retention passed.
     assert calls["close_due"] == 5000 and calls["discardable"] == 2 * 5000
-    assert shard.heap == [] and shard.due == {} and shard.next_wakeup() is None
+    assert shard.times == [] and shard.slots == {} and shard.due == {} and shard.next_wakeup() is None
 
 
 def test_stale_entries_never_outnumber_the_live_ones_by_much():
@@ -158,7 +157,7 @@ def test_stale_entries_never_outnumber_the_live_ones_by_much():
     add(shard, tipped("d1", "j0", 10**5, 1))
     for i in range(1000):  # each an earlier interval: the wake-up moves every time
         add(shard, tipped("d1", f"j{i + 1}", 10**5 - 10 * (i + 1), 1))
-    assert len(shard.due) == 1 and len(shard.heap) <= 2 + 64
+    assert len(shard.due) == 1 and shard.entries <= 2 + 64 and len(shard.times) <= 2 + 64
     assert shard.next_wakeup() == BASE + 10**5 - 10 * 1000 + 10 + 10**6
 
 
@@ -184,11 +183,11 @@ def test_after_the_end_of_input_only_forgetting_is_left_to_wake_for():
 def test_unbounded_lateness_schedules_nothing():
     shard = DriverShard(10, lateness_seconds=math.inf, retention_seconds=math.inf)
     add(shard, tipped("d1", "j1", 3, 1))
-    assert shard.next_wakeup() is None and shard.heap == [] and shard.close_due(BASE + 10**9) == []
+    assert shard.next_wakeup() is None and shard.times == [] and shard.close_due(BASE + 10**9) == []
 
 
 class FullScan(DriverShard):
-    """The shard as it was before the heap: every wake-up looks at every driver."""
+    """The shard as it was before its schedule: every wake-up looks at every driver."""
 
     __slots__ = ()
 
@@ -200,7 +199,7 @@ class FullScan(DriverShard):
 
 
 @pytest.mark.parametrize("seed", range(8))
-def test_the_heap_closes_and_forgets_exactly_what_a_pass_over_every_driver_does(seed):
+def test_the_schedule_closes_and_forgets_exactly_what_a_pass_over_every_driver_does(seed):
     # As the window step drives a shard: each batch's drivers looked at with the
     # batch (their own clocks), the rest when the stream time reaches their wake-up.
     rng = random.Random(seed)
@@ -210,7 +209,7 @@ def test_the_heap_closes_and_forgets_exactly_what_a_pass_over_every_driver_does(
         now += rng.choice((0, 0.5, 1, 3, 7))
         stream = BASE + now
         if rng.random() < 0.3:
-            # The heap's wake-up is never later (it may be earlier: a driver's own events
+            # The scheduled wake-up is never later (it may be earlier: a driver's own events
             # can drop its old keys before its wake-up, which then finds nothing to do).
             wake, full = shards[0].next_wakeup(), shards[1].next_wakeup()
             assert (wake is None) == (full is None) and (wake is None or wake <= full)
