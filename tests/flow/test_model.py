@@ -501,9 +501,10 @@ def at(seconds: float) -> int:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "known gap, documented in the README's Known limitations: dedupe state lives per driver, so one "
-    "journey_id sent under two drivers counts for both; closing it needs a journey-keyed dedupe step. "
-    "strict: this test fails the suite as soon as the gap is closed, so the marker gets removed"))
+    "known gap, documented in docs/limitations.md ('The same journey under two drivers counts for both'): "
+    "dedupe state lives per driver, so one journey_id sent under two driver ids counts for both; the "
+    "producers send each journey under its one driver, and closing the gap needs a journey-keyed dedupe "
+    "step across workers. strict: the suite fails as soon as the gap is closed, so the marker gets removed"))
 def test_an_identity_repeated_under_another_driver_counts_once():
     # An event is (message type, journey_id): the driver is not part of it, so
     # the second JourneyFinished of j0 is a repeat, whoever it names.
