@@ -36,9 +36,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from connectors.mqtt.testing import Collector, Mosquitto, Publisher, free_port  # noqa: E402
+from connectors.mqtt.testing import Collector, Mosquitto, Publisher, free_port, process_cpu_seconds  # noqa: E402
 from driver_stats.contract import STATS_TOPIC  # noqa: E402
-from driver_stats.testing.live_flow import LiveFlow, wait_for_records  # noqa: E402
+from driver_stats.testing.live_flow import LiveFlow, parent_pid, wait_for_records  # noqa: E402
 from driver_stats.testing.paced import PacedTraffic  # noqa: E402
 from datetime import UTC, datetime, timedelta  # noqa: E402
 
@@ -51,22 +51,9 @@ WINDOW, LATENESS = 10, 2
 A_YEAR = 365 * 24 * 3600.0
 
 
-def _ppids() -> dict[int, int]:
-    """pid -> parent pid of every process (Linux /proc)."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            parents[int(entry)] = int(fields[1])
-    return parents
-
-
 def tree_cpu_seconds(roots: list[int]) -> float:
     """User + system CPU seconds so far of ``roots`` and all their descendants."""
-    parents = _ppids()
+    parents = {int(entry): parent_pid(int(entry)) for entry in os.listdir("/proc") if entry.isdigit()}
     tree, grew = set(roots), True
     while grew:
         more = {pid for pid, parent in parents.items() if parent in tree} - tree
@@ -75,10 +62,9 @@ def tree_cpu_seconds(roots: list[int]) -> float:
     total = 0.0
     for pid in tree:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += process_cpu_seconds(pid)
         except OSError:
             continue  # gone since
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
 
 
