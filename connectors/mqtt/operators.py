@@ -23,7 +23,7 @@ from bytewax.dataflow import Dataflow, Stream, operator
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from .connection import MQTTConnection, Protocol
-from .epochs import NEAR, EpochSchedule
+from .epochs import EpochSchedule
 from .limits import IDLE_POLL
 from .link import EventHook
 from .message import MQTTError, MQTTMessage
@@ -94,7 +94,7 @@ class _CommitTicksPartition(StatefulSourcePartition[tuple[str, _CommitTick], Non
                  epoch_interval: float | None) -> None:
         self._ticks = [(key, COMMIT_TICK) for key in keys]
         self._interval = interval.total_seconds()
-        self._schedule = EpochSchedule(epoch_interval, poll=min(interval, IDLE_POLL).total_seconds(), max_wait=NEAR)
+        self._schedule = EpochSchedule(epoch_interval, poll=min(interval, IDLE_POLL).total_seconds())
         self._until = until
         self._due = 0.0
 
