@@ -71,17 +71,23 @@ def run_full(messages: list[MQTTMessage], settings: Settings) -> tuple[float, in
     return time.perf_counter() - started, len(out)
 
 
-def run_bare(events: list, settings: Settings) -> tuple[float, int]:
-    out: list = []
+def bare_windowing(settings: Settings, source, sink) -> Dataflow:
+    """The reference: decoded events keyed by driver into Bytewax's own tumbling-window fold, a count each."""
     flow = Dataflow("bare_windowing")
-    stream = op.input("events", flow, TestingSource(events, batch_size=1000))
+    stream = op.input("events", flow, source)
     keyed = op.key_on("key_by_driver", stream, lambda e: e.driver_id)
     clock = EventClock(lambda e: e.event_time,
                        wait_for_system_duration=timedelta(seconds=settings.allowed_lateness_seconds))
     windower = TumblingWindower(length=timedelta(seconds=settings.window_seconds), align_to=START)
     windows = fold_window("fold", keyed, clock, windower, lambda: 0, lambda count, _event: count + 1,
                           lambda a, b: a + b)
-    op.output("out", windows.down, TestingSink(out))
+    op.output("out", windows.down, sink)
+    return flow
+
+
+def run_bare(events: list, settings: Settings) -> tuple[float, int]:
+    out: list = []
+    flow = bare_windowing(settings, TestingSource(events, batch_size=1000), TestingSink(out))
     started = time.perf_counter()
     run_main(flow)
     return time.perf_counter() - started, len(out)

@@ -43,9 +43,14 @@ all their threads) and of the broker (from /proc, over the same span); and
 whether the stats records the flow published (each one acknowledged by the
 broker, gathered from the sink's ``on_written`` in every process) equal
 P=1's: the same (driver, interval_start) -> payload bytes, none twice.
-Then, last, ``2-process/1-process ratio`` (events/s at P=2 over P=1) and
-``4-process/1-process CPU per event`` ((flow + broker CPU) per event at P=4
-over P=1). The 1-minute load average is printed too: on a machine with
+Then ``2-process/1-process ratio`` (events/s at P=2 over P=1); with P=1 and
+4, the reference: bare Bytewax windowing (``bench/dataflow.py``'s
+``key_on`` + ``fold_window``) on the same events, decoded, each process's
+input partition holding the shards its MQTT partition reads, run as 1 and
+4 processes the same way, and its ``bare Bytewax 4-process/1-process CPU
+per event``, what Bytewax itself pays for more processes on this machine;
+last, ours: ``4-process/1-process CPU per event`` ((flow + broker CPU) per
+event at P=4 over P=1). The 1-minute load average is printed too: on a machine with
 fewer cores than P processes plus the broker, or one busy with other work,
 the processes share cores and the rates say more about the machine than
 about the flow.
@@ -71,13 +76,14 @@ import msgspec  # noqa: E402
 import paho.mqtt.client as paho  # noqa: E402
 from bytewax import operators as op  # noqa: E402
 from bytewax.dataflow import Dataflow  # noqa: E402
-from bytewax.testing import cluster_main, run_main  # noqa: E402
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition  # noqa: E402
+from bytewax.testing import TestingSink, cluster_main, run_main  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from bench.dataflow import TOPICS, synthetic_events  # noqa: E402
+from bench.dataflow import TOPICS, bare_windowing, synthetic_events  # noqa: E402
 from connectors.mqtt import MQTTSource  # noqa: E402
 from connectors.mqtt.testing import Mosquitto, create_sessions, free_port, process_cpu_seconds  # noqa: E402
-from driver_stats.contract import INPUT_SHARDS, decode_stats, encode_event, sharded_topic  # noqa: E402
+from driver_stats.contract import INPUT_SHARDS, decode_stats, encode_event, input_shard, sharded_topic  # noqa: E402
 from driver_stats.core.stream_clock import StreamClock  # noqa: E402
 from driver_stats.settings import Settings  # noqa: E402
 from flows.driver_stats import build_flow  # noqa: E402
@@ -185,6 +191,54 @@ def _scale_process(settings: Settings, n: int, taken, addresses: list[str], proc
     Path(out, f"records-{proc_id}.pickle").write_bytes(pickle.dumps((records, others[0])))
 
 
+class _Slice(StatefulSourcePartition):
+    def __init__(self, events: list) -> None:
+        self._batches = [events[i:i + 1000] for i in range(0, len(events), 1000)]
+
+    def next_batch(self) -> list:
+        if not self._batches:
+            raise StopIteration
+        return self._batches.pop(0)
+
+    def snapshot(self) -> None:
+        return None
+
+
+class _Sliced(FixedPartitionedSource):
+    """The reference's input: partition i has the events of the shards s with s mod P = i, as ours reads them."""
+
+    def __init__(self, events: list, processes: int) -> None:
+        self.events, self.processes = events, processes
+
+    def list_parts(self) -> list[str]:
+        return [str(i) for i in range(self.processes)]
+
+    def build_part(self, step_id, for_part, resume_state) -> _Slice:
+        index = int(for_part)
+        return _Slice([e for e in self.events if input_shard(e.driver_id) % self.processes == index])
+
+
+def _bare_process(settings: Settings, events: list, processes: int, addresses: list[str], proc_id: int) -> None:
+    flow = bare_windowing(settings, _Sliced(events, processes), TestingSink([]))
+    cluster_main(flow, addresses, proc_id, epoch_interval=EPOCH, worker_count_per_proc=1)
+
+
+def bare_scaled(settings: Settings, events: list, processes: int) -> float:
+    """The reference: CPU seconds of bare Bytewax windowing (key_on, fold_window) on ``events`` as P processes."""
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(processes)]
+    fork = multiprocessing.get_context("fork")
+    procs = [fork.Process(target=_bare_process, args=(settings, events, processes, addresses, i))
+             for i in range(processes)]
+    cpu = _children_cpu_seconds()
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    if any(proc.exitcode for proc in procs):
+        raise SystemExit(f"bare {processes}-process run failed: exit codes {[p.exitcode for p in procs]}")
+    return _children_cpu_seconds() - cpu
+
+
 class ScaleRun(msgspec.Struct):
     processes: int
     seconds: float
@@ -229,7 +283,7 @@ def scaled(broker: Mosquitto, settings: Settings, messages, n: int, processes: i
     return ScaleRun(processes, seconds, flows_cpu, broker_cpu, records, repeats, others)
 
 
-def scale(args, settings: Settings, messages) -> None:
+def scale(args, settings: Settings, events: list, messages) -> None:
     counts = [int(p) for p in args.processes.split(",")]
     runs: dict[int, ScaleRun] = {}
     n = args.n
@@ -253,6 +307,10 @@ def scale(args, settings: Settings, messages) -> None:
     if 1 in runs and 2 in runs:
         print(f"2-process/1-process ratio: {runs[1].seconds / runs[2].seconds:.2f}")
     if 1 in runs and 4 in runs:
+        bare = {p: bare_scaled(settings, events, p) for p in (1, 4)}
+        print(f"bare Bytewax windowing, the same events decoded, CPU s per 1,000 events: "
+              f"P=1 {1000 * bare[1] / n:.3f}, P=4 {1000 * bare[4] / n:.3f}")
+        print(f"bare Bytewax 4-process/1-process CPU per event: {bare[4] / bare[1]:.2f}")
         cpu = {p: runs[p].flow_cpu + runs[p].broker_cpu for p in (1, 4)}
         print(f"4-process/1-process CPU per event: {cpu[4] / cpu[1]:.2f}")
 
@@ -270,7 +328,7 @@ def main() -> None:
     messages = [(sharded_topic(TOPICS[type(e)], e.driver_id), encode_event(e)) for e in events]
     settings = Settings(max_future_seconds=10**10)
     if args.scale:
-        scale(args, settings, messages)
+        scale(args, settings, events, messages)
         return
     protocol = None if args.protocol == "default" else args.protocol
     with tempfile.TemporaryDirectory() as tmp, Mosquitto(tmp) as broker:
