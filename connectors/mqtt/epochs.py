@@ -71,8 +71,6 @@ GUARD = 0.01
 Bytewax reads the epoch's start at the top of an activation, the partition
 learns of it a little later (``snapshot``): this covers the difference.
 """
-MAX_HOLD = 0.5
-"""The longest sleep through a hold, as a share of the epoch interval (a longer hold is spun through)."""
 HOLDS_KEPT = 8
 """How many of its last holds a partition remembers."""
 STARTED_WITHIN = 0.5
