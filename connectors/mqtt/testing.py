@@ -302,8 +302,9 @@ class Collector:
         self.arrived_at: list[float] = []
         """``time.time()`` at which each of ``messages`` arrived."""
         self.lock = threading.Lock()
+        v5 = getattr(broker, "protocol", "5") == "5"  # the newest the broker speaks (.brokers)
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=paho.MQTTv5)
+                                  protocol=paho.MQTTv5 if v5 else paho.MQTTv311, clean_session=None if v5 else False)
         self.client.reconnect_delay_set(0.1, 0.5)
         if username is not None:
             self.client.username_pw_set(username, password)
@@ -319,7 +320,7 @@ class Collector:
         self.client.on_subscribe = lambda *a: ready.set()
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 600
-        self.client.connect(broker.host, broker.port, clean_start=False, properties=props)
+        self.client.connect(broker.host, broker.port, **(dict(clean_start=False, properties=props) if v5 else {}))
         self.client.loop_start()
         wait_for(ready.is_set, 5, "collector connected")
         time.sleep(0.1)  # SUBACK
