@@ -40,6 +40,8 @@ class Broker:
     protocol = "5"
     package = ""
     start_timeout = 30.0
+    username: str | None = None
+    """A user name clients must give (any password); None: anonymous clients are let in."""
 
     def __init__(self, workdir: str | os.PathLike) -> None:
         self.workdir = Path(workdir)
@@ -222,8 +224,9 @@ class Nats(Broker):
             f"host: 127.0.0.1\nport: {self.client_port}",
             f'jetstream {{ store_dir: "{self.workdir / "jetstream"}" }}',
             # The flow acknowledges after the epoch's commit: let it hold as many as it may
-            # (MAX_UNACKED_MESSAGES), and not have them redelivered meanwhile.
-            f"mqtt {{ host: 127.0.0.1, port: {self.port}, max_ack_pending: 65000, ack_wait: \"5m\" }}",
+            # (up to 10,000 per subscription: a "#" filter is two JetStream consumers, and 65,000
+            # made its SUBACK fail), and not have them redelivered meanwhile.
+            f"mqtt {{ host: 127.0.0.1, port: {self.port}, max_ack_pending: 10000, ack_wait: \"5m\" }}",
             f'log_file: "{self.log_file}"',
             "",
         ]))
@@ -237,6 +240,7 @@ class Ejabberd(_Erlang):
     """ejabberd 23.01 with ``mod_mqtt`` (MQTT 5), its own config, spool and logs."""
 
     name, version, protocol, package = "ejabberd", "23.01", "5", "ejabberd"
+    username = "anyone"  # mod_mqtt refuses a CONNECT without one; its anonymous backend takes any
     start_timeout = 60.0
 
     def __init__(self, workdir: str | os.PathLike) -> None:
@@ -245,6 +249,10 @@ class Ejabberd(_Erlang):
             (self.workdir / sub).mkdir(exist_ok=True)
         (self.workdir / "ejabberd.yml").write_text("\n".join([
             "hosts: [localhost]",
+            # Anonymous MQTT clients, as the other brokers here allow.
+            "auth_method: [anonymous]",
+            "anonymous_protocol: login_anon",
+            "allow_multiple_connections: true",
             "loglevel: info",
             "log_rotate_count: 0",
             "listen:",
@@ -261,7 +269,8 @@ class Ejabberd(_Erlang):
             "    access_subscribe: {\"#\": mqtt_all}",
             "    access_publish: {\"#\": mqtt_all}",
             "    max_queue: unlimited",
-            "    session_expiry: 0",
+            # A session outlives its connection a day (seconds; the default is 5 minutes).
+            "    session_expiry: 86400",
             "    queue_type: file",
             "",
         ]))
