@@ -36,6 +36,7 @@ from typing import Callable, NamedTuple, Optional
 
 from connectors import mqtt
 from driver_stats.contract import INPUT_SHARDS
+from driver_stats.contract.topics import reasons_prefix
 from driver_stats.core import wall_clock
 from driver_stats.core.intake import Intake
 from driver_stats.core.stream_clock import StreamClock
@@ -240,6 +241,8 @@ def mqtt_sink(settings: Settings, **options) -> mqtt.MQTTSink:
         client_id=settings.client_id,
         partitions=settings.partitions_per_topic,
         timeout=settings.publish_timeout_seconds or None,
+        # MQTT 3.1.1 has no user properties: a rejection's reason and detail go in an envelope.
+        envelopes=(settings.rejected_prefix, reasons_prefix(settings.rejected_prefix)),
         # Publishing (paho's packets, PUBACKs, progress markers) in a
         # process per partition leaves the worker's GIL to the flow.
         own_process=True,
