@@ -24,6 +24,7 @@ ONE_AT_A_TIME = (
     "tests/flow/test_stream_time.py",
     "tests/flow/test_wall_clock_steps.py",
     "tests/flow/test_start_order.py",
+    "tests/flow/test_brokers.py",
 )
 
 
