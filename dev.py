@@ -6,8 +6,8 @@
     ./dev.py shell                # a shell inside the project's environment
 
 Each creates ``.venv`` on first use and reuses it; it reinstalls the project
-only when ``pyproject.toml`` changed. The tests need the mosquitto binary and
-Prometheus (``prometheus`` and ``promtool``, for the alert rules and the
+only when ``pyproject.toml`` changed. The tests need the brokers (mosquitto,
+RabbitMQ, NATS, ejabberd) and Prometheus (``prometheus`` and ``promtool``, for the alert rules and the
 dashboard): where one is missing this installs it with apt-get (as root), or
 stops with one line saying how.
 """
@@ -53,6 +53,10 @@ def ensure_environment() -> None:
 # Debian package -> the binaries the tests run from it.
 TEST_PACKAGES = {
     "mosquitto": ["mosquitto"],  # private brokers
+    # The broker matrix (tests/flow/test_brokers.py, connectors/mqtt/brokers.py): private nodes, never the services.
+    "rabbitmq-server": ["rabbitmq-server"],
+    "nats-server": ["nats-server"],
+    "ejabberd": ["ejabberdctl"],
     "prometheus": ["prometheus", "promtool"],  # scrapes a live flow; checks and unit-tests the alert rules
 }
 

@@ -30,6 +30,7 @@ Topic = Annotated[str, msgspec.Meta(min_length=1, pattern=r"^[^#+\x00]+$")]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 WireFormat = Literal["protobuf", "json"]
+BrokerOrder = Literal["session", "topic"]
 
 # What each setting accepts, said in the error line when a value is wrong.
 ACCEPTS: dict[str, str] = {
@@ -46,6 +47,8 @@ ACCEPTS: dict[str, str] = {
     "max_message_bytes": "a whole number of bytes from 64 to 268435455",
     "max_unacked_messages": "a whole number from 100 to 65000",
     "output_format": "protobuf or json",
+    "broker_order": "session (the broker keeps a session's order across topics; checked at start) or topic "
+                    "(per topic only: no idle advance, no change of the partition count)",
     "publish_timeout_seconds": "a whole number of seconds >= 0 (0: wait as long as the broker is away)",
     "child_silent_seconds": "a whole number of seconds > 0",
     "metrics_port": "a TCP port 1-65535, or 0 to turn metrics off",
@@ -98,6 +101,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Maximum, below the 16-bit packet-id space).
     max_unacked_messages: Annotated[int, msgspec.Meta(ge=100, le=65_000)] = 50_000
     output_format: WireFormat = "protobuf"
+    # The idle advance and a change of the partition count need a broker that
+    # delivers a session's messages in publish order across topics (mosquitto,
+    # RabbitMQ, ejabberd); NATS keeps it per topic only.
+    broker_order: BrokerOrder = "session"
     # How long a batch of output may wait for the broker's acknowledgements
     # before the process exits; 0: as long as the broker is away (nothing is
     # lost either way, but an exit needs something to restart the process).

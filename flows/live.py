@@ -36,6 +36,7 @@ from typing import Callable, NamedTuple, Optional
 
 from connectors import mqtt
 from driver_stats.contract import INPUT_SHARDS
+from driver_stats.contract.topics import reasons_prefix
 from driver_stats.core import wall_clock
 from driver_stats.core.intake import Intake
 from driver_stats.core.stream_clock import StreamClock
@@ -226,6 +227,8 @@ def mqtt_source(settings: Settings, *, source_type: Callable[..., mqtt.MQTTSourc
         # newest_event_time ignores events further ahead (they are rejected as future).
         position_max_ahead=settings.max_future_seconds + 60,
         wall_clock=wall_clock.now,  # the calendar: is a watermark ahead of today (forged)
+        # Probes prove a partition idle only where the broker keeps a session's order across topics.
+        probe_interval=1.0 if settings.broker_order == "session" else None,
         # Reading MQTT (paho's packet decoding, per-message checks, the
         # position) in a process per partition leaves the worker's GIL to the flow.
         own_process=True,
@@ -240,6 +243,8 @@ def mqtt_sink(settings: Settings, **options) -> mqtt.MQTTSink:
         client_id=settings.client_id,
         partitions=settings.partitions_per_topic,
         timeout=settings.publish_timeout_seconds or None,
+        # MQTT 3.1.1 has no user properties: a rejection's reason and detail go in an envelope.
+        envelopes=(settings.rejected_prefix, reasons_prefix(settings.rejected_prefix)),
         # Publishing (paho's packets, PUBACKs, progress markers) in a
         # process per partition leaves the worker's GIL to the flow.
         own_process=True,
@@ -268,6 +273,7 @@ def start(settings: Settings) -> LiveIO:
         mqtt.check_connection(connection, settings.client_id)
     except mqtt.MQTTConnectError as err:
         raise SystemExit(f"driver-stats: {err} (DRIVER_STATS_MQTT_URL={settings.mqtt_url})") from None
+    _check_broker_order(settings, connection)
     _stop_quietly_on_signals()
     # A dead partition process ends this one (see _exit_on_child_death).
     epoch_interval = bytewax_run_options()[1] or 10.0  # bytewax.run's epoch interval: -s, else 10 s
@@ -287,6 +293,23 @@ def start(settings: Settings) -> LiveIO:
     _observe(settings, source, sink)
     _collect_garbage_less_often()
     return LiveIO(source, sink, stream_clock)
+
+
+def _check_broker_order(settings: Settings, connection: mqtt.MQTTConnection) -> None:
+    """Stop at start, in one line, where the broker cannot give what DRIVER_STATS_BROKER_ORDER relies on."""
+    where = f"MQTT broker {connection.address}"
+    if settings.broker_order == "session":
+        why = mqtt.check_session_order(connection, settings.client_id)
+        if why:
+            raise SystemExit(f"driver-stats: {where}: {why}; the idle advance and changes of the partition count "
+                             "need a session's order across topics: set DRIVER_STATS_BROKER_ORDER=topic to run "
+                             "without them (accepted: session, topic)")
+        return
+    change = mqtt.count_change(connection, settings.client_id, settings.partitions_per_topic)
+    if change:
+        raise SystemExit(f"driver-stats: {where}: {change}; with DRIVER_STATS_BROKER_ORDER=topic the count cannot "
+                         "change (it needs a session's order across topics): start with the recorded "
+                         "DRIVER_STATS_PARTITIONS_PER_TOPIC")
 
 
 GC_THRESHOLDS = (50_000, 20, 10)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from connectors.mqtt.brokers import BROKERS, broker_missing
 from connectors.mqtt.testing import NOT_FOUND, Mosquitto, find_mosquitto
 
 # Tests that run whole flows (several processes each, timed against the wall
@@ -23,6 +24,7 @@ ONE_AT_A_TIME = (
     "tests/flow/test_stream_time.py",
     "tests/flow/test_wall_clock_steps.py",
     "tests/flow/test_start_order.py",
+    "tests/flow/test_brokers.py",
 )
 
 
@@ -39,5 +41,25 @@ def mosquitto(tmp_path_factory):
     if find_mosquitto() is None:
         pytest.fail(NOT_FOUND, pytrace=False)
     broker = Mosquitto(tmp_path_factory.mktemp("mosquitto")).start()
+    yield broker
+    broker.stop()
+
+
+def start_broker(name: str, workdir):
+    """A private broker ``name`` (a key of :data:`connectors.mqtt.brokers.BROKERS`), started."""
+    missing = NOT_FOUND if name == "mosquitto" and find_mosquitto() is None else broker_missing(name)
+    if missing:
+        pytest.fail(missing, pytrace=False)
+    return BROKERS[name](workdir).start()
+
+
+@pytest.fixture(scope="module", params=sorted(BROKERS))
+def any_broker(request, tmp_path_factory):
+    """Each broker in turn (mosquitto, RabbitMQ, NATS, ejabberd), one per test module.
+
+    Module-scoped (RabbitMQ takes about 10 s to start): tests sharing it use
+    client ids of their own, and a test that stops it starts it again.
+    """
+    broker = start_broker(request.param, tmp_path_factory.mktemp(request.param))
     yield broker
     broker.stop()

@@ -39,6 +39,8 @@ The parts, each with one job:
 - Output: :mod:`.sink` (:class:`MQTTSink`), :mod:`.sink_partition`,
   :mod:`.outbox` (unacknowledged records), :mod:`.progress` (the progress
   marker), :mod:`.refusals`.
+- :mod:`.order`: whether the broker keeps a session's order across
+  topics, which the idle probes and the partition markers need.
 - :mod:`.process` and :mod:`.child`: partitions in processes of their own;
   :mod:`.operators` (``input``, ``output``, ``publish``); :mod:`.testing`
   (a private mosquitto and test clients).
@@ -52,6 +54,7 @@ from .connection import MQTTConnectError, MQTTConnection, MQTTPublishError, Prot
 from .link import EventHook, MQTTLinkStats, check_connection
 from .message import MQTTError, MQTTMessage
 from .operators import MQTTSourceOut
+from .order import check_session_order, count_change
 from .sink import COMMIT_TICK, MQTTSink
 from .source import MQTTSource
 
@@ -69,4 +72,6 @@ __all__ = [
     "MQTTSourceOut",
     "Protocol",
     "check_connection",
+    "check_session_order",
+    "count_change",
 ]

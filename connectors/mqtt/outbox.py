@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections import deque
 
@@ -23,6 +25,23 @@ Answer = tuple[Record | None, str, float]
 accepted), and when (``time.monotonic()``) it was handed to paho."""
 
 
+_ENVELOPE = (-1, MQTTMessage("", b""))
+"""The entry of an envelope among the unacknowledged: waited for, never answered."""
+
+
+def envelope(message: MQTTMessage) -> bytes:
+    """``message`` as one JSON object, for a 3.1.1 consumer: its topic, user properties and bytes.
+
+    >>> envelope(MQTTMessage("rejected/input/a", b"\\xff", (("reason", "undecodable"),)))
+    b'{"topic": "rejected/input/a", "properties": {"reason": "undecodable"}, "payload_base64": "/w=="}'
+    """
+    properties: dict[str, str] = {}
+    for key, value in message.user_properties:
+        properties.setdefault(key, value)  # the first of a repeated name, as MQTTMessage.user_property
+    return json.dumps({"topic": message.topic, "properties": properties,
+                       "payload_base64": base64.b64encode(message.payload).decode("ascii")}).encode()
+
+
 class Outbox:
     """The records (and progress markers) handed to paho and not yet acknowledged, by packet id.
 
@@ -42,11 +61,13 @@ class Outbox:
     re-entrant.
     """
 
-    def __init__(self, link: Link, progress: ProgressMarker | None) -> None:
+    def __init__(self, link: Link, progress: ProgressMarker | None,
+                 envelopes: tuple[str, str] | None = None) -> None:
         self._link = link
         self._client = link.client
         self._progress = progress
         self._v5 = link.client.protocol == paho.MQTTv5
+        self._envelopes = None if self._v5 else envelopes
         self._lock = link.client._out_message_mutex
         self._unacked: dict[int, tuple[Record | None, float]] = {}  # mid -> (record or None, handed over at)
         self._pubacks: deque[tuple[int, object]] = deque()  # (mid, reason) from paho's thread
@@ -72,6 +93,10 @@ class Outbox:
                         raise MQTTPublishError(f"cannot publish to {item.topic!r} on {self._link.connection.address}: "
                                                f"{paho.error_string(info.rc)}")
                     self._unacked[info.mid] = (record, now)
+                    if self._envelopes and item.user_properties and item.topic.startswith(self._envelopes[0]):
+                        # Right behind its record: both or neither are in a group its marker claims.
+                        topic = self._envelopes[1] + item.topic[len(self._envelopes[0]):]
+                        self._unacked[client.publish(topic, envelope(item), qos=1).mid] = (_ENVELOPE, now)
             if marker and self._progress is not None:
                 self._publish_marker(records[-1][0], now)
 
@@ -101,6 +126,8 @@ class Outbox:
                 if mid not in self._unacked:
                     continue  # not ours to count: a progress read's barrier
                 record, sent_at = self._unacked.pop(mid)
+                if record is _ENVELOPE:
+                    continue  # 3.1.1: no refusal to see, nothing to count
                 answers.append((record, reason_text(reason) if getattr(reason, "is_failure", False) else "", sent_at))
         return answers
 
@@ -119,4 +146,5 @@ class Outbox:
     def records(self) -> list[Record]:
         """The records still unacknowledged (not the markers)."""
         with self._lock:
-            return [record for record, _sent_at in self._unacked.values() if record is not None]
+            return [record for record, _sent_at in self._unacked.values()
+                    if record is not None and record is not _ENVELOPE]

@@ -67,6 +67,10 @@ class MQTTSink(FixedPartitionedSink[MQTTMessage | _CommitTick, SinkState]):
             resume from them).
         session_expiry: MQTT 5 session expiry interval, seconds.
         progress_prefix: Topic prefix of the retained progress markers.
+        envelopes: ``(prefix, envelope prefix)``: with MQTT 3.1.1, which
+            has no user properties, a record on ``<prefix><rest>`` that
+            carries some is followed by an envelope on
+            ``<envelope prefix><rest>`` carrying them (:func:`.outbox.envelope`).
         on_event: ``on_event(event, client_id, detail)`` on each change of
             connection state.
         on_written: ``on_written(messages, seconds)`` with the messages the
@@ -92,6 +96,7 @@ class MQTTSink(FixedPartitionedSink[MQTTMessage | _CommitTick, SinkState]):
     max_inflight: int = 20_000
     session_expiry: int = 300
     progress_prefix: str = DEFAULT_PROGRESS_PREFIX
+    envelopes: tuple[str, str] | None = None
     on_event: EventHook | None = None
     on_written: Callable[[list[MQTTMessage], float], None] | None = None
     on_refused: Callable[[str, str], None] | None = None

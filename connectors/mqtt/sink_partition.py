@@ -100,7 +100,7 @@ class _MQTTSinkPartition(StatefulSinkPartition[MQTTMessage | _CommitTick, SinkSt
         if state.records and self._progress is not None:
             # Committed before the crash: publish what the broker does not have yet.
             done = self._progress.read(self._link, self._next_seq, len(state.records), time.monotonic())
-        self._outbox = Outbox(self._link, self._progress)
+        self._outbox = Outbox(self._link, self._progress, sink.envelopes)
         self._ready = [r for r in state.records if r[0] > done]
         self._show_refusal()
         if self._ready:
@@ -245,8 +245,9 @@ def _connect(sink: MQTTSink, index: int, stats: MQTTLinkStats) -> Link:
             delay = min(delay * 2, 5.0)
             continue
         if protocol != "5":
-            log.warning("%s: the broker does not speak MQTT 5; publishing with 3.1.1, "
-                        "so user properties (reason, detail) are dropped and refusals are not seen", label)
+            log.warning("%s: the broker does not speak MQTT 5; publishing with 3.1.1, so user properties "
+                        "(reason, detail) go in envelopes%s and refusals are not seen", label,
+                        f" on {sink.envelopes[1]}..." if sink.envelopes else " (none configured: dropped)")
         return link
 
 

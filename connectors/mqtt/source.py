@@ -78,7 +78,9 @@ class MQTTSource(FixedPartitionedSource[MQTTMessage | MQTTError, None]):
             ahead of the wall clock: a watermark beyond is ignored (forged).
         wall_clock: The wall clock (Unix seconds) for that check, the only
             use of the calendar here; elapsed times are ``time.monotonic()``.
-        probe_interval: Seconds between a partition's idle probes.
+        probe_interval: Seconds between a partition's idle probes; None:
+            none, so no partition ever counts as idle (for a broker that
+            does not keep a session's order across topics, :mod:`.order`).
         own_process: Run each partition's MQTT client, and the work per
             message, in a child process of its own (:mod:`.process`): the
             worker's interpreter only unpickles batches (:mod:`.process`).
@@ -105,7 +107,7 @@ class MQTTSource(FixedPartitionedSource[MQTTMessage | MQTTError, None]):
     newest_position: Callable[[list[MQTTMessage]], float | None] | None = None
     position_max_ahead: float = math.inf
     wall_clock: Callable[[], float] = time.time
-    probe_interval: float = 1.0
+    probe_interval: float | None = 1.0
     own_process: bool = False
     on_died: DiedHook | None = None
     epoch_interval: float | None = None

@@ -11,7 +11,7 @@ queues and in-flight windows (the settings this connector relies on, see
 ``password_file`` is given; ``acl_file`` applies an ACL, re-read on
 :meth:`Mosquitto.reload`; ``tls=TlsFiles(...)`` makes the listener
 TLS-only. It listens on 127.0.0.1 only. :class:`Collector` and
-:class:`Publisher` are plain paho clients that record and publish.
+:class:`Publisher` are plain paho clients (:mod:`.brokers`: other brokers).
 """
 
 from __future__ import annotations
@@ -96,9 +96,7 @@ def password_line(username: str, password: str) -> str:
     salt = secrets.token_bytes(12)
     iterations = 101
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
-    def b64(b):
-        return base64.b64encode(b).decode()
-    return f"{username}:$7${iterations}${b64(salt)}${b64(digest)}"
+    return f"{username}:$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
 @dataclass(frozen=True)
@@ -219,9 +217,7 @@ class Mosquitto:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM and wait: mosquitto saves its persistence file on the way out."""
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
+        if self._proc is not None and self._proc.poll() is None:
             self._proc.send_signal(signal.SIGTERM)
             try:
                 self._proc.wait(timeout)
@@ -293,20 +289,25 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str =
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def login(broker, username: str | None, password: str | None) -> tuple[str | None, str | None]:
+    """The user name and password to give: these, or the name a broker requires (:mod:`.brokers`)."""
+    required = getattr(broker, "username", None)
+    return (username, password) if username is not None or not required else (required, "x")
+
+
 class Collector:
     """Subscribes (MQTT 5, QoS 1, persistent) and records what arrives."""
 
     def __init__(self, broker: Mosquitto, *topics: str, client_id: str = "collector",
                  username: str | None = None, password: str | None = None) -> None:
         self.messages: list[MQTTMessage] = []
-        self.arrived_at: list[float] = []
-        """``time.time()`` at which each of ``messages`` arrived."""
+        self.arrived_at: list[float] = []  # time.time() at which each of messages arrived
         self.lock = threading.Lock()
+        v5 = getattr(broker, "protocol", "5") == "5"  # the newest the broker speaks (.brokers)
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=paho.MQTTv5)
+                                  protocol=paho.MQTTv5 if v5 else paho.MQTTv311, clean_session=None if v5 else False)
         self.client.reconnect_delay_set(0.1, 0.5)
-        if username is not None:
-            self.client.username_pw_set(username, password)
+        self.client.username_pw_set(*login(broker, username, password))
         self.client.on_message = self._on_message
         ready = threading.Event()
 
@@ -319,7 +320,7 @@ class Collector:
         self.client.on_subscribe = lambda *a: ready.set()
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 600
-        self.client.connect(broker.host, broker.port, clean_start=False, properties=props)
+        self.client.connect(broker.host, broker.port, **(dict(clean_start=False, properties=props) if v5 else {}))
         self.client.loop_start()
         wait_for(ready.is_set, 5, "collector connected")
         time.sleep(0.1)  # SUBACK
@@ -346,8 +347,7 @@ class Publisher:
                  username: str | None = None, password: str | None = None) -> None:
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
         self.client.reconnect_delay_set(0.1, 0.5)
-        if username is not None:
-            self.client.username_pw_set(username, password)
+        self.client.username_pw_set(*login(broker, username, password))
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
 

@@ -117,7 +117,7 @@ class PartitionClock:
     and every other time it is given are ``time.monotonic()`` seconds.
     """
 
-    def __init__(self, restored: float | None, now: float, probe_interval: float = 1.0) -> None:
+    def __init__(self, restored: float | None, now: float, probe_interval: float | None = 1.0) -> None:
         self.probe_interval = probe_interval
         self._position = -math.inf if restored is None or restored == DONE else restored
         # When (monotonic) the stream was last known to be at _position.
@@ -171,6 +171,8 @@ class PartitionClock:
 
     def probe_due(self, now: float) -> bool:
         """Whether to send a probe now (none in flight, or one lost); the caller then sends it at ``now``."""
+        if self.probe_interval is None:  # no probes: never idle (a broker without cross-topic order)
+            return False
         if self._probe_sent is not None and now - self._probe_sent < PROBE_TIMEOUT:
             return False
         if now - self._probe_back < self.probe_interval:
@@ -201,7 +203,7 @@ class PartitionWatermark:
     """
 
     def __init__(self, client_id: str, index: int, restored: float | None,
-                 newest_position: Callable[[list[MQTTMessage]], float | None], probe_interval: float) -> None:
+                 newest_position: Callable[[list[MQTTMessage]], float | None], probe_interval: float | None) -> None:
         self.clock = PartitionClock(restored, time.monotonic(), probe_interval)
         self._newest_position = newest_position
         self._topic = input_topic(WATERMARKS, client_id, index)

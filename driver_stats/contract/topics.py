@@ -48,6 +48,15 @@ STATS_TOPIC = "output/driver_stats"
 REJECTED_PREFIX = "rejected/"
 """Default prefix of the rejected topics: ``rejected/<source topic>``."""
 
+
+def reasons_prefix(rejected_prefix: str) -> str:
+    """Where a 3.1.1 output puts each rejection's envelope (reason, detail, bytes): ``rejected-reasons/<source topic>``.
+
+    >>> reasons_prefix("rejected/"), reasons_prefix("dead")
+    ('rejected-reasons/', 'dead-reasons/')
+    """
+    return rejected_prefix.rstrip("/") + "-reasons/"
+
 INPUT_SHARDS = 64
 """Shard topics per input topic: fixed, since producers compute the shard too. It
 bounds the useful input partitions (``DRIVER_STATS_PARTITIONS_PER_TOPIC``)."""

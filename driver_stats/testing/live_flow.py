@@ -51,6 +51,9 @@ class LiveFlow:
             DRIVER_STATS_WINDOW_SECONDS=str(window),
             DRIVER_STATS_ALLOWED_LATENESS_SECONDS=str(lateness),
             DRIVER_STATS_LOG_LEVEL="DEBUG",
+            # A broker that requires a login (connectors.mqtt.brokers) takes any password.
+            **({"DRIVER_STATS_MQTT_USERNAME": broker.username, "DRIVER_STATS_MQTT_PASSWORD": "x"}
+               if getattr(broker, "username", None) else {}),
             **{f"DRIVER_STATS_{k.upper()}": str(v) for k, v in settings.items()},
         )
         self.recovery = workdir / "recovery" if recovery else None
