@@ -17,11 +17,13 @@ all of them, busy or idle, for the difference, every epoch.
   wall clock, which all processes of a host read alike (and NTP keeps
   within milliseconds across hosts). A partition reads (busy) or polls
   (idle) until its epoch may move, then waits for the boundary when it is
-  within the margin. One that started later than that moves as soon as it
-  may: its epochs then last ``epoch_interval`` and a little, less than
-  ``period``, so it reaches the boundaries within about ``period / margin``
-  epochs. It never waits for a boundary further away: the others would wait
-  for it.
+  within the margin. A partition that read nothing this epoch waits for the
+  next boundary however far: that aligns partitions whose processes started
+  apart at their first quiet epoch. One that read does not wait for a
+  boundary further away (the others would wait for it, and more may come):
+  it moves as soon as it may, its epochs then last ``epoch_interval`` and a
+  little, less than ``period``, and it reaches the boundaries within about
+  ``period / margin`` epochs.
 * **Sleep through the hold.** In the activation in which its epoch moves, a
   partition asks to be woken after the hold it expects instead of at once:
   an idle one the longest of its last few holds, a busy one the shortest
@@ -146,7 +148,7 @@ class EpochSchedule:
             late = now > self._asked + LATE
             # Woken on time, the hold may have been shorter than the sleep: remember less.
             self._holds.append(now - self._started if late else (self._asked - self._started) / 2)
-            if late and now >= may_move:
+            if late and now >= may_move and not self._ahead:  # (once: a slow epoch holds every partition alike)
                 # Let go already due, it moves again in this activation: an epoch ahead of the others, it
                 # would be held an epoch each time. It sleeps past the next release and moves then, too
                 # late to be due at the release after, and then waits for a boundary however far.
@@ -155,9 +157,9 @@ class EpochSchedule:
                 return self._asked
         if now + (GUARD if more else self._poll) < may_move - GUARD:  # early in the epoch
             return self._soon(now, more)
-        if now < may_move:  # it may move soon: at the boundary if that is near, else as soon as it may
+        if now < may_move:  # it may move soon: at the boundary if near or if it read nothing, else as soon as it may
             boundary = math.ceil(may_move / self.period) * self.period
-            if boundary - now <= self.margin + 2 * GUARD or self._ahead:
+            if boundary - now <= self.margin + 2 * GUARD or self._ahead or (self._quiet and not more):
                 self._ahead = False
                 return boundary
             return self._soon(now, more)

@@ -206,11 +206,15 @@ def test_a_partition_let_go_when_due_falls_back_an_epoch():
     assert schedule.wake_time(more=True) == pytest.approx(1005.9)  # it waits for it: in step from there on
 
 
-def test_a_far_boundary_is_not_waited_for():
-    # Started 0.3 s after a boundary: waiting for the next one would hold every other input 0.75 s.
-    now = [1000.95]  # 953 × 1.05 = 1000.65
-    schedule = EpochSchedule(INTERVAL, poll=0.01, clock=lambda: now[0])
-    now[0] = 1001.94  # may move from 1001.95; the boundary 1002.75 is far
-    assert schedule.wake_time(more=False) == pytest.approx(1001.95)  # the next poll
-    assert schedule.wake_time(more=True) is None
-    assert math.isclose(schedule.period, 1.05)
+def test_a_partition_that_read_does_not_wait_for_a_far_boundary_and_one_that_read_nothing_does():
+    # Built 0.3 s after a boundary (953 × 1.05 = 1000.65); at 1001.94 it may move from 1001.95, and the next
+    # boundary, 1002.75, is far: one that read would hold every other input 0.8 s waiting for it.
+    now = [1000.95]
+    busy = EpochSchedule(INTERVAL, poll=0.01, clock=lambda: now[0])
+    quiet = EpochSchedule(INTERVAL, poll=0.01, clock=lambda: now[0])
+    now[0] = 1001.94
+    assert busy.wake_time(more=True) is None  # items waiting: it moves as soon as it may
+    busy.took(5)
+    assert busy.wake_time(more=False) == pytest.approx(1001.95)  # it read this epoch: the next poll
+    assert quiet.wake_time(more=False) == pytest.approx(1002.75)  # it read nothing: the boundary
+    assert math.isclose(quiet.period, 1.05)
