@@ -43,7 +43,8 @@ The parts, each with one job:
   topics, which the idle probes and the partition markers need.
 - :mod:`.process` and :mod:`.child`: partitions in processes of their own;
   :mod:`.operators` (``input``, ``output``, ``publish``); :mod:`.testing`
-  (a private mosquitto and test clients).
+  (a private mosquitto and test clients), :mod:`.brokers` (private RabbitMQ,
+  NATS and ejabberd brokers), :mod:`.broker_process` (what they share).
 
 The guarantees and the broker settings they need: docs/delivery.md;
 partitions, changing their count and brokers: docs/scaling-and-brokers.md;

@@ -27,12 +27,13 @@ import time
 from pathlib import Path
 from typing import Self
 
+from .broker_process import BrokerProcess
 from .testing import Mosquitto, free_port, wait_listening
 
 __all__ = ["BROKERS", "Broker", "Ejabberd", "Nats", "RabbitMQ", "broker_missing"]
 
 
-class Broker:
+class Broker(BrokerProcess):
     """A broker process on 127.0.0.1 with its files in ``workdir``: start, stop, kill, restart."""
 
     name = "broker"
@@ -131,20 +132,8 @@ class Broker:
         except (ProcessLookupError, PermissionError):
             pass
 
-    def log_tail(self, lines: int = 20) -> str:
-        text = ""
-        for path in sorted(self.workdir.rglob("*.log")):
-            text += path.read_text(errors="replace")
-        return " | ".join(text.strip().splitlines()[-lines:])
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(127.0.0.1:{self.port}, running={self.running})"
+    def log_paths(self) -> list[Path]:
+        return sorted(self.workdir.rglob("*.log"))
 
 
 class _Erlang(Broker):

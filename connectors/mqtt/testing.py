@@ -30,13 +30,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from .broker_process import BrokerProcess
 from .connection import MQTTConnection, connect
 from .message import MQTTMessage
 
@@ -109,7 +109,7 @@ class TlsFiles:
     require_certificate: bool = False
 
 
-class Mosquitto:
+class Mosquitto(BrokerProcess):
     """A mosquitto process on 127.0.0.1:<free port> with its data in ``workdir``.
 
     Args:
@@ -243,21 +243,8 @@ class Mosquitto:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def log_tail(self, lines: int = 20) -> str:
-        text = ""
-        for path in (self.log_file, self.workdir / "stderr.log"):
-            if path.exists():
-                text += path.read_text(errors="replace")
-        return " | ".join(text.strip().splitlines()[-lines:])
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        return f"Mosquitto(127.0.0.1:{self.port}, running={self.running})"
+    def log_paths(self) -> list[Path]:
+        return [self.log_file, self.workdir / "stderr.log"]
 
 
 # -- clients ------------------------------------------------------------------
