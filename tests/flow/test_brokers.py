@@ -17,9 +17,12 @@ import subprocess
 import sys
 import time
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from connectors.mqtt import MQTTConnection, check_session_order
+from connectors.mqtt.brokers import Ejabberd, Nats
 from connectors.mqtt.testing import Collector, Publisher, wait_for
 from driver_stats.contract import encode_event
 from driver_stats.testing.live_flow import LiveFlow, expected_stats, published_stats, wait_for_records
@@ -32,7 +35,7 @@ WINDOW = 10
 
 def per_topic(broker) -> bool:
     """The broker keeps a session's order per topic only (NATS)."""
-    return broker.__class__.__name__ == "Nats"
+    return isinstance(broker, Nats)
 
 
 def flow_settings(broker) -> dict:
@@ -75,9 +78,9 @@ ONE_IN_FLIGHT = ("ejabberd's mod_mqtt sends a session its next QoS 1 message onl
 
 
 def test_seed_case_and_rejections_with_their_reason(any_broker, tmp_path):
-    if any_broker.__class__.__name__ == "Ejabberd":
+    if isinstance(any_broker, Ejabberd):
         pytest.xfail(ONE_IN_FLIGHT)
-    broker, name = any_broker, f"seed-{any_broker.__class__.__name__.lower()}"
+    broker, name = any_broker, f"seed-{type(any_broker).__name__.lower()}"
     collector = Collector(broker, "output/#", "rejected/#", "rejected-reasons/#", client_id=f"{name}-c")
     publisher = Publisher(broker, client_id=f"{name}-p")
     events = seed_events()
@@ -106,8 +109,8 @@ def test_seed_case_and_rejections_with_their_reason(any_broker, tmp_path):
 
 def test_kill_9_and_broker_restarts_lose_and_repeat_nothing(any_broker, tmp_path):
     """kill -9 of the flow, a broker restart with the flow running, and one with the flow down and messages queued."""
-    broker, name = any_broker, f"crash-{any_broker.__class__.__name__.lower()}"
-    if broker.__class__.__name__ == "Ejabberd":
+    broker, name = any_broker, f"crash-{type(any_broker).__name__.lower()}"
+    if isinstance(broker, Ejabberd):
         pytest.xfail("ejabberd's mod_mqtt keeps sessions in memory: a broker restart loses them and their "
                      "queued messages (retained messages survive, in mnesia; "
                      "test_ejabberd_sends_one_qos1_message_at_a_time_and_forgets_sessions_on_restart shows it)")
@@ -142,9 +145,9 @@ def test_kill_9_and_broker_restarts_lose_and_repeat_nothing(any_broker, tmp_path
 
 def test_partition_count_change(any_broker, tmp_path):
     """2 partitions, kill -9, 4 partitions: nothing lost or counted twice; NATS refuses the change at start."""
-    if any_broker.__class__.__name__ == "Ejabberd":
+    if isinstance(any_broker, Ejabberd):
         pytest.xfail(ONE_IN_FLIGHT)
-    broker, name = any_broker, f"count-{any_broker.__class__.__name__.lower()}"
+    broker, name = any_broker, f"count-{type(any_broker).__name__.lower()}"
     collector = Collector(broker, "output/#", "rejected/#", client_id=f"{name}-c")
     publisher = Publisher(broker, client_id=f"{name}-p")
     first = [tipped(f"d{n}", f"a{n}", 1 + n / 10, 10) for n in range(20)]
@@ -195,11 +198,6 @@ def test_cross_topic_order_is_checked_at_start(any_broker, tmp_path):
 
 def test_ejabberd_sends_one_qos1_message_at_a_time_and_forgets_sessions_on_restart(tmp_path):
     """Why two guarantees are not held on ejabberd, shown with a bare client (the flow tests above xfail on it)."""
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    from connectors.mqtt.brokers import Ejabberd
-
     def session(broker, got: list, clean: bool = False) -> tuple[paho.Client, list]:
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id="ej-session", protocol=paho.MQTTv5,
                              manual_ack=True)
